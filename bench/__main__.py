@@ -1,0 +1,39 @@
+"""``python -m bench [kb_throughput|kb_incremental|kb_query|train ...] [--quick]``: run benchmarks.
+
+Without a name every benchmark runs, in the order below (``kb_query`` then reuses the table that
+``kb_incremental`` built). ``--quick`` shrinks each one to a smoke run of well under a minute of work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments and run the chosen benchmarks; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = args.names or list(BENCHMARKS)
+    started = time.perf_counter()
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        t0 = time.perf_counter()
+        module.run(quick=args.quick)
+        print(f"[{name} took {time.perf_counter() - t0:.0f} s]", flush=True)
+    print(f"\nbenchmarks done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

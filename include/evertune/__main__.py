@@ -1,0 +1,7 @@
+"""``python -m evertune`` runs the CLI."""
+
+import sys
+
+from evertune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data versioning (DVC) and the validated-data layout shared by the DAGs."""

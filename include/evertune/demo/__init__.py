@@ -1,0 +1,1 @@
+"""Deterministic demo data: daily drops of a fictional product's help center."""

@@ -1,0 +1,48 @@
+"""Domain exceptions. Airflow tasks map them to task states; the package never imports Airflow.
+
+| exception              | meaning                                          | task state |
+|------------------------|--------------------------------------------------|------------|
+| ``ConfigError``        | bad ``params.yaml`` / override / environment     | fail       |
+| ``NothingToDo``        | the work for this key is already done or empty   | skip       |
+| ``CriticalValidationError`` | the drop as a whole is unusable             | fail, no retry |
+| ``QualityGateFailed``  | a candidate did not pass its gate                | fail, no retry |
+| ``TransientError``     | a dependency was busy (lock, server)             | retry      |
+"""
+
+from __future__ import annotations
+
+
+class EvertuneError(Exception):
+    """Base class of every evertune error."""
+
+
+class ConfigError(EvertuneError):
+    """Parameters or deployment settings are invalid. The message names the key."""
+
+
+class BootstrapError(EvertuneError):
+    """A model could not be prepared or failed its integrity check."""
+
+
+class NothingToDo(EvertuneError):
+    """The requested work is already done for this content key, or there is no input."""
+
+
+class CriticalValidationError(EvertuneError):
+    """The input as a whole is unusable (wrong schema, empty drop, too much quarantined)."""
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+
+class QualityGateFailed(EvertuneError):
+    """A candidate (index version or model) did not meet its quality gate."""
+
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or []
+
+
+class TransientError(EvertuneError):
+    """A dependency was temporarily unavailable; retrying may succeed."""

@@ -1,0 +1,1 @@
+"""The knowledge base: ingest, validate, chunk, embed, index, evaluate and publish."""

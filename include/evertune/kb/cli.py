@@ -1,0 +1,93 @@
+"""``evertune kb ...``: inspect and operate the published knowledge-base index.
+
+Sub-commands print JSON on stdout. Each handler takes the parsed ``argparse.Namespace`` and returns an exit
+code; ``register`` wires them as ``func`` defaults, the convention of the top-level CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _context(args: argparse.Namespace) -> tuple[Any, Any]:
+    from evertune.config import load_params
+    from evertune.runtime import apply_offline_env
+    from evertune.settings import get_settings
+
+    apply_offline_env()
+    return load_params(getattr(args, "params", None)), get_settings()
+
+
+def _print(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print the publish/rollback/rejection log of the configured table."""
+    from evertune.kb.publish import publish_history
+
+    params, settings = _context(args)
+    events = publish_history(params, settings)
+    if args.limit:
+        events = events[-args.limit :]
+    _print(events)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move the publish tag back one publish, or to ``--to``."""
+    from evertune.kb.publish import rollback
+
+    params, settings = _context(args)
+    _print(rollback(params, settings, to_version=args.to))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search the published (or a given) version of the knowledge base."""
+    from evertune.kb.retrieval import search
+
+    params, settings = _context(args)
+    version: int | str = int(args.version) if args.version.isdigit() else args.version
+    _print(
+        search(
+            args.query, params, settings, k=args.k, mode=args.mode, version_or_tag=version, dedupe_docs=args.dedupe_docs
+        )
+    )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``kb`` command group (history, rollback, search) to a top-level CLI.
+
+    Args:
+        subparsers: The result of ``parser.add_subparsers()`` of the top-level parser.
+
+    Returns:
+        The ``kb`` parser.
+    """
+    kb = subparsers.add_parser("kb", help="inspect and operate the published knowledge-base index")
+    commands = kb.add_subparsers(dest="kb_command", required=True, metavar="{history,rollback,search}")
+
+    history = commands.add_parser("history", help="publish / rollback / rejection log")
+    history.add_argument("--limit", type=int, default=0, help="only the last N events")
+    history.set_defaults(func=cmd_history)
+
+    back = commands.add_parser("rollback", help="point the publish tag at the previous published version")
+    back.add_argument("--to", type=int, default=None, metavar="VERSION", help="roll back to this table version")
+    back.set_defaults(func=cmd_rollback)
+
+    find = commands.add_parser("search", help="search the published knowledge base")
+    find.add_argument("query")
+    find.add_argument("-k", type=int, default=None, help="results (default retrieval.k)")
+    find.add_argument("--mode", choices=["hybrid", "vector", "fts"], default=None, help="default retrieval.mode")
+    find.add_argument(
+        "--version", default="production", help="tag, version number or 'latest' (default: the publish tag)"
+    )
+    find.add_argument("--dedupe-docs", action="store_true", help="best chunk per document only")
+    find.set_defaults(func=cmd_search)
+    return kb

@@ -1,0 +1,175 @@
+"""The steps of the nightly knowledge-base refresh, one function per Airflow task and DVC stage.
+
+Each step takes the data interval (``YYYY-MM-DD``) and optional per-run overrides of ``params.yaml``, reads
+its inputs from where the previous step left them, and returns a small JSON-able summary (XCom). Steps are
+idempotent: re-running one, or a whole day, gives the same state.
+
+Where the data sits between steps:
+
+* ``ingest_documents`` -> ``$EVERTUNE_WORK_DIR/refresh/ds=<interval>/ingested.pkl`` (staging, not versioned);
+* ``validate_documents`` -> ``<data-repo>/validated/ds=<interval>/`` (byte-deterministic files);
+* ``version_snapshot`` -> DVC md5 + git tag ``validated/<interval>`` in the data repo, pushed to the remote;
+* ``sync_index`` -> a new LanceDB table version (the candidate);
+* ``evaluate_retrieval`` -> metrics of the candidate and of the published version;
+* ``publish_index`` -> the ``production`` tag moves, or ``QualityGateFailed`` leaves it where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+from evertune.config import Params, apply_overrides, load_params
+from evertune.data.versioning import DataRepo, validated_folder, validated_key
+from evertune.errors import NothingToDo
+from evertune.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _context(overrides: dict[str, Any] | None) -> tuple[Params, Settings]:
+    settings = get_settings()
+    settings.ensure_local_dirs()
+    return apply_overrides(load_params(), overrides), settings
+
+
+def staging_dir(settings: Settings, interval: str) -> Path:
+    """Scratch folder of one interval's refresh."""
+    return settings.work_dir / "refresh" / f"ds={interval}"
+
+
+def validated_dir(settings: Settings, interval: str) -> Path:
+    """The validated snapshot of one interval, inside the data repository."""
+    return settings.data_repo / validated_folder(interval)
+
+
+def ingest_documents(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the interval's landing partition into staging.
+
+    Args:
+        interval: The data interval date.
+        overrides: Per-run overrides of ``params.yaml`` (dotted keys).
+
+    Returns:
+        Counts of documents, tombstones, QA pairs and quarantined inputs, and whether the partition exists.
+
+    Raises:
+        NothingToDo: No partition landed for the interval and ``ingest.missing_partition`` is ``skip``.
+    """
+    from evertune.kb.ingest import ingest_partition
+
+    params, settings = _context(overrides)
+    result = ingest_partition(settings.landing_uri, interval, params)
+    if not result.partition_found and params.ingest.missing_partition == "skip":
+        raise NothingToDo(f"no landing partition for ds={interval} under {settings.landing_uri}: nothing to refresh")
+    folder = staging_dir(settings, interval)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Staging between two tasks of the same run and code version: a pickle keeps the frames exact.
+    tmp = folder / "ingested.pkl.tmp"
+    tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    tmp.replace(folder / "ingested.pkl")
+    summary = {
+        "interval": interval,
+        "partition_found": result.partition_found,
+        "documents": len(result.documents),
+        "tombstones": len(result.tombstones),
+        "qa": len(result.qa),
+        "quarantined": len(result.quarantine),
+        "records_read": result.records_read,
+    }
+    log.info("ingested %s", summary)
+    return summary
+
+
+def validate_documents(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate the staged drop with Great Expectations and write the validated snapshot.
+
+    Raises:
+        CriticalValidationError: Wrong schema, an empty drop, or too large a quarantined share.
+        NothingToDo: Ingestion has not run for this interval.
+    """
+    from evertune.kb.validation import validate_documents as run_suite
+    from evertune.kb.validation import write_validated
+
+    params, settings = _context(overrides)
+    staged = staging_dir(settings, interval) / "ingested.pkl"
+    if not staged.is_file():
+        raise NothingToDo(f"no staged ingest for {interval}: run ingest_documents first")
+    ingested = pickle.loads(staged.read_bytes())  # noqa: S301 - our own staging file
+    result = run_suite(ingested, interval, params, settings)
+    out = validated_dir(settings, interval)
+    write_validated(result, out)
+    reasons = result.report.get("quarantine_by_reason") or result.report.get("counts_by_reason") or {}
+    log.info("validated %s: counts=%s quarantined by reason=%s data docs=%s", interval, result.counts, reasons,
+             result.data_docs)
+    return {"interval": interval, "counts": result.counts, "quarantine_by_reason": reasons,
+            "data_docs": result.data_docs, "path": str(out)}
+
+
+def version_snapshot(interval: str) -> dict[str, Any]:
+    """Version the validated snapshot with DVC (content-keyed), push it and tag it in the data repo.
+
+    Raises:
+        NothingToDo: The interval has not been validated.
+    """
+    settings = get_settings()
+    if not validated_dir(settings, interval).is_dir():
+        raise NothingToDo(f"no validated snapshot for {interval}: run validate_documents first")
+    repo = DataRepo(settings)
+    version = repo.version_folder(validated_folder(interval), validated_key(interval), f"Validated data for {interval}")
+    log.info("data version %s (new commit: %s)", version.data_version, version.created)
+    return version.to_dict()
+
+
+def sync_index(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Embed new or changed chunks of the interval and merge them into the LanceDB table."""
+    from evertune.kb.index import sync_interval
+
+    params, settings = _context(overrides)
+    result = sync_interval(validated_dir(settings, interval), interval, params, settings)
+    log.info("synced %s", result.to_dict())
+    return result.to_dict()
+
+
+def evaluate_retrieval(interval: str, overrides: dict[str, Any] | None, synced: dict[str, Any]) -> dict[str, Any]:
+    """Score the candidate table version (and the published one) on the interval's golden queries."""
+    from evertune.kb.retrieval import evaluate_retrieval as score
+
+    params, settings = _context(overrides)
+    golden = validated_dir(settings, interval) / "golden_retrieval.jsonl"
+    evaluation = score(synced["table_name"], synced["version"], golden, params, settings)
+    log.info("retrieval candidate=%s published=%s", evaluation.get("candidate"), evaluation.get("published"))
+    return evaluation
+
+
+def publish_index(
+    interval: str,
+    overrides: dict[str, Any] | None,
+    synced: dict[str, Any],
+    evaluation: dict[str, Any],
+    version: dict[str, Any],
+) -> dict[str, Any]:
+    """Move the ``production`` tag to the candidate when retrieval quality holds.
+
+    Raises:
+        QualityGateFailed: The candidate is worse than allowed; ``production`` did not move.
+    """
+    from evertune.kb.publish import publish
+
+    params, settings = _context(overrides)
+    published = publish(
+        synced["table_name"], synced["version"], evaluation, params, settings,
+        data_version=version.get("data_version"), interval=interval,
+    )
+    return {
+        "table": synced["table_name"],
+        "table_version": synced["version"],
+        "previous_version": published.get("previous_version"),
+        "changed": published.get("changed"),
+        "data_version": version.get("data_version"),
+        "metrics": published.get("metrics"),
+        "counts": {k: synced.get(k) for k in ("chunks_embedded", "chunks_inserted", "chunks_updated",
+                                               "chunks_deleted", "rows_total")},
+    }

@@ -1,0 +1,1 @@
+"""Model resolution and bootstrap: the base LLM, the embedder, and the tiny test model."""

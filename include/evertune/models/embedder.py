@@ -1,0 +1,113 @@
+"""Resolve and load the sentence-transformers embedder, offline, with an integrity check."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from evertune.errors import BootstrapError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from evertune.config import EmbedParams
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_embedder(spec: str) -> str:
+    """Turn ``embed.model`` into something ``SentenceTransformer`` can load.
+
+    Args:
+        spec: ``package:<module>`` (a pip package that ships the model and exposes ``get_model_path()``),
+            a local folder, or a hub id (needs hub access or a warm cache).
+
+    Returns:
+        A local folder path or the hub id unchanged.
+
+    Raises:
+        BootstrapError: The package is not installed or does not expose a model path.
+    """
+    if spec.startswith("package:"):
+        module_name = spec.removeprefix("package:")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise BootstrapError(f"embed.model: package module {module_name!r} is not installed") from exc
+        if not hasattr(module, "get_model_path"):
+            raise BootstrapError(f"embed.model: {module_name!r} has no get_model_path()")
+        return str(module.get_model_path())
+    return spec
+
+
+def verify_embedder(path: str, expected_sha256: str | None) -> str | None:
+    """Check the weights of a local embedder folder against the recorded sha256.
+
+    Args:
+        path: The resolved model location (a hub id is not checked).
+        expected_sha256: ``embed.sha256`` from ``params.yaml``; ``None`` disables the check.
+
+    Returns:
+        The measured sha256, or ``None`` when nothing was checked.
+
+    Raises:
+        BootstrapError: The weights are missing or their hash differs.
+    """
+    folder = Path(path)
+    if expected_sha256 is None or not folder.is_dir():
+        return None
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BootstrapError(f"embedder weights not found: {weights}")
+    actual = _cached_sha256(str(weights), weights.stat().st_size, weights.stat().st_mtime_ns)
+    if actual != expected_sha256:
+        raise BootstrapError(
+            f"embedder weights {weights} have sha256 {actual}, expected {expected_sha256} (embed.sha256)"
+        )
+    return actual
+
+
+@lru_cache(maxsize=8)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the key so an edited file is hashed again.
+    return sha256_file(Path(path))
+
+
+def embedder_id(params: EmbedParams) -> str:
+    """A short, stable identifier of the embedder (used in table names and chunk ids)."""
+    name = params.model.removeprefix("package:").rstrip("/").split("/")[-1]
+    suffix = (params.sha256 or hashlib.sha256(params.model.encode()).hexdigest())[:8]
+    return f"{name}-{suffix}"
+
+
+def load_embedder(params: EmbedParams) -> SentenceTransformer:
+    """Load the configured embedder offline, after checking its weights.
+
+    Args:
+        params: The ``embed`` section of ``params.yaml``.
+
+    Returns:
+        A ready ``SentenceTransformer`` on ``params.device``.
+    """
+    path = resolve_embedder(params.model)
+    verify_embedder(path, params.sha256)
+    return _load(path, params.device)
+
+
+@lru_cache(maxsize=2)
+def _load(path: str, device: str) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device=device)

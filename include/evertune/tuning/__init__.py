@@ -1,0 +1,1 @@
+"""Continuous tuning: dataset, drift, training, evaluation, gate and registry."""

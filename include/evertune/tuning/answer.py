@@ -1,0 +1,383 @@
+"""The answer path users get: retrieve from the published knowledge base, apply the prompt template, generate.
+
+Evaluation, the registered MLflow model and ad-hoc use all go through these functions, so what the gate
+measures is what users are served. A prompt is::
+
+    system:    dataset.system_prompt
+    user:      prompts/<evaluate.prompt_template>.jinja(question, retrieved chunks)
+    assistant: <generated>
+
+rendered with the tokenizer's own chat template. Retrieved chunks are kept best-first within
+``evaluate.max_context_chars``; when the rendered prompt would not leave room for ``max_new_tokens`` inside
+``train.max_length`` tokens, the lowest-ranked chunks are dropped first.
+
+``retrieve`` is any ``Callable[[str], list[dict]]`` returning chunks (``title``, ``text``, ``doc_id``) best
+first; ``None`` means the real published index (:func:`kb_retriever`), :func:`no_retrieval` means no context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from evertune.config import Params
+    from evertune.settings import Settings
+
+Chunk = Mapping[str, Any]
+Retriever = Callable[[str], Sequence[Chunk]]
+
+#: Used when a tokenizer has no chat template (plain base models); real instruct models bring their own.
+_FALLBACK_CHAT = "{system}\n\nUser: {user}\nAssistant:"
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """Everything that shapes a prompt and its generation, frozen into each registered model.
+
+    Attributes:
+        template_name: Template version, e.g. ``rag-v1``.
+        template_text: Its Jinja source (stored, so later edits cannot change a registered model).
+        system_prompt: The system turn.
+        max_context_chars: Budget for retrieved text per prompt.
+        max_length: Token budget of prompt + answer (the training ``max_length``).
+        max_new_tokens: Greedy generation length.
+        batch_size: Prompts per generation batch.
+    """
+
+    template_name: str
+    template_text: str
+    system_prompt: str
+    max_context_chars: int
+    max_length: int
+    max_new_tokens: int
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for the model artifact ``answer_spec.json``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AnswerSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+
+
+def answer_spec(params: Params | AnswerSpec) -> AnswerSpec:
+    """Build the :class:`AnswerSpec` of ``params`` (an ``AnswerSpec`` is returned unchanged).
+
+    Raises:
+        ConfigError: ``evaluate.prompt_template`` names no shipped template.
+    """
+    if isinstance(params, AnswerSpec):
+        return params
+    from evertune.tuning.prompts import load_template
+
+    name = params.evaluate.prompt_template
+    return AnswerSpec(
+        template_name=name,
+        template_text=load_template(name),
+        system_prompt=params.dataset.system_prompt,
+        max_context_chars=params.evaluate.max_context_chars,
+        max_length=params.train.max_length,
+        max_new_tokens=params.evaluate.max_new_tokens,
+        batch_size=params.evaluate.batch_size,
+    )
+
+
+def no_retrieval(question: str) -> list[Chunk]:
+    """A retriever that never finds anything: prompts carry the bare question."""
+    return []
+
+
+def kb_retriever(
+    params: Params, settings: Settings | None = None, *, version_or_tag: str | None = None, k: int | None = None
+) -> Retriever:
+    """The real retriever: search the published LanceDB index.
+
+    Args:
+        params: Pipeline params (``retrieval.k``, ``retrieval.mode``, ``index.publish_tag``).
+        settings: Deployment settings; default :func:`evertune.settings.get_settings`.
+        version_or_tag: Index version or tag to read; default the published tag (``index.publish_tag``).
+            Evaluation pins the version it measured, so the registered lineage names one exact index.
+        k: Chunks per question; default ``retrieval.k``.
+
+    Returns:
+        ``question -> chunks``, best first. Calling it raises ``NothingToDo`` while no index is published.
+    """
+    from evertune.kb.retrieval import search
+
+    if settings is None:
+        from evertune.settings import get_settings
+
+        settings = get_settings()
+    tag = version_or_tag or "production"  # search() reads "production" as index.publish_tag
+
+    def retrieve(question: str) -> list[Chunk]:
+        return search(question, params, settings, k=k or params.retrieval.k, version_or_tag=tag)
+
+    return retrieve
+
+
+def select_contexts(chunks: Sequence[Chunk], max_chars: int) -> list[dict[str, Any]]:
+    """Keep chunks best-first while their shown text (``body``, else ``text``) fits ``max_chars``; the first
+    chunk is cut to fit if it alone is too long."""
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for chunk in chunks:
+        field = "body" if chunk.get("body") else "text"
+        text = str(chunk.get(field) or "")
+        if used + len(text) > max_chars:
+            if not kept and max_chars > 0:
+                kept.append({**chunk, field: text[:max_chars]})
+            break
+        kept.append(dict(chunk))
+        used += len(text)
+    return kept
+
+
+def build_messages(question: str, contexts: Sequence[Chunk], spec: AnswerSpec) -> list[dict[str, str]]:
+    """The chat messages (system + user) for one question."""
+    from evertune.tuning.prompts import render_template
+
+    user = render_template(spec.template_text, question=question, contexts=contexts)
+    return [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": user}]
+
+
+def _chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _FALLBACK_CHAT.format(system=messages[0]["content"], user=messages[1]["content"])
+
+
+def render_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    chunks: Sequence[Chunk],
+    spec: AnswerSpec,
+    *,
+    answer_tokens: int | None = None,
+) -> str:
+    """Render the full prompt text (chat template applied, generation prompt added).
+
+    Args:
+        tokenizer: The model's tokenizer.
+        question: The question.
+        chunks: Retrieved chunks, best first.
+        spec: Template and budgets.
+        answer_tokens: Tokens to leave free for the answer; default ``spec.max_new_tokens``.
+
+    Returns:
+        The prompt; lowest-ranked chunks were dropped until it fits ``spec.max_length - answer_tokens`` tokens
+        (a prompt without any context is returned even if it is longer).
+    """
+    contexts = select_contexts(chunks, spec.max_context_chars)
+    budget = spec.max_length - (spec.max_new_tokens if answer_tokens is None else answer_tokens)
+    while True:
+        text = _chat_text(tokenizer, build_messages(question, contexts, spec))
+        if not contexts or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget:
+            return text
+        contexts = contexts[:-1]
+
+
+def retrieve_contexts(questions: Sequence[str], retrieve: Retriever | None, params: Params | None) -> list[list[Chunk]]:
+    """Run the retriever once per question (``None`` -> the published KB, needs ``params``)."""
+    if retrieve is None:
+        if params is None:
+            raise ValueError("retrieve=None (the published KB) needs the pipeline params")
+        retrieve = kb_retriever(params)
+    return [list(retrieve(question)) for question in questions]
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids: list[int] = []
+    for candidate in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        for value in candidate if isinstance(candidate, list) else [candidate]:
+            if value is not None and value not in ids:
+                ids.append(int(value))
+    return ids
+
+
+def generate_answers(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], spec: AnswerSpec
+) -> list[str]:
+    """Greedy-generate one answer per rendered prompt, in batches of ``spec.batch_size`` (left padding).
+
+    Args:
+        model: A causal LM (merged or PEFT-wrapped).
+        tokenizer: Its tokenizer (needs a pad token).
+        prompts: Prompts from :func:`render_prompt`.
+        spec: Generation settings.
+
+    Returns:
+        The decoded new tokens of each prompt, special tokens removed, stripped.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = _eos_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id, eos_token_id=eos_ids
+    )
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), spec.batch_size):
+            batch = list(prompts[start : start + spec.batch_size])
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                output = model.generate(**encoded, generation_config=config)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = previous_side
+        if was_training:
+            model.train()
+    return answers
+
+
+def answer_questions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    retrieve: Retriever | None,
+    params: Params | AnswerSpec,
+    *,
+    contexts: Sequence[Sequence[Chunk]] | None = None,
+) -> list[str]:
+    """Answer questions the way users are served: retrieve, apply the template, generate greedily.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        questions: The questions.
+        retrieve: ``question -> chunks``; ``None`` searches the published KB (needs ``params`` to be
+            :class:`Params`); :func:`no_retrieval` gives prompts without context.
+        params: Pipeline params, or an :class:`AnswerSpec` (what the registered model carries).
+        contexts: Already retrieved chunks per question; when given, ``retrieve`` is not called.
+
+    Returns:
+        One answer per question, in order.
+    """
+    spec = answer_spec(params)
+    if contexts is None:
+        contexts = retrieve_contexts(questions, retrieve, None if isinstance(params, AnswerSpec) else params)
+    if len(contexts) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
+    prompts = [render_prompt(tokenizer, q, c, spec) for q, c in zip(questions, contexts, strict=True)]
+    return generate_answers(model, tokenizer, prompts, spec)
+
+
+def answer_token_losses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    references: Sequence[str],
+    retrieve: Retriever | None,
+    params: Params | AnswerSpec,
+    *,
+    contexts: Sequence[Sequence[Chunk]] | None = None,
+) -> list[list[float]]:
+    """Per-token negative log-likelihood (natural log) of each reference answer given its RAG prompt.
+
+    The scored tokens are the reference answer followed by the tokenizer's EOS (the end-of-turn token the model
+    must learn to emit), exactly the tokens SFT trains on. Feed the result to
+    :func:`evertune.tuning.metrics.perplexity`.
+
+    Args:
+        model: A causal LM.
+        tokenizer: Its tokenizer.
+        questions: The questions.
+        references: The reference answers, aligned with ``questions``.
+        retrieve: As in :func:`answer_questions`.
+        params: Pipeline params or an :class:`AnswerSpec`.
+        contexts: Already retrieved chunks per question.
+
+    Returns:
+        One list of token NLLs per item.
+    """
+    import torch
+
+    if len(references) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(references)} references")
+    spec = answer_spec(params)
+    if contexts is None:
+        contexts = retrieve_contexts(questions, retrieve, None if isinstance(params, AnswerSpec) else params)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    sequences: list[tuple[list[int], int]] = []
+    for question, chunks, reference in zip(questions, contexts, references, strict=True):
+        answer_ids = tokenizer(reference, add_special_tokens=False)["input_ids"] + (
+            [eos_id] if eos_id is not None else []
+        )
+        prompt = render_prompt(tokenizer, question, chunks, spec, answer_tokens=len(answer_ids))
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        sequences.append((prompt_ids + answer_ids, len(prompt_ids)))
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    losses: list[list[float]] = []
+    try:
+        for start in range(0, len(sequences), spec.batch_size):
+            batch = sequences[start : start + spec.batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (ids, _) in enumerate(batch):  # right padding: positions stay 0..n-1 as in training
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            with torch.inference_mode():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = input_ids[:, 1:].to(device)
+            nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+            for row, (ids, prompt_len) in enumerate(batch):
+                # logits at position t predict token t+1: answer tokens start at prompt_len.
+                losses.append([float(v) for v in nll[row, prompt_len - 1 : len(ids) - 1]])
+    finally:
+        if was_training:
+            model.train()
+    return losses
+
+
+def answer_logprob_losses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    references: Sequence[str],
+    retrieve: Retriever | None,
+    params: Params | AnswerSpec,
+    *,
+    contexts: Sequence[Sequence[Chunk]] | None = None,
+) -> list[float]:
+    """Per-item mean NLL of the reference answers (see :func:`answer_token_losses`); ``exp`` of it is the
+    item's perplexity."""
+    token_losses = answer_token_losses(model, tokenizer, questions, references, retrieve, params, contexts=contexts)
+    return [sum(item) / len(item) if item else math.nan for item in token_losses]
+
+
+__all__ = [
+    "AnswerSpec",
+    "Retriever",
+    "answer_logprob_losses",
+    "answer_questions",
+    "answer_spec",
+    "answer_token_losses",
+    "build_messages",
+    "generate_answers",
+    "kb_retriever",
+    "no_retrieval",
+    "render_prompt",
+    "retrieve_contexts",
+    "select_contexts",
+]

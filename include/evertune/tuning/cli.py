@@ -1,0 +1,65 @@
+"""``evertune model ...``: inspect the registry, promote a version by hand, roll the champion back.
+
+evertune model status                      versions, aliases, champion history (JSON)
+evertune model promote --version 7         manual approval (e.g. after drift.policy=require_approval)
+evertune model rollback                    champion -> previous champion, in one call
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``model`` command group to the ``evertune`` CLI."""
+    model = subparsers.add_parser("model", help="registered model: status, promote, rollback")
+    model.add_argument("--params", default=None, help="params file (default: $EVERTUNE_PARAMS or ./params.yaml)")
+    model.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
+    actions = model.add_subparsers(dest="model_command", required=True)
+
+    status = actions.add_parser("status", help="versions, aliases and champion history as JSON")
+    status.set_defaults(func=_status)
+
+    promote = actions.add_parser("promote", help="make a version champion (manual approval path)")
+    promote.add_argument("--version", type=int, required=True, help="the version to promote")
+    promote.add_argument("--approved-by", default=None, help="who approves (default: the current user)")
+    promote.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
+    promote.set_defaults(func=_promote)
+
+    rollback = actions.add_parser("rollback", help="restore the previous champion")
+    rollback.set_defaults(func=_rollback)
+
+
+def _name(args: argparse.Namespace) -> str:
+    from evertune.config import load_params
+
+    return args.name or load_params(args.params).registry.model_name
+
+
+def _print(data: dict) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from evertune.tuning.registry import model_status
+
+    _print(model_status(_name(args)))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from evertune.tuning.registry import promote
+
+    approved_by = args.approved_by or getpass.getuser()
+    result = promote(_name(args), args.version, None, approved_by=approved_by, force=args.force)
+    _print(result.to_dict())
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from evertune.tuning.registry import rollback
+
+    _print(rollback(_name(args)).to_dict())
+    return 0

@@ -1,0 +1,501 @@
+"""Build the supervised fine-tuning (SFT) dataset from validated interval folders.
+
+Input: one folder per data interval (oldest first), as written by the validation step::
+
+    <interval>/qa.parquet          qa_id, question, answer, doc_id, fact_key, metadata (JSON; {"pii": true} flags PII)
+    <interval>/documents.parquet   normalised documents: doc_id, title, text, updated_at, metadata (JSON, has topic)
+    <interval>/tombstones.parquet  doc_id, deleted_at
+    <interval>/golden_qa.jsonl     held-out evaluation QA: qa_id, question, ...
+
+Rules, in order: the latest interval wins per ``qa_id``; rows with an empty question/answer, flagged PII, a deleted
+document, or that belong to the golden set (by ``qa_id`` or normalised question) are dropped; duplicates by
+normalised question+answer keep the earliest-seen row (so adding data never renames an example); optional
+document-grounded examples are added; each example goes to train or validation by a hash of its id (stable
+as rows are added, never random per run).
+
+Output (:func:`write_sft_dataset`): ``train.jsonl``, ``validation.jsonl``, ``stats.json``, byte-deterministic
+(sorted rows, sorted keys, no timestamps). Versioning the folder (DVC) is the caller's job: this module only
+returns the folder and its content fingerprint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evertune.errors import CriticalValidationError, NothingToDo
+from evertune.tuning.metrics import normalize_answer
+
+if TYPE_CHECKING:
+    from evertune.config import DatasetParams
+
+QA_FILE = "qa.parquet"
+DOCUMENTS_FILE = "documents.parquet"
+TOMBSTONES_FILE = "tombstones.parquet"
+GOLDEN_QA_FILE = "golden_qa.jsonl"
+TRAIN_FILE = "train.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+STATS_FILE = "stats.json"
+OUTPUT_FILES = (TRAIN_FILE, VALIDATION_FILE, STATS_FILE)
+
+QA_COLUMNS = ("qa_id", "question", "answer", "doc_id", "fact_key")
+#: Metadata keys (or columns) whose truthy value marks a row as containing PII.
+PII_KEYS = ("pii", "pii_detected", "contains_pii")
+UNKNOWN_TOPIC = "unknown"
+_DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+def normalize_text(text: str) -> str:
+    """Normalisation used for dedup and golden-set matching (SQuAD-style: case, punctuation, articles, spaces)."""
+    return normalize_answer(text or "")
+
+
+def split_of(example_id: str, val_fraction: float) -> str:
+    """``"validation"`` or ``"train"`` from a hash of the example id: stable across runs and additions."""
+    bucket = int.from_bytes(hashlib.sha256(example_id.encode("utf-8")).digest()[:8], "big") / 2**64
+    return "validation" if bucket < val_fraction else "train"
+
+
+def format_prompt(question: str, system_prompt: str) -> str:
+    """The plain-text prompt of the ``prompt_completion`` format (use the same at inference)."""
+    return f"{system_prompt}\n\nQuestion: {question.strip()}\nAnswer:"
+
+
+def format_messages(question: str, system_prompt: str, answer: str | None = None) -> list[dict[str, str]]:
+    """Chat messages of the ``messages`` format; without ``answer`` it is the inference prompt."""
+    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question.strip()}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer.strip()})
+    return messages
+
+
+@dataclass(frozen=True)
+class SFTDataset:
+    """An SFT dataset in memory.
+
+    Attributes:
+        train: Training rows, sorted by ``id``. Each row has ``id``, ``kind`` (``qa``/``document``), ``doc_id``,
+            ``fact_key``, ``topic`` and either ``messages`` or ``prompt``/``completion`` (TRL column names; the
+            other keys are dropped by TRL's ``remove_unused_columns``).
+        validation: Validation rows, same shape.
+        stats: Counts of what was read, dropped and kept (written as ``stats.json``).
+        format: ``messages`` or ``prompt_completion``.
+    """
+
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
+    format: str = "messages"
+
+    def drift_inputs(self, split: str = "train") -> tuple[list[str], dict[str, list[str]]]:
+        """Texts and categories of one split, ready for :func:`evertune.tuning.drift.check_drift`."""
+        return drift_inputs(self.train if split == "train" else self.validation)
+
+
+@dataclass(frozen=True)
+class WrittenDataset:
+    """Where :func:`write_sft_dataset` wrote the dataset and its content hashes."""
+
+    path: Path
+    fingerprint: str
+    files: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for XCom / MLflow params."""
+        return {"path": str(self.path), "fingerprint": self.fingerprint, "files": dict(self.files)}
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, float):  # NaN from a missing cell
+        return {}
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "y"}
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _read_parquet_rows(path: Path, required: Iterable[str]) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = sorted(set(required) - set(table.column_names))
+    if missing:
+        raise CriticalValidationError(f"{path} lacks required columns {missing}", {"path": str(path)})
+    return table.to_pylist()
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        stamp = value
+    else:
+        try:
+            stamp = dt.datetime.fromisoformat(str(value))  # 3.11+ accepts a trailing "Z"
+        except ValueError:
+            return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def _latest_documents(validated_dirs: list[Path], documents: Any) -> dict[str, dict[str, Any]]:
+    """The current version of each document: the newest ``updated_at`` wins, ties go to the later interval."""
+    if documents is not None:
+        rows = documents.to_dict("records") if hasattr(documents, "to_dict") else list(documents)
+        sources = [rows]
+    else:
+        sources = [
+            _read_parquet_rows(folder / DOCUMENTS_FILE, ("doc_id",))
+            for folder in validated_dirs
+            if (folder / DOCUMENTS_FILE).is_file()
+        ]
+    latest: dict[str, dict[str, Any]] = {}
+    for rows in sources:
+        for row in rows:
+            doc_id = _text(row.get("doc_id"))
+            if not doc_id:
+                continue
+            current = latest.get(doc_id)
+            new_time = _parse_time(row.get("updated_at"))
+            old_time = _parse_time(current.get("updated_at")) if current else None
+            if current is None or new_time is None or old_time is None or new_time >= old_time:
+                latest[doc_id] = row
+    return latest
+
+
+def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Doc ids deleted by the tombstones in the folders.
+
+    A tombstone older than the document's newest ``updated_at`` does not delete it (the document came back).
+
+    Args:
+        validated_dirs: Interval folders (oldest first).
+        documents: The current version of each document by doc_id (for ``updated_at``).
+
+    Returns:
+        The deleted doc ids.
+    """
+    deleted: dict[str, dt.datetime | None] = {}
+    for folder in validated_dirs:
+        path = folder / TOMBSTONES_FILE
+        if not path.is_file():
+            continue
+        for row in _read_parquet_rows(path, ("doc_id",)):
+            doc_id = _text(row.get("doc_id"))
+            if not doc_id:
+                continue
+            stamp = _parse_time(row.get("deleted_at"))
+            previous = deleted.get(doc_id)
+            if doc_id not in deleted or (stamp is not None and (previous is None or stamp > previous)):
+                deleted[doc_id] = stamp
+    result = set()
+    for doc_id, stamp in deleted.items():
+        updated = _parse_time(documents.get(doc_id, {}).get("updated_at")) if doc_id in documents else None
+        if stamp is None or updated is None or stamp >= updated:
+            result.add(doc_id)
+    return result
+
+
+def _read_golden(validated_dirs: list[Path]) -> tuple[set[str], set[str]]:
+    ids: set[str] = set()
+    questions: set[str] = set()
+    for folder in validated_dirs:
+        path = folder / GOLDEN_QA_FILE
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise CriticalValidationError(f"{path}:{number} is not valid JSON: {exc}") from None
+            if record.get("qa_id"):
+                ids.add(str(record["qa_id"]))
+            if record.get("question"):
+                questions.add(normalize_text(str(record["question"])))
+    return ids, questions
+
+
+def _topic(meta: Mapping[str, Any], document: Mapping[str, Any] | None) -> str:
+    topic = meta.get("topic")
+    if not topic and document is not None:
+        topic = _metadata(document.get("metadata")).get("topic") or document.get("topic")
+    return str(topic) if topic else UNKNOWN_TOPIC
+
+
+def _truncate(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip()
+
+
+def _record(question: str, answer: str, params: DatasetParams) -> dict[str, Any]:
+    if params.format == "messages":
+        return {"messages": format_messages(question, params.system_prompt, answer)}
+    return {"prompt": format_prompt(question, params.system_prompt), "completion": " " + answer.strip()}
+
+
+def build_sft_dataset(
+    validated_dirs: list[Path],
+    params: DatasetParams,
+    *,
+    golden_qa_ids: set[str],
+    deleted_doc_ids: set[str],
+    documents: Any = None,
+    golden_questions: Iterable[str] = (),
+) -> SFTDataset:
+    """Assemble the SFT dataset from validated interval folders.
+
+    Args:
+        validated_dirs: Interval folders in chronological order (oldest first); later folders win on the
+            same ``qa_id``. Choosing the window (``dataset.window_days``) is the caller's job, see
+            :func:`select_interval_dirs`.
+        params: The ``dataset`` section.
+        golden_qa_ids: Golden QA ids never to train on (unioned with the ids in each folder's ``golden_qa.jsonl``).
+        deleted_doc_ids: Deleted documents (unioned with the folders' tombstones, see
+            :func:`collect_deleted_doc_ids`); their QA is excluded.
+        documents: Current documents (DataFrame or iterable of dicts with ``doc_id``, ``title``, ``text``,
+            ``updated_at``, ``metadata``); defaults to the folders' ``documents.parquet``. Used for topics,
+            tombstone ordering and, with ``dataset.include_documents``, document-grounded examples.
+        golden_questions: Extra golden question texts (matched after normalisation).
+
+    Returns:
+        The dataset, rows sorted by id.
+
+    Raises:
+        NothingToDo: No example is left (no QA read, or everything was filtered out).
+        CriticalValidationError: A ``qa.parquet`` lacks required columns or ``golden_qa.jsonl`` is malformed.
+    """
+    folders = [Path(folder) for folder in validated_dirs]
+    docs = _latest_documents(folders, documents)
+    deleted = set(deleted_doc_ids) | collect_deleted_doc_ids(folders, docs)
+    golden_ids, golden_texts = _read_golden(folders)
+    golden_ids |= {str(i) for i in golden_qa_ids}
+    golden_texts |= {normalize_text(q) for q in golden_questions}
+
+    counts: Counter[str] = Counter()
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    first_seen: dict[str, int] = {}
+    for position, folder in enumerate(folders):
+        path = folder / QA_FILE
+        if not path.is_file():
+            continue
+        for row in _read_parquet_rows(path, QA_COLUMNS):
+            counts["qa_rows_read"] += 1
+            qa_id = _text(row.get("qa_id"))
+            if not qa_id:
+                counts["dropped_missing_id"] += 1
+                continue
+            first_seen.setdefault(qa_id, position)
+            latest[qa_id] = (position, row)  # later interval wins
+    counts["qa_unique_ids"] = len(latest)
+
+    kept: dict[tuple[str, str], tuple[int, str, dict[str, Any]]] = {}
+    for qa_id in sorted(latest):
+        _, row = latest[qa_id]
+        question, answer = _text(row.get("question")).strip(), _text(row.get("answer")).strip()
+        doc_id = _text(row.get("doc_id"))
+        meta = _metadata(row.get("metadata"))
+        if not question or not answer:
+            counts["dropped_empty"] += 1
+        elif any(_truthy(meta.get(key)) or _truthy(row.get(key)) for key in PII_KEYS):
+            counts["dropped_pii"] += 1
+        elif doc_id and doc_id in deleted:
+            counts["dropped_deleted_doc"] += 1
+        elif qa_id in golden_ids:
+            counts["dropped_golden_id"] += 1
+        elif normalize_text(question) in golden_texts:
+            counts["dropped_golden_question"] += 1
+        else:
+            key = (normalize_text(question), normalize_text(answer))
+            candidate = (first_seen[qa_id], qa_id, row)
+            if key in kept:
+                counts["dropped_duplicate"] += 1
+                # Keep the earliest-seen row (then the smallest id) so new data never renames an example.
+                if candidate[:2] < kept[key][:2]:
+                    kept[key] = candidate
+            else:
+                kept[key] = candidate
+
+    examples: list[dict[str, Any]] = []
+    for _, qa_id, row in kept.values():
+        doc_id = _text(row.get("doc_id"))
+        examples.append({
+            "id": qa_id,
+            "kind": "qa",
+            "doc_id": doc_id,
+            "fact_key": _text(row.get("fact_key")),
+            "topic": _topic(_metadata(row.get("metadata")), docs.get(doc_id)),
+            **_record(_text(row.get("question")), _text(row.get("answer")), params),
+        })
+    counts["qa_examples"] = len(examples)
+
+    if params.include_documents:
+        for doc_id in sorted(docs):
+            document = docs[doc_id]
+            title, text = _text(document.get("title")).strip(), _text(document.get("text"))
+            if doc_id in deleted or not title or not text.strip():
+                continue
+            question = f'What does the help-center article "{title}" say?'
+            examples.append({
+                "id": f"doc:{doc_id}",
+                "kind": "document",
+                "doc_id": doc_id,
+                "fact_key": "",
+                "topic": _topic({}, document),
+                **_record(question, _truncate(text, params.document_max_chars), params),
+            })
+        counts["document_examples"] = len(examples) - counts["qa_examples"]
+
+    if not examples:
+        raise NothingToDo(
+            f"no SFT examples from {len(folders)} interval folder(s): "
+            f"{counts['qa_rows_read']} QA rows read, all filtered out or none present"
+        )
+    examples.sort(key=lambda item: item["id"])
+    train = [e for e in examples if split_of(e["id"], params.val_fraction) == "train"]
+    validation = [e for e in examples if split_of(e["id"], params.val_fraction) == "validation"]
+    counts["train"], counts["validation"] = len(train), len(validation)
+    stats = {
+        "format": params.format,
+        "val_fraction": params.val_fraction,
+        "include_documents": params.include_documents,
+        "system_prompt_sha256": hashlib.sha256(params.system_prompt.encode("utf-8")).hexdigest(),
+        "intervals": [folder.name for folder in folders],
+        "counts": dict(sorted(counts.items())),
+        "topics": {
+            "train": dict(sorted(Counter(e["topic"] for e in train).items())),
+            "validation": dict(sorted(Counter(e["topic"] for e in validation).items())),
+        },
+        "excluded": {"deleted_doc_ids": len(deleted), "golden_ids": len(golden_ids),
+                     "golden_questions": len(golden_texts)},
+    }
+    return SFTDataset(train=train, validation=validation, stats=stats, format=params.format)
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")) for row in rows]
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def write_sft_dataset(ds: SFTDataset, out_dir: Path) -> WrittenDataset:
+    """Write ``train.jsonl``, ``validation.jsonl`` and ``stats.json``, byte-deterministically.
+
+    Args:
+        ds: The dataset from :func:`build_sft_dataset`.
+        out_dir: Target folder (created). Only the three files are written; each is replaced atomically.
+
+    Returns:
+        The folder, the sha256 of each file and the fingerprint (sha256 over ``name\\0sha256\\n`` of the sorted
+        files): the same content always gives the same fingerprint. Hand the folder to DVC from here.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payloads = {
+        TRAIN_FILE: _jsonl(sorted(ds.train, key=lambda row: row["id"])),
+        VALIDATION_FILE: _jsonl(sorted(ds.validation, key=lambda row: row["id"])),
+        STATS_FILE: (json.dumps(ds.stats, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+    }
+    for name, data in payloads.items():
+        _write_atomic(out / name, data)
+    return WrittenDataset(path=out, fingerprint=fingerprint_dir(out), files=_file_hashes(out))
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(OUTPUT_FILES)}
+
+
+def fingerprint_dir(folder: Path) -> str:
+    """Content fingerprint of a written dataset folder (see :func:`write_sft_dataset`)."""
+    digest = hashlib.sha256()
+    for name, file_hash in _file_hashes(Path(folder)).items():
+        digest.update(f"{name}\0{file_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def read_sft_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read rows written by :func:`write_sft_dataset` (e.g. the champion's ``train.jsonl`` for drift)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def example_text(row: Mapping[str, Any]) -> str:
+    """The text of one SFT row for drift checks: user + assistant turns, or prompt + completion."""
+    if "messages" in row:
+        return "\n".join(m["content"] for m in row["messages"] if m.get("role") in ("user", "assistant"))
+    return f"{row.get('prompt', '')}{row.get('completion', '')}"
+
+
+def drift_inputs(rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
+    """Texts plus ``topic`` and ``kind`` categories of SFT rows, for :func:`evertune.tuning.drift.check_drift`."""
+    rows = list(rows)
+    texts = [example_text(row) for row in rows]
+    categories = {
+        "topic": [str(row.get("topic") or UNKNOWN_TOPIC) for row in rows],
+        "kind": [str(row.get("kind") or "qa") for row in rows],
+    }
+    return texts, categories
+
+
+def select_interval_dirs(root: Path, end: dt.date | str, window_days: int) -> list[Path]:
+    """Interval folders under ``root`` whose name holds a date in ``(end - window_days, end]``, oldest first.
+
+    Folder names only need to contain an ISO date (``2026-11-03`` or ``ds=2026-11-03``); others are ignored.
+
+    Args:
+        root: Folder holding one sub-folder per validated interval.
+        end: The last interval date to include (the data interval being processed).
+        window_days: ``dataset.window_days``.
+
+    Returns:
+        The chosen folders sorted by date.
+    """
+    last = dt.date.fromisoformat(end) if isinstance(end, str) else end
+    first = last - dt.timedelta(days=window_days - 1)
+    chosen: list[tuple[dt.date, str, Path]] = []
+    for child in Path(root).iterdir() if Path(root).is_dir() else []:
+        match = _DATE.search(child.name)
+        if not child.is_dir() or not match:
+            continue
+        try:
+            day = dt.date.fromisoformat(match.group(1))
+        except ValueError:
+            continue
+        if first <= day <= last:
+            chosen.append((day, child.name, child))
+    return [path for _, _, path in sorted(chosen)]

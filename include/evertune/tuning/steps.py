@@ -1,0 +1,365 @@
+"""The steps of continuous tuning, one function per ``tune_model`` task (and ``evertune tune`` command).
+
+Data flows as small JSON-able dicts (XCom); files live in the data repository (datasets, versioned with DVC),
+in ``$EVERTUNE_WORK_DIR/tune/<candidate>`` (checkpoints) and in MLflow (runs, models, registry).
+
+* ``build_dataset``: the SFT dataset of the window ending at ``as_of`` (the newest validated interval by
+  default), plus the frozen golden QA set, versioned with DVC.
+* ``check_drift``: new training data vs the champion's (restored from its recorded data version).
+* ``train_candidate``: LoRA SFT. Skipped when a registered version already has the same candidate key
+  (data version + KB version + params hash + base model): re-running the same inputs adds nothing.
+* ``evaluate_candidate``: challenger and champion answer the golden questions through the served answer path
+  (retrieval from the published KB, versioned prompt, generation); token-F1, exact match, ROUGE-L, BLEU,
+  perplexity, paired bootstrap CIs.
+* ``gate_candidate``: the pure gate decision, recorded in MLflow and printed.
+* ``register_candidate``: every evaluated candidate becomes a version with alias ``challenger``; ``champion``
+  moves only for a passing decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from evertune.config import Params, apply_overrides, load_params
+from evertune.data.versioning import DataRepo
+from evertune.errors import NothingToDo
+from evertune.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+GOLDEN_FILE = "golden_qa.jsonl"
+
+
+def _context(overrides: dict[str, Any] | None) -> tuple[Params, Settings]:
+    settings = get_settings()
+    settings.ensure_local_dirs()
+    return apply_overrides(load_params(), overrides), settings
+
+
+def validated_intervals(settings: Settings) -> list[str]:
+    """Intervals whose validated snapshot has been versioned, oldest first."""
+    repo = DataRepo(settings)
+    if not (repo.root / ".git").is_dir():
+        return []
+    return [row["key"].split("/", 1)[1] for row in repo.history("validated/")]
+
+
+def resolve_as_of(as_of: str | None, settings: Settings) -> str:
+    """The last interval of the training window: ``as_of`` if versioned, else the newest one before it.
+
+    Raises:
+        NothingToDo: No validated data has been versioned (yet).
+    """
+    intervals = [day for day in validated_intervals(settings) if as_of is None or day <= as_of]
+    if not intervals:
+        raise NothingToDo(f"no validated data versioned{f' up to {as_of}' if as_of else ''}: nothing to tune on")
+    return intervals[-1]
+
+
+def dataset_folder(as_of: str) -> str:
+    """Folder of the SFT dataset built for ``as_of``, relative to the data repo."""
+    return f"datasets/sft/as_of={as_of}"
+
+
+def build_dataset(as_of: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build, write and version the SFT dataset of the window ending at ``as_of``.
+
+    Args:
+        as_of: Last interval to include; default the newest validated interval.
+        overrides: Per-run overrides of ``params.yaml``.
+
+    Returns:
+        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, and counts.
+    """
+    from evertune.data.versioning import validated_folder
+    from evertune.tuning.dataset import build_sft_dataset, select_interval_dirs, write_sft_dataset
+
+    params, settings = _context(overrides)
+    as_of = resolve_as_of(as_of, settings)
+    dirs = select_interval_dirs(settings.data_repo / "validated", as_of, params.dataset.window_days)
+    dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+    folder = dataset_folder(as_of)
+    written = write_sft_dataset(dataset, settings.data_repo / folder)
+    # The golden set of the newest interval is frozen with the dataset; the builder never trains on it.
+    shutil.copyfile(settings.data_repo / validated_folder(as_of) / GOLDEN_FILE, written.path / GOLDEN_FILE)
+    version = DataRepo(settings).version_folder(folder, f"sft/{as_of}", f"SFT dataset as of {as_of}")
+    summary = {
+        "as_of": as_of,
+        "intervals": [d.name.removeprefix("ds=") for d in dirs],
+        "path": str(written.path),
+        "folder": folder,
+        "fingerprint": written.fingerprint,
+        "data_version": version.data_version,
+        "data_git_rev": version.git_rev,
+        "n_train": len(dataset.train),
+        "n_validation": len(dataset.validation),
+        "stats": dataset.stats,
+    }
+    log.info("dataset %s: %d train / %d validation rows", version.data_version, len(dataset.train),
+             len(dataset.validation))
+    return summary
+
+
+def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag_run_id: str | None) -> str:
+    """The MLflow run that gathers drift, training, evaluation and gate of one tuning attempt (reused on retry)."""
+    from evertune.tuning.registry import configure_mlflow
+
+    client, experiment_id = configure_mlflow(params, settings)
+    key = f"{dag_run_id or 'cli'}|{dataset['data_version']}"
+    found = client.search_runs([experiment_id], filter_string=f"tags.evertune_attempt = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"tune as_of={dataset['as_of']}",
+        tags={"evertune_attempt": key, "airflow_run_id": dag_run_id or "", "data_version": dataset["data_version"],
+              "as_of": dataset["as_of"]},
+    )
+    return run.info.run_id
+
+
+def _champion_reference(params: Params, settings: Settings) -> dict[str, Any] | None:
+    """The champion's version and the data version it was trained on, if there is a champion."""
+    from evertune.tuning.registry import _client, champion_version
+
+    version = champion_version(params.registry.model_name, settings=settings)
+    if version is None:
+        return None
+    tags = _client(settings).get_model_version(params.registry.model_name, str(version)).tags
+    return {"version": version, "data_version": tags.get("data_version"), "data_git_rev": tags.get("data_git_rev"),
+            "data_folder": tags.get("data_folder")}
+
+
+def _restore_reference(settings: Settings, reference: dict[str, Any]) -> Path:
+    """Materialise the champion's training dataset (from the DVC remote, at its recorded git revision)."""
+    restored = settings.work_dir / "tune" / "reference" / reference["data_git_rev"][:12]
+    if not (restored / "train.jsonl").is_file():
+        shutil.rmtree(restored, ignore_errors=True)
+        restored.parent.mkdir(parents=True, exist_ok=True)
+        DataRepo(settings).restore(reference["data_git_rev"], reference["data_folder"], restored)
+    return restored
+
+
+def check_drift(
+    dataset: dict[str, Any], overrides: dict[str, Any] | None = None, dag_run_id: str | None = None
+) -> dict[str, Any]:
+    """Compare the new training data with the champion's training data and log the result to MLflow.
+
+    Returns:
+        ``run_id`` (the tuning run in MLflow), ``reference`` (champion version and data version, or ``None``)
+        and ``report`` (the drift report, ``severity`` ``none`` with a reason when there is no champion).
+    """
+    import mlflow
+
+    from evertune.models.embedder import load_embedder
+    from evertune.tuning.dataset import drift_inputs, read_sft_jsonl
+    from evertune.tuning.drift import check_drift as run_checks
+
+    params, settings = _context(overrides)
+    run_id = _tuning_run(params, settings, dataset, dag_run_id)
+    reference = _champion_reference(params, settings)
+    client = mlflow.tracking.MlflowClient()
+    if reference is None or not reference.get("data_git_rev"):
+        report = {"severity": "none", "reasons": ["no champion with recorded training data: drift not measured"]}
+        client.set_tag(run_id, "drift_severity", "none")
+        client.set_tag(run_id, "drift_reference", "none")
+        return {"run_id": run_id, "reference": reference, "report": report}
+    restored = _restore_reference(settings, reference)
+    ref_texts, ref_cats = drift_inputs(read_sft_jsonl(restored / "train.jsonl"))
+    cur_texts, cur_cats = drift_inputs(read_sft_jsonl(Path(dataset["path"]) / "train.jsonl"))
+    embedder = load_embedder(params.embed)
+    result = run_checks(ref_texts, cur_texts, embedder.encode, params.drift, params.project.seed,
+                        reference_categories=ref_cats, current_categories=cur_cats)
+    logged = result.to_mlflow()
+    for key, value in logged.get("metrics", {}).items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in logged.get("params", {}).items():
+        client.log_param(run_id, key, value)
+    client.set_tag(run_id, "drift_severity", result.severity)
+    client.set_tag(run_id, "drift_reference", f"v{reference['version']} {reference['data_version']}")
+    report = result.to_dict()
+    client.log_dict(run_id, report, "drift/report.json")
+    log.info("drift vs champion v%s (%s): %s", reference["version"], reference["data_version"], result.severity)
+    for reason in result.reasons:
+        log.info("  %s", reason)
+    return {"run_id": run_id, "reference": reference, "report": report}
+
+
+def _published_kb_version(params: Params, settings: Settings) -> str:
+    from evertune.kb.index import connect, open_table, published_version, table_name_for
+
+    name = table_name_for(params)
+    table = open_table(connect(settings), name)
+    version = published_version(table, params.index.publish_tag) if table is not None else None
+    if version is None:
+        raise NothingToDo("no published knowledge-base index yet: the answer path has nothing to retrieve from")
+    return f"{name}@v{version}"
+
+
+def train_candidate(
+    dataset: dict[str, Any], drift: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter on the dataset, unless this exact candidate is already registered.
+
+    Raises:
+        NothingToDo: A registered version has the same candidate key.
+    """
+    from evertune.tuning.registry import candidate_key, find_candidate
+    from evertune.tuning.train import train_adapter, training_params_hash
+
+    from evertune.tuning.registry import download_champion_adapter
+
+    params, settings = _context(overrides)
+    kb_version = _published_kb_version(params, settings)
+    reference = _champion_reference(params, settings) if params.train.warm_start_from_champion else None
+    # A warm start depends on which champion it starts from: part of the candidate's identity.
+    data_identity = dataset["data_version"] + (f"+warm:v{reference['version']}" if reference else "")
+    key = candidate_key(data_identity, kb_version, training_params_hash(params), params.base_model.name_or_path)
+    existing = find_candidate(params.registry.model_name, key, settings=settings)
+    if existing is not None:
+        raise NothingToDo(f"candidate {key[:12]} (same data, KB, params and base model) is already version "
+                          f"{existing.version}: nothing new to train")
+    folder = Path(dataset["path"])
+    output_dir = settings.work_dir / "tune" / key[:16]
+    adapter = replay = None
+    if reference is not None and reference.get("data_git_rev"):
+        adapter = download_champion_adapter(params.registry.model_name, output_dir / "warm-start", settings=settings)
+        replay = _restore_reference(settings, reference) / "train.jsonl"
+    result = train_adapter(
+        folder / "train.jsonl", folder / "validation.jsonl", params, settings,
+        output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
+        mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
+    )
+    return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
+
+
+def _answers(model_dir: str, questions: list[str], references: list[str], contexts: list, params: Params) -> dict:
+    from evertune.models.bootstrap import load_causal_lm
+    from evertune.tuning.answer import answer_questions, answer_token_losses
+    from evertune.tuning.metrics import perplexity, score_generations
+
+    model, tokenizer = load_causal_lm(model_dir, device="cpu" if not _cuda() else None)
+    answers = answer_questions(model, tokenizer, questions, None, params, contexts=contexts)
+    losses = answer_token_losses(model, tokenizer, questions, references, None, params, contexts=contexts)
+    scores = score_generations(answers, references)
+    aggregate = {k: float(v) for k, v in scores.aggregate.items() if k != "n"}
+    aggregate["perplexity"] = float(perplexity(losses))
+    del model
+    return {"answers": answers, "aggregate": aggregate, "per_item": scores.per_item}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def evaluate_candidate(
+    dataset: dict[str, Any], trained: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Challenger and champion answer the frozen golden set through the served answer path; compare them."""
+    import mlflow
+
+    from evertune.tuning.answer import kb_retriever, retrieve_contexts
+    from evertune.tuning.metrics import bootstrap_cis
+    from evertune.tuning.registry import champion_version, configure_mlflow, download_model_checkpoint
+
+    params, settings = _context(overrides)
+    configure_mlflow(params, settings)
+    golden = [json.loads(line) for line in (Path(dataset["path"]) / GOLDEN_FILE).read_text().splitlines() if line]
+    questions = [item["question"] for item in golden]
+    references = [item["answer"] for item in golden]
+    # Both models see the same retrieved contexts, from the KB version pinned at training time.
+    tag = trained["kb_version"].rsplit("@v", 1)[1]
+    contexts = retrieve_contexts(questions, kb_retriever(params, settings, version_or_tag=int(tag)), params)
+    challenger = _answers(trained["merged_dir"], questions, references, contexts, params)
+    champion_v = champion_version(params.registry.model_name, settings=settings)
+    champion = None
+    if champion_v is not None:
+        folder = settings.work_dir / "tune" / "champions" / f"v{champion_v}"
+        downloaded = sorted(folder.rglob("config.json")) if folder.is_dir() else []
+        checkpoint = downloaded[0].parent if downloaded else download_model_checkpoint(
+            params.registry.model_name, champion_v, folder, settings=settings)
+        champion = _answers(str(checkpoint), questions, references, contexts, params)
+    cis = {}
+    if champion is not None:
+        cis = {k: list(v) for k, v in bootstrap_cis(challenger["per_item"], champion["per_item"],
+                                                    params.evaluate.bootstrap_samples, params.project.seed,
+                                                    params.evaluate.ci_alpha).items()}
+    client = mlflow.tracking.MlflowClient()
+    run_id = trained["run_id"]
+    for name, value in challenger["aggregate"].items():
+        client.log_metric(run_id, f"eval_{name}", value)
+    if champion is not None:
+        for name, value in champion["aggregate"].items():
+            client.log_metric(run_id, f"champion_{name}", value)
+    items = [{"qa_id": g.get("qa_id"), "question": q, "reference": r, "challenger": ca,
+              "champion": champion["answers"][i] if champion else None,
+              **{f"challenger_{m}": challenger["per_item"][m][i] for m in challenger["per_item"]},
+              **({f"champion_{m}": champion["per_item"][m][i] for m in champion["per_item"]} if champion else {})}
+             for i, (g, q, r, ca) in enumerate(zip(golden, questions, references, challenger["answers"], strict=True))]
+    client.log_dict(run_id, {"items": items, "ci": cis}, "eval/per_item.json")
+    log.info("challenger %s", challenger["aggregate"])
+    log.info("champion v%s %s", champion_v, champion["aggregate"] if champion else None)
+    return {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None,
+            "champion_version": champion_v, "ci": cis, "n": len(golden)}
+
+
+def gate_candidate(
+    evaluation: dict[str, Any], drift: dict[str, Any], trained: dict[str, Any], overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Apply the gate; record the decision and every reason in MLflow and in the log."""
+    import mlflow
+
+    from evertune.tuning.gate import decide
+    from evertune.tuning.registry import configure_mlflow
+
+    params, settings = _context(overrides)
+    decision = decide(evaluation["challenger"], evaluation["champion"], evaluation["ci"] or None,
+                      drift["report"], params.gate, params.drift)
+    configure_mlflow(params, settings)
+    client = mlflow.tracking.MlflowClient()
+    result = decision.to_dict()
+    client.set_tag(trained["run_id"], "gate_decision", result["action"])
+    client.set_tag(trained["run_id"], "gate_passed", str(result["passed"]).lower())
+    client.set_tag(trained["run_id"], "gate_reasons", json.dumps(list(result["reasons"]))[:5000])
+    client.log_dict(trained["run_id"], result, "gate/decision.json")
+    log.info("gate decision: %s", result["action"])
+    for reason in result["reasons"]:
+        log.info("  %s", reason)
+    return result
+
+
+def register_candidate(
+    dataset: dict[str, Any],
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    decision: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    dag_id: str | None = None,
+    dag_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Register the evaluated candidate (alias ``challenger``) and promote it only when the gate passed."""
+    from evertune.tuning.registry import promote
+    from evertune.tuning.registry import register_candidate as register
+
+    params, settings = _context(overrides)
+    headline = {f"eval_{k}": round(v, 4) for k, v in evaluation["challenger"].items()}
+    candidate = register(
+        trained["merged_dir"], params, run_id=trained["run_id"], data_version=dataset["data_version"],
+        kb_table_version=trained["kb_version"], base_model=params.base_model.name_or_path,
+        dag_id=dag_id, dag_run_id=dag_run_id, settings=settings,
+        extra_tags={"as_of": dataset["as_of"], "data_git_rev": dataset["data_git_rev"],
+                    "data_folder": dataset["folder"], **headline},
+    )
+    promotion = promote(params.registry.model_name, candidate.version, decision, settings=settings)
+    summary = {"candidate": candidate.to_dict(),
+               "promotion": promotion.to_dict(),
+               "decision": decision["action"], "reasons": decision["reasons"]}
+    log.info("registered %s v%s (%s); decision %s", candidate.model_name, candidate.version,
+             "new" if candidate.created else "existing", decision["action"])
+    return summary

@@ -1,0 +1,202 @@
+"""``make demo``: the main job on the embedded stack, under the real scheduler.
+
+1. Bootstrap the models (once) and write the demo landing drops (deterministic per seed and date).
+2. Start the embedded stack (scheduler, DAG processor, API server, triggerer, MLflow server).
+3. Unpause ``refresh_knowledge_base`` and backfill it over the good demo days.
+4. Unpause ``tune_model`` and tune on the good data; the candidate should take ``champion``.
+5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose gate must reject it.
+6. Print a summary (runs, gate decisions, registry, KB versions, UIs) and exit non-zero if anything failed
+   or a gate decided against expectations.
+
+The stack keeps running afterwards (``make down`` stops it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from typing import Any
+
+from evertune.config import load_params
+from evertune.runtime import apply_offline_env
+from evertune.settings import get_settings
+from evertune_airflow import stack
+
+REFRESH_DAG = "refresh_knowledge_base"
+TUNE_DAG = "tune_model"
+RUN_TIMEOUT_S = 3600
+
+
+def _say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _days(start: str, count: int) -> list[str]:
+    first = dt.date.fromisoformat(start)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def prepare_data() -> dict[str, Any]:
+    """Bootstrap models and write the demo drops; returns the scenario's dates by role."""
+    import argparse
+
+    from evertune.demo.generator import generate_range
+    from evertune.models.cli import run_bootstrap
+
+    params = load_params()
+    settings = get_settings()
+    settings.ensure_local_dirs()
+    _say("bootstrapping models (first run converts SmolLM2 from its GGUF; later runs reuse it)")
+    run_bootstrap(argparse.Namespace(params=None, force=False, no_tiny=False))
+    manifests = generate_range(
+        settings.landing_uri,
+        start_date=params.demo.start_date,
+        days=params.demo.days,
+        seed=params.demo.seed,
+        n_articles=params.demo.n_articles,
+        max_file_bytes=params.ingest.max_file_bytes,
+    )
+    days = _days(params.demo.start_date, params.demo.days)
+    poisoned = [m["date"] for m in manifests if m.get("poisoned")]
+    good = [d for d in days if d not in poisoned]
+    _say(f"wrote {len(manifests)} demo drops to {settings.landing_uri}; poisoned: {poisoned or 'none'}")
+    return {"days": days, "good": good, "poisoned": poisoned}
+
+
+def _wait(client: stack.AirflowClient, dag_id: str, run_ids: list[str]) -> list[dict]:
+    runs = client.wait_for_runs(dag_id, run_ids, timeout=RUN_TIMEOUT_S, poll=5)
+    for run in runs:
+        _say(f"{dag_id} {run['dag_run_id']}: {run['state']}")
+    return runs
+
+
+def _wait_new_runs(client: stack.AirflowClient, dag_id: str, known: set[str], timeout: float = 300) -> list[str]:
+    """Wait until at least one run not in ``known`` exists (an asset- or time-triggered run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [r["dag_run_id"] for r in client.dag_runs(dag_id) if r["dag_run_id"] not in known]
+        if new:
+            return new
+        time.sleep(3)
+    raise stack.StackError(f"no new {dag_id} run appeared within {timeout:.0f} s")
+
+
+def run_demo() -> int:
+    """Run the whole demo; returns the process exit code."""
+    apply_offline_env()
+    started = time.monotonic()
+    dates = prepare_data()
+    settings = get_settings()
+    params = load_params()
+    up = stack.up(settings)
+    _say(up.describe())
+    problems: list[str] = []
+    expectations: list[str] = []
+    with stack.AirflowClient.connect(settings) as client:
+        client.wait_for_dag(REFRESH_DAG, timeout=300)
+        has_tuning = (stack.dags_folder() / f"{TUNE_DAG}.py").is_file()
+        if has_tuning:
+            client.wait_for_dag(TUNE_DAG, timeout=300)
+
+        # Unpausing makes the scheduler create the latest nightly run (catchup is off); with no drop for
+        # that day it is skipped, which is what a real night without data does.
+        client.unpause(REFRESH_DAG)
+        good = dates["good"]
+        _say(f"backfilling {REFRESH_DAG} over {good[0]} .. {good[-1]}")
+        backfill = client.backfill(REFRESH_DAG, good[0], good[-1], max_active_runs=1)
+        _wait(client, REFRESH_DAG, backfill["run_ids"])
+
+        if has_tuning:
+            known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)}
+            client.unpause(TUNE_DAG)
+            run_id = client.trigger(TUNE_DAG, conf={}, run_id=f"demo__good_{good[-1]}")
+            _say(f"tuning on the good data (run {run_id})")
+            tune_runs = _wait(client, TUNE_DAG, [run_id])
+            expectations.append(f"{run_id}: expected promote")
+            known |= {r["dag_run_id"] for r in tune_runs}
+
+        for day in dates["poisoned"]:
+            if has_tuning:
+                known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)}
+            _say(f"backfilling the poisoned drop {day}")
+            poisoned_fill = client.backfill(REFRESH_DAG, day, day, max_active_runs=1)
+            _wait(client, REFRESH_DAG, poisoned_fill["run_ids"])
+            if has_tuning:
+                new = _wait_new_runs(client, TUNE_DAG, known)
+                _say(f"asset-triggered tuning on the poisoned data: {new}")
+                _wait(client, TUNE_DAG, new)
+                expectations.append(f"{','.join(new)}: expected reject")
+
+        _wait_all_idle(client)
+        runs = [r for dag in (REFRESH_DAG, TUNE_DAG) for r in _runs_or_empty(client, dag)]
+    problems += [f"{r['dag_id']} {r['dag_run_id']} ended {r['state']}" for r in runs if r["state"] != "success"]
+    problems += _check_gate_expectations(params, settings, dates)
+    print(_summary(runs, params, settings, up))
+    _say(f"demo wall time {time.monotonic() - started:.0f} s")
+    if problems:
+        print("DEMO FAILED:\n  " + "\n  ".join(problems))
+        return 1
+    print("DEMO OK")
+    return 0
+
+
+def _runs_or_empty(client: stack.AirflowClient, dag_id: str) -> list[dict]:
+    return client.dag_runs(dag_id) if client.dag(dag_id) else []
+
+
+def _wait_all_idle(client: stack.AirflowClient, timeout: float = RUN_TIMEOUT_S) -> None:
+    """Wait for every run of the demo's DAGs (the scheduled ones included) to finish."""
+    for dag_id in (REFRESH_DAG, TUNE_DAG):
+        if not client.dag(dag_id):
+            continue
+        pending = [r["dag_run_id"] for r in client.dag_runs(dag_id) if r["state"] not in stack.FINISHED_RUN_STATES]
+        if pending:
+            _wait(client, dag_id, pending)
+
+
+def _check_gate_expectations(params, settings, dates: dict[str, Any]) -> list[str]:
+    """The good data must have produced a champion; the poisoned data must not have taken it."""
+    from evertune.reporting import model_summary
+
+    models = model_summary(params, settings)
+    if not models.get("available"):
+        return []  # tuning not wired yet: nothing to check
+    problems = []
+    aliases = models.get("aliases", {})
+    if "champion" not in aliases:
+        problems.append("no champion after tuning on the good data")
+    for version in models.get("versions", []):
+        tags = version.get("tags", {})
+        if tags.get("as_of") in dates["poisoned"] and str(version.get("version")) == str(aliases.get("champion")):
+            problems.append(f"version {version.get('version')} trained on poisoned data holds champion")
+    return problems
+
+
+def _summary(runs: list[dict], params, settings, up: stack.UpResult) -> str:
+    from evertune.reporting import format_summary, kb_summary, model_summary
+
+    urls = {
+        "Airflow UI": f"{stack.airflow_url()}  (user admin, password {up.password})",
+        "MLflow UI": stack.mlflow_url(),
+        "state folder": str(settings.home),
+        "stop the stack": "make down",
+    }
+    return format_summary(runs, kb_summary(params, settings), model_summary(params, settings), urls,
+                          primary_metric=params.gate.primary_metric)
+
+
+def main() -> int:
+    """Entry point of ``python -m evertune_airflow.demo``."""
+    try:
+        return run_demo()
+    except stack.StackError as exc:
+        print(f"DEMO FAILED: {exc}", file=sys.stderr)
+        log_dir = stack.log_dir(get_settings())
+        print(f"component logs: {log_dir}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test gets its own state folder; nothing touches the developer's .evertune/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from evertune.runtime import OFFLINE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture
+def evertune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated EVERTUNE_HOME with every location derived from it (env vars cleared)."""
+    home = tmp_path / "evertune-home"
+    home.mkdir()
+    monkeypatch.setenv("EVERTUNE_HOME", str(home))
+    for var in (
+        "EVERTUNE_LANDING_URI",
+        "EVERTUNE_LANCEDB_URI",
+        "EVERTUNE_DATA_REPO",
+        "EVERTUNE_DVC_REMOTE",
+        "EVERTUNE_WORK_DIR",
+        "MLFLOW_TRACKING_URI",
+        "EVERTUNE_MLFLOW_ARTIFACT_ROOT",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    # Shared read-only caches (bootstrapped models) stay where EVERTUNE_MODELS_DIR points, if set.
+    return home
+
+
+@pytest.fixture(scope="session")
+def shared_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model checkpoints built once per test session (bootstrap is slow-ish; reuse it)."""
+    env = os.environ.get("EVERTUNE_MODELS_DIR")
+    if env:
+        return Path(env)
+    return tmp_path_factory.mktemp("models")

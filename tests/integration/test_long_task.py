@@ -1,0 +1,76 @@
+"""A task that outlives the task-token lifetime (``[execution_api] jwt_expiration_time``) must survive.
+
+Airflow 3 kills a task whose execution-API token expired when the supervisor cannot refresh it (apache/airflow
+#48536, #67939). The embedded stack sets the lifetime (``EVERTUNE_TASK_TOKEN_TTL``, default 4 h) so training
+fits; here it is set to 20 s and a task runs 75 s, under the real scheduler and API server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from evertune.settings import get_settings
+from evertune_airflow import stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+TOKEN_TTL_S = 20
+TASK_S = 75
+
+LONG_DAG = f'''
+import time
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2025, 1, 1, tz="UTC"), catchup=False, tags=["test"])
+def long_task_probe():
+    @task(retries=0)
+    def outlive_token() -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < {TASK_S}:
+            time.sleep(1)
+        return time.monotonic() - started
+
+    outlive_token()
+
+
+long_task_probe()
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_task_longer_than_token_lifetime_survives(
+    evertune_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "long_task_probe.py").write_text(LONG_DAG)
+    monkeypatch.setenv("EVERTUNE_DAGS_FOLDER", str(dags))
+    monkeypatch.setenv("EVERTUNE_TASK_TOKEN_TTL", str(TOKEN_TTL_S))
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    for variable in stack.PORT_VARS:
+        monkeypatch.setenv(variable, str(free_port()))
+    settings = get_settings()
+    assert stack.airflow_env(settings)["AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"] == str(TOKEN_TTL_S)
+    stack.up(settings)
+    try:
+        with stack.AirflowClient.connect(settings) as client:
+            client.wait_for_dag("long_task_probe", timeout=240)
+            client.unpause("long_task_probe")
+            run_id = client.trigger("long_task_probe")
+            [run] = client.wait_for_runs("long_task_probe", [run_id], timeout=600, poll=3)
+            [ti] = client.task_instances("long_task_probe", run_id)
+            assert run["state"] == "success", ti
+            assert ti["try_number"] == 1
+            assert ti["duration"] >= TASK_S > 3 * TOKEN_TTL_S
+    finally:
+        stack.stop(settings)

@@ -1,0 +1,158 @@
+"""refresh_knowledge_base under real Airflow: on-time runs (``airflow dags test``) vs a backfill under the real
+scheduler must give exactly the same knowledge base and data versions; re-running a day changes nothing.
+
+Real Airflow, real GX, real DVC with a local remote, real LanceDB and the real MiniLM embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from evertune.config import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+DAYS = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
+pytestmark = pytest.mark.slow
+
+
+def _home_env(home: Path) -> dict[str, str]:
+    from evertune_airflow.stack import airflow_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "EVERTUNE_", "MLFLOW_"))}
+    env["EVERTUNE_HOME"] = str(home)
+    if "EVERTUNE_MODELS_DIR" in os.environ:
+        env["EVERTUNE_MODELS_DIR"] = os.environ["EVERTUNE_MODELS_DIR"]
+    old = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        stack_env = airflow_env()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    # `airflow dags test` runs in-process: no MLflow server needed, the state folder's SQLite is enough.
+    stack_env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, **stack_env}
+
+
+def _generate(home: Path) -> None:
+    params = load_params()
+    subprocess.run(
+        [sys.executable, "-m", "evertune", "demo-data", "--out", str(home / "landing"), "--days", "6"],
+        env={**os.environ, "EVERTUNE_HOME": str(home)}, check=True, capture_output=True,
+    )
+    assert (home / "landing" / f"ds={params.demo.start_date}").is_dir()
+
+
+def _dags_test(env: dict[str, str], day: str) -> None:
+    """An on-time run for interval ``day``: it starts when the interval ends, the next midnight."""
+    import datetime as dt
+
+    run_after = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "test", "refresh_knowledge_base", run_after],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    assert "nothing to refresh" not in proc.stdout + proc.stderr, f"interval {day} was skipped: {tail}"
+
+
+def _table_state(home: Path) -> dict:
+    import lancedb
+
+    from evertune.kb.index import table_name_for
+
+    params = load_params()
+    db = lancedb.connect(str(home / "lancedb"))
+    table = db.open_table(table_name_for(params))
+    published = table.tags.list()[params.index.publish_tag]["version"]
+    table.checkout(published)
+    rows = table.to_arrow().select(["chunk_id", "content_hash", "doc_id"]).to_pylist()
+    return {"published_rows": sorted((r["chunk_id"], r["content_hash"]) for r in rows)}
+
+
+def _data_versions(home: Path) -> dict[str, str]:
+    versions = {}
+    for day in DAYS:
+        dvc_file = home / "data-repo" / "validated" / f"ds={day}.dvc"
+        versions[day] = dvc_file.read_text()
+    return versions
+
+
+@pytest.fixture(scope="module")
+def on_time(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Five nightly runs in order, each as `airflow dags test` for its logical date."""
+    home = tmp_path_factory.mktemp("on-time")
+    env = _home_env(home)
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    _generate(home)
+    for day in DAYS:
+        _dags_test(env, day)
+    return {"home": home, "env": env, "table": _table_state(home), "data": _data_versions(home)}
+
+
+def test_bad_records_are_quarantined_with_reasons(on_time: dict) -> None:
+    home = on_time["home"]
+    for day in DAYS:
+        manifest = json.loads((home / "landing" / f"ds={day}" / "_manifest.json").read_text())
+        expected = {(bad["record_ref"], bad["reason"]) for bad in manifest["bad_records"]}
+        quarantine = pd.read_parquet(home / "data-repo" / "validated" / f"ds={day}" / "quarantine.parquet")
+        assert set(zip(quarantine["record_ref"], quarantine["reason"], strict=True)) == expected, day
+
+
+def test_rerunning_a_day_changes_nothing(on_time: dict) -> None:
+    home = on_time["home"]
+    git_log_before = subprocess.run(["git", "log", "--oneline"], cwd=home / "data-repo", capture_output=True,
+                                    text=True, check=True).stdout
+    _dags_test(on_time["env"], DAYS[2])
+    assert _table_state(home) == on_time["table"]
+    assert _data_versions(home) == on_time["data"]
+    git_log_after = subprocess.run(["git", "log", "--oneline"], cwd=home / "data-repo", capture_output=True,
+                                   text=True, check=True).stdout
+    assert git_log_after == git_log_before, "a re-run must not create a new data version"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_backfill_under_the_scheduler_equals_on_time_runs(
+    on_time: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evertune.settings import get_settings
+    from evertune_airflow import stack
+
+    home = tmp_path / "backfill"
+    home.mkdir()
+    _generate(home)
+    monkeypatch.setenv("EVERTUNE_HOME", str(home))
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for variable in stack.PORT_VARS:
+        monkeypatch.setenv(variable, str(_free_port()))
+    settings = get_settings()
+    stack.up(settings)
+    try:
+        with stack.AirflowClient.connect(settings) as client:
+            client.wait_for_dag("refresh_knowledge_base", timeout=300)
+            client.unpause("refresh_knowledge_base")
+            created = client.backfill("refresh_knowledge_base", DAYS[0], DAYS[-1], max_active_runs=1)
+            runs = client.wait_for_runs("refresh_knowledge_base", created["run_ids"], timeout=1500, poll=5)
+            assert [r["state"] for r in runs] == ["success"] * len(DAYS), runs
+    finally:
+        stack.stop(settings)
+    assert _table_state(home) == on_time["table"]
+    assert _data_versions(home) == on_time["data"]

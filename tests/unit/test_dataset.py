@@ -1,0 +1,253 @@
+"""SFT dataset builder: latest-wins, PII/deletion/golden exclusion, dedup, stable split, deterministic files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from evertune.config import DatasetParams
+from evertune.errors import CriticalValidationError, NothingToDo
+from evertune.tuning.dataset import (
+    build_sft_dataset,
+    drift_inputs,
+    read_sft_jsonl,
+    select_interval_dirs,
+    split_of,
+    write_sft_dataset,
+)
+
+PARAMS = DatasetParams(val_fraction=0.3)
+
+
+def qa(qa_id: str, question: str, answer: str, doc_id: str, **meta: object) -> dict:
+    return {"qa_id": qa_id, "question": question, "answer": answer, "doc_id": doc_id, "fact_key": f"fk-{qa_id}",
+            "metadata": json.dumps(meta)}
+
+
+def doc(doc_id: str, title: str, topic: str, updated_at: str, text: str = "") -> dict:
+    return {"doc_id": doc_id, "title": title, "text": text or f"{title}. " + "Details about the feature. " * 10,
+            "source": "help-center", "url": f"https://help.nimbusnotes.example/{doc_id}", "updated_at": updated_at,
+            "content_hash": doc_id, "metadata": json.dumps({"topic": topic}), "record_ref": f"docs/{doc_id}.md"}
+
+
+def write_interval(folder: Path, qa_rows: list[dict], docs: list[dict] = (), tombstones: list[dict] = (),
+                   golden: list[dict] = ()) -> Path:
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(qa_rows), folder / "qa.parquet")
+    if docs:
+        pq.write_table(pa.Table.from_pylist(list(docs)), folder / "documents.parquet")
+    schema = pa.schema([("doc_id", pa.string()), ("deleted_at", pa.string()), ("reason", pa.string())])
+    pq.write_table(pa.Table.from_pylist(list(tombstones), schema=schema), folder / "tombstones.parquet")
+    (folder / "golden_qa.jsonl").write_text("".join(json.dumps(g) + "\n" for g in golden))
+    return folder
+
+
+@pytest.fixture
+def intervals(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "validated"
+    day1 = write_interval(
+        root / "ds=2026-11-01",
+        [
+            qa("q1", "How do I export my notes?", "Use File > Export.", "d1"),
+            qa("q2", "How do I change my plan?", "Open Billing.", "d2"),
+            qa("q3", "Can I sync offline?", "Yes, changes sync later.", "d1"),
+            qa("q4", "What is two-factor login?", "A second code at sign-in.", "d2", topic="security"),
+            qa("q5", "How do I restore a deleted note?", "Use the trash.", "d3"),
+            qa("q6", "Where is the invoice?", "In Billing > Invoices.", "d2"),
+        ],
+        docs=[doc("d1", "Exporting notes", "sync", "2026-11-01T08:00:00+00:00"),
+              doc("d2", "Plans and pricing", "billing", "2026-11-01T08:00:00+00:00"),
+              doc("d3", "Trash and restore", "notes", "2026-11-01T08:00:00+00:00")],
+        golden=[{"qa_id": "g1", "question": "How do I share a notebook?", "answer": "Click Share.", "doc_id": "d1",
+                 "fact_key": "share"}],
+    )
+    day2 = write_interval(
+        root / "ds=2026-11-02",
+        [
+            qa("q2", "How do I change my plan?", "Open Settings > Billing > Plan.", "d2"),  # newer answer
+            qa("q7", "Who is jane@example.com?", "Jane Doe, +1 555 0100.", "d1", pii=True),
+            qa("q8", "how do I export my NOTES", "Use File > Export!", "d1"),  # duplicate of q1 after normalising
+            qa("q9", "How do I share a notebook", "Press Share.", "d1"),  # golden question, other id
+            qa("q10", "Can I empty the trash?", "Yes.", "d3"),
+            qa("g1", "Share?", "Click Share.", "d1"),  # golden id
+        ],
+        tombstones=[{"doc_id": "d3", "deleted_at": "2026-11-02T09:00:00+00:00", "reason": "retired"}],
+    )
+    day3 = write_interval(
+        root / "ds=2026-11-03",
+        [qa("q3", "Can I sync offline?", "Yes; my number is 555-0199.", "d1", pii=True),  # later row is PII
+         qa("q11", "How do I upgrade?", "Choose a plan in Billing.", "d2")],
+        docs=[doc("d2", "Plans and pricing", "billing", "2026-11-03T08:00:00+00:00")],
+        # Older than d2's newest version: must not delete it.
+        tombstones=[{"doc_id": "d2", "deleted_at": "2026-11-02T00:00:00+00:00", "reason": "moved"}],
+    )
+    return [day1, day2, day3]
+
+
+def all_rows(ds) -> dict[str, dict]:
+    return {row["id"]: row for row in ds.train + ds.validation}
+
+
+def test_build_applies_every_rule(intervals: list[Path]) -> None:
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+    rows = all_rows(ds)
+    # q3: later PII row wins then is dropped; q5/q10: d3 deleted; q7: PII; q8: dup of q1; q9/g1: golden.
+    assert sorted(rows) == ["q1", "q11", "q2", "q4", "q6"]
+    counts = ds.stats["counts"]
+    assert counts["qa_rows_read"] == 14
+    assert counts["qa_unique_ids"] == 12  # q1..q11 and g1
+    assert counts["dropped_pii"] == 2
+    assert counts["dropped_deleted_doc"] == 2
+    assert counts["dropped_duplicate"] == 1
+    assert counts["dropped_golden_id"] == 1
+    assert counts["dropped_golden_question"] == 1
+    assert counts["train"] + counts["validation"] == 5
+    assert rows["q2"]["messages"][-1] == {"role": "assistant", "content": "Open Settings > Billing > Plan."}
+    assert [m["role"] for m in rows["q1"]["messages"]] == ["system", "user", "assistant"]
+    assert rows["q1"]["messages"][0]["content"] == PARAMS.system_prompt
+    assert rows["q4"]["topic"] == "security"  # from the QA metadata
+    assert rows["q6"]["topic"] == "billing"  # from its document
+    for split, ids in (("train", ds.train), ("validation", ds.validation)):
+        assert all(split_of(row["id"], PARAMS.val_fraction) == split for row in ids)
+
+
+def test_caller_exclusions_are_applied(intervals: list[Path]) -> None:
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids={"q4"}, deleted_doc_ids={"d1"},
+                           golden_questions=["HOW DO I CHANGE MY PLAN"])
+    # d1 deleted: q1, q3, q8, q9; q4 golden by id; q2 golden by normalised question text.
+    assert sorted(all_rows(ds)) == ["q11", "q6"]
+    assert ds.stats["counts"]["dropped_golden_question"] == 1
+
+
+def test_duplicate_keeps_earliest_seen_row(intervals: list[Path]) -> None:
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+    rows = all_rows(ds)
+    assert "q1" in rows and "q8" not in rows
+    assert rows["q1"]["messages"][-1]["content"] == "Use File > Export."
+
+
+def test_nothing_left_raises_nothing_to_do(intervals: list[Path]) -> None:
+    with pytest.raises(NothingToDo):
+        build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids={"d1", "d2", "d3"})
+    with pytest.raises(NothingToDo):
+        build_sft_dataset([intervals[0].parent / "missing"], PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+
+
+def test_missing_columns_is_critical(tmp_path: Path) -> None:
+    folder = tmp_path / "2026-11-01"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"qa_id": "q1", "question": "Q?"}]), folder / "qa.parquet")
+    with pytest.raises(CriticalValidationError, match="answer"):
+        build_sft_dataset([folder], PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+
+
+def test_split_is_stable_when_rows_are_added(intervals: list[Path]) -> None:
+    def splits(folders: list[Path]) -> dict[str, str]:
+        ds = build_sft_dataset(folders, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+        return {row["id"]: "train" for row in ds.train} | {row["id"]: "validation" for row in ds.validation}
+
+    small, big = splits(intervals[:1]), splits(intervals)
+    common = set(small) & set(big)
+    assert {small[i] for i in common} == {"train", "validation"}  # both splits are exercised
+    assert all(small[i] == big[i] for i in common)
+
+
+def test_split_fraction_is_close_to_val_fraction() -> None:
+    ids = [f"qa-{i:05d}" for i in range(4000)]
+    share = sum(split_of(i, 0.1) == "validation" for i in ids) / len(ids)
+    assert 0.08 < share < 0.12
+    assert [split_of(i, 0.1) for i in ids[:50]] == [split_of(i, 0.1) for i in ids[:50]]
+
+
+def test_files_are_byte_deterministic(intervals: list[Path], tmp_path: Path) -> None:
+    first = write_sft_dataset(build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set()),
+                              tmp_path / "a")
+    # Same data, rows stored in reverse order inside each parquet file.
+    for folder in intervals:
+        table = pq.read_table(folder / "qa.parquet")
+        pq.write_table(table.take(list(range(table.num_rows - 1, -1, -1))), folder / "qa.parquet")
+    second = write_sft_dataset(build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set()),
+                               tmp_path / "b")
+    assert first.fingerprint == second.fingerprint
+    for name in ("train.jsonl", "validation.jsonl", "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    again = write_sft_dataset(build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set()),
+                              tmp_path / "a")
+    assert again.fingerprint == first.fingerprint
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert stats["intervals"] == ["ds=2026-11-01", "ds=2026-11-02", "ds=2026-11-03"]
+    assert str(tmp_path) not in (tmp_path / "a" / "stats.json").read_text()
+
+
+def test_fingerprint_changes_with_content(intervals: list[Path], tmp_path: Path) -> None:
+    base = write_sft_dataset(build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set()),
+                             tmp_path / "a")
+    other = write_sft_dataset(build_sft_dataset(intervals, PARAMS, golden_qa_ids={"q1"}, deleted_doc_ids=set()),
+                              tmp_path / "b")
+    assert base.fingerprint != other.fingerprint
+    assert len(base.fingerprint) == 64
+
+
+def test_prompt_completion_format(intervals: list[Path], tmp_path: Path) -> None:
+    params = PARAMS.model_copy(update={"format": "prompt_completion"})
+    ds = build_sft_dataset(intervals, params, golden_qa_ids=set(), deleted_doc_ids=set())
+    row = all_rows(ds)["q2"]
+    assert "messages" not in row
+    assert row["prompt"].endswith("Question: How do I change my plan?\nAnswer:")
+    assert row["completion"] == " Open Settings > Billing > Plan."
+    write_sft_dataset(ds, tmp_path / "pc")
+    back = read_sft_jsonl(tmp_path / "pc" / "train.jsonl")
+    assert back == ds.train
+
+
+def test_include_documents_adds_grounded_examples(intervals: list[Path]) -> None:
+    params = PARAMS.model_copy(update={"include_documents": True, "document_max_chars": 60})
+    ds = build_sft_dataset(intervals, params, golden_qa_ids=set(), deleted_doc_ids=set())
+    docs = {row["id"]: row for row in ds.train + ds.validation if row["kind"] == "document"}
+    assert sorted(docs) == ["doc:d1", "doc:d2"]  # d3 is deleted
+    answer = docs["doc:d2"]["messages"][-1]["content"]
+    assert answer.startswith("Plans and pricing.") and len(answer) <= 60
+    assert ds.stats["counts"]["document_examples"] == 2
+
+
+def test_drift_inputs_and_datasets_loading(intervals: list[Path], tmp_path: Path) -> None:
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+    texts, categories = drift_inputs(ds.train + ds.validation)
+    assert len(texts) == len(categories["topic"]) == 5
+    assert any("Open Settings > Billing > Plan." in text for text in texts)
+    assert PARAMS.system_prompt not in texts[0]
+    written = write_sft_dataset(ds, tmp_path / "out")
+
+    from datasets import load_dataset
+
+    loaded = load_dataset("json", data_files=str(written.path / "train.jsonl"), split="train")
+    assert loaded.num_rows == len(ds.train)
+    assert loaded[0]["messages"][1]["role"] == "user"
+
+
+def test_select_interval_dirs(tmp_path: Path) -> None:
+    for name in ("ds=2026-10-01", "ds=2026-10-31", "2026-11-02", "ds=2026-11-03", "notes", "ds=2026-11-04"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "ds=2026-11-01.txt").write_text("a file, not a folder")
+    chosen = select_interval_dirs(tmp_path, "2026-11-03", window_days=4)
+    assert [p.name for p in chosen] == ["ds=2026-10-31", "2026-11-02", "ds=2026-11-03"]
+
+
+def test_explicit_documents_decide_topics_and_tombstone_order(intervals: list[Path]) -> None:
+    import pandas as pd
+
+    # d3 was republished after its tombstone: its QA comes back; topics now come from these documents.
+    documents = pd.DataFrame([doc("d1", "Exporting notes", "export", "2026-11-01T08:00:00+00:00"),
+                              doc("d2", "Plans and pricing", "billing", "2026-11-03T08:00:00+00:00"),
+                              doc("d3", "Trash and restore", "trash", "2026-11-05T08:00:00Z")])
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set(), documents=documents)
+    rows = all_rows(ds)
+    assert {"q5", "q10"} <= set(rows)
+    assert rows["q10"]["topic"] == "trash" and rows["q1"]["topic"] == "export"
+    # An explicit deletion from the caller still wins.
+    ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids={"d3"}, documents=documents)
+    assert not {"q5", "q10"} & set(all_rows(ds))
