@@ -4,6 +4,8 @@ Runs when validated training data is updated (the ``validated_data`` asset, emit
 ``refresh_knowledge_base``) or weekly, whichever comes first. One run at a time. Training takes a slot of the
 ``gpu`` pool on the ``gpu`` queue (Celery GPU workers; it falls back to CPU where there is no GPU).
 
+A window whose QA answers too often contradict the articles they cite is rejected by ``build_dataset``
+(``PoisonedDataError``: the run fails, the failure notifier reports it, nothing is trained or registered).
 Every evaluated candidate becomes a registered version with alias ``challenger``; ``champion`` moves only
 when the gate passes. Re-running with the same inputs (data version, KB version, params, base model) skips
 training and registers nothing new. Rollback: ``evertune model rollback``.
@@ -43,13 +45,16 @@ from evertune_airflow.notifiers import EvertuneNotifier, failure_notifier
     doc_md=__doc__,
 )
 def tune_model():
-    @task
-    def build_dataset(params=None) -> dict:
-        """Assemble, dedupe and version the SFT dataset of the window; freeze the golden set."""
+    # A poisoned window (answers contradicting their articles) fails here, before any training. The task-level
+    # notifier gets the exception, so the alert names the share and the rows (the DAG-level one only the run).
+    @task(on_failure_callback=EvertuneNotifier(
+        title="tune_model: no training dataset; nothing trained, champion unchanged"))
+    def build_dataset(params=None, run_id=None) -> dict:
+        """Assemble, dedupe, ground-check and version the SFT dataset of the window; freeze the golden set."""
         from evertune.tuning import steps
 
         with task_states():
-            return steps.build_dataset(params["as_of"], params["overrides"])
+            return steps.build_dataset(params["as_of"], params["overrides"], run_id)
 
     @task
     def check_drift(dataset: dict, params=None, run_id=None) -> dict:

@@ -115,6 +115,12 @@ class DatasetParams(_Section):
     format: Literal["messages", "prompt_completion"] = "messages"
     system_prompt: str = "You are the Nimbus Notes help-center assistant. Answer briefly and accurately."
     document_max_chars: int = Field(1500, ge=50)
+    # Groundedness of QA answers in the article they cite (see evertune.tuning.dataset.check_grounding):
+    # below this share of supported answer words a row is dropped as ``answer_not_grounded``.
+    min_answer_support: float = Field(0.2, ge=0.0, le=1.0)
+    # Above this share of ungrounded QA rows (of those checked in the window) the whole dataset is rejected
+    # (PoisonedDataError) instead of trained on; 1.0 only drops the rows.
+    max_ungrounded_fraction: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class DriftParams(_Section):

@@ -5,6 +5,7 @@
 | ``ConfigError``        | bad ``params.yaml`` / override / environment     | fail       |
 | ``NothingToDo``        | the work for this key is already done or empty   | skip       |
 | ``CriticalValidationError`` | the drop as a whole is unusable             | fail, no retry |
+| ``PoisonedDataError``  | too many training answers contradict their sources | fail, no retry |
 | ``QualityGateFailed``  | a candidate did not pass its gate                | fail, no retry |
 | ``TransientError``     | a dependency was busy (lock, server)             | retry      |
 """
@@ -34,6 +35,13 @@ class CriticalValidationError(EvertuneError):
     def __init__(self, message: str, report: dict | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
+
+
+class PoisonedDataError(CriticalValidationError):
+    """Too many training answers are not supported by the article they cite: the candidate is not trained.
+
+    ``report`` holds the grounding summary of the dataset builder (counts, share, threshold, excluded rows).
+    """
 
 
 class QualityGateFailed(EvertuneError):

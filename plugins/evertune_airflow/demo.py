@@ -3,10 +3,13 @@
 1. Bootstrap the models (once) and write the demo landing drops (deterministic per seed and date).
 2. Start the embedded stack (scheduler, DAG processor, API server, triggerer, MLflow server).
 3. Unpause ``refresh_knowledge_base`` and backfill it over the good demo days.
-4. Unpause ``tune_model`` and tune on the good data; the candidate should take ``champion``.
-5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose gate must reject it.
-6. Print a summary (runs, gate decisions, registry, KB versions, UIs) and exit non-zero if anything failed
-   or a gate decided against expectations.
+4. Unpause ``tune_model`` and tune on the good data; the candidate should take ``champion`` (v1 on a fresh
+   state).
+5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose ``build_dataset`` must
+   reject the window before training (``PoisonedDataError``: the answers contradict their articles). That run
+   fails on purpose; nothing is trained or registered from it.
+6. Print a summary (runs, expected outcomes, registry, KB versions, UIs) and exit non-zero if a run failed
+   other than by that rejection, a poisoned run was not rejected for its data, or the champion moved.
 
 The stack keeps running afterwards (``make down`` stops it).
 """
@@ -92,7 +95,9 @@ def run_demo() -> int:
     up = stack.up(settings)
     _say(up.describe())
     problems: list[str] = []
-    expectations: list[str] = []
+    outcomes: list[str] = []
+    champion_before: str | None = None
+    poisoned_runs: list[str] = []
     with stack.AirflowClient.connect(settings) as client:
         client.wait_for_dag(REFRESH_DAG, timeout=300)
         has_tuning = (stack.dags_folder() / f"{TUNE_DAG}.py").is_file()
@@ -113,7 +118,8 @@ def run_demo() -> int:
             run_id = client.trigger(TUNE_DAG, conf={}, run_id=f"demo__good_{good[-1]}")
             _say(f"tuning on the good data (run {run_id})")
             tune_runs = _wait(client, TUNE_DAG, [run_id])
-            expectations.append(f"{run_id}: expected promote")
+            champion_before = _champion(params, settings)
+            outcomes.append(f"{run_id}: expected promote -> champion v{champion_before or '-'}")
             known |= {r["dag_run_id"] for r in tune_runs}
 
         for day in dates["poisoned"]:
@@ -126,13 +132,28 @@ def run_demo() -> int:
                 new = _wait_new_runs(client, TUNE_DAG, known)
                 _say(f"asset-triggered tuning on the poisoned data: {new}")
                 _wait(client, TUNE_DAG, new)
-                expectations.append(f"{','.join(new)}: expected reject")
+                poisoned_runs += new
 
         _wait_all_idle(client)
         runs = [r for dag in (REFRESH_DAG, TUNE_DAG) for r in _runs_or_empty(client, dag)]
-    problems += [f"{r['dag_id']} {r['dag_run_id']} ended {r['state']}" for r in runs if r["state"] != "success"]
-    problems += _check_gate_expectations(params, settings, dates)
+        rejected = _rejected_before_training(client, settings, runs, dates)
+    for run_id in poisoned_runs:
+        if run_id in rejected:
+            outcomes.append(f"{run_id}: expected data rejected before training -> {rejected[run_id]}")
+        else:
+            problems.append(f"{TUNE_DAG} {run_id}: the poisoned data was not rejected before training")
+    # A scheduled run may also meet the poisoned window; rejected the same way, it is expected too.
+    outcomes += [f"{run_id}: data rejected before training -> {why}" for run_id, why in sorted(rejected.items())
+                 if run_id not in poisoned_runs]
+    problems += [f"{r['dag_id']} {r['dag_run_id']} ended {r['state']}" for r in runs
+                 if r["state"] != "success" and not (r["dag_id"] == TUNE_DAG and r["dag_run_id"] in rejected)]
+    problems += _check_gate_expectations(params, settings, dates, champion_before, poisoned_runs)
+    if has_tuning and dates["poisoned"]:
+        outcomes.append(f"champion: v{champion_before or '-'} before the poisoned drop, "
+                        f"v{_champion(params, settings) or '-'} after (must not move)")
     print(_summary(runs, params, settings, up))
+    if outcomes:
+        print("== Expected outcomes ==\n  " + "\n  ".join(outcomes))
     _say(f"demo wall time {time.monotonic() - started:.0f} s")
     if problems:
         print("DEMO FAILED:\n  " + "\n  ".join(problems))
@@ -155,8 +176,40 @@ def _wait_all_idle(client: stack.AirflowClient, timeout: float = RUN_TIMEOUT_S) 
             _wait(client, dag_id, pending)
 
 
-def _check_gate_expectations(params, settings, dates: dict[str, Any]) -> list[str]:
-    """The good data must have produced a champion; the poisoned data must not have taken it."""
+def _champion(params, settings) -> str | None:
+    """The version holding the ``champion`` alias, or ``None``."""
+    from evertune.reporting import model_summary
+
+    return model_summary(params, settings).get("aliases", {}).get("champion")
+
+
+def _rejected_before_training(client: stack.AirflowClient, settings, runs: list[dict],
+                              dates: dict[str, Any]) -> dict[str, str]:
+    """Failed tune runs that the poisoned data stopped at ``build_dataset``, before training: run id -> reason.
+
+    A run counts only when ``build_dataset`` failed, ``train`` never ran, and the tuning step recorded a
+    ``PoisonedDataError`` for that very run on a poisoned day (``<work_dir>/tune/rejections.jsonl``).
+    """
+    from evertune.tuning.steps import read_rejections
+
+    recorded = {entry["dag_run_id"]: entry for entry in read_rejections(settings)
+                if entry.get("as_of") in dates["poisoned"] and entry.get("error") == "PoisonedDataError"}
+    rejected = {}
+    for run in runs:
+        entry = recorded.get(run["dag_run_id"])
+        if run["dag_id"] != TUNE_DAG or run["state"] != "failed" or entry is None:
+            continue
+        states = {ti["task_id"]: ti["state"] for ti in client.task_instances(TUNE_DAG, run["dag_run_id"])}
+        if states.get("build_dataset") == "failed" and states.get("train") in (None, "upstream_failed"):
+            rejected[run["dag_run_id"]] = (
+                f"{entry['ungrounded']} of {entry['checked']} QA rows ({entry['ungrounded_fraction']:.1%}) not "
+                f"grounded in their article, limit {entry['max_ungrounded_fraction']:.0%} (as of {entry['as_of']})")
+    return rejected
+
+
+def _check_gate_expectations(params, settings, dates: dict[str, Any], champion_before: str | None,
+                             poisoned_runs: list[str]) -> list[str]:
+    """The good data must have produced a champion; the poisoned data must not have moved or reached it."""
     from evertune.reporting import model_summary
 
     models = model_summary(params, settings)
@@ -166,10 +219,15 @@ def _check_gate_expectations(params, settings, dates: dict[str, Any]) -> list[st
     aliases = models.get("aliases", {})
     if "champion" not in aliases:
         problems.append("no champion after tuning on the good data")
+    elif champion_before is not None and str(aliases["champion"]) != str(champion_before):
+        problems.append(f"champion moved from v{champion_before} to v{aliases['champion']} after the poisoned drop")
     for version in models.get("versions", []):
         tags = version.get("tags", {})
         if tags.get("as_of") in dates["poisoned"] and str(version.get("version")) == str(aliases.get("champion")):
             problems.append(f"version {version.get('version')} trained on poisoned data holds champion")
+        if tags.get("airflow.run_id") in poisoned_runs:
+            problems.append(f"version {version.get('version')} was registered from the poisoned data "
+                            f"(run {tags['airflow.run_id']}); it should have been rejected before training")
     return problems
 
 

@@ -46,6 +46,8 @@ def test_trl_and_peft_field_names_are_used() -> None:
         ({"train": {"max_steps": "many"}}, "train.max_steps"),
         ({"validate": {"max_quarantine_fraction": 1.5}}, "validate.max_quarantine_fraction"),
         ({"retrieval": {"min_recall_at_k": -0.1}}, "retrieval.min_recall_at_k"),
+        ({"dataset": {"min_answer_support": 1.2}}, "dataset.min_answer_support"),
+        ({"dataset": {"max_ungrounded_fraction": -0.01}}, "dataset.max_ungrounded_fraction"),
         ({"chunk": {"chunk_tokens": 64, "chunk_overlap": 64}}, "chunk_overlap must be smaller"),
         ({"drift": {"policy": "ignore"}}, "drift.policy"),
         ({"gate": {"tolerances": {"rougeL": -1}}}, "gate.tolerances"),

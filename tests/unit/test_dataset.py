@@ -1,4 +1,5 @@
-"""SFT dataset builder: latest-wins, PII/deletion/golden exclusion, dedup, stable split, deterministic files."""
+"""SFT dataset builder: latest-wins, PII/deletion/golden exclusion, groundedness of answers in their cited
+article (and the poisoned-data policy), dedup, stable split, deterministic files."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from evertune.config import DatasetParams
-from evertune.errors import CriticalValidationError, NothingToDo
+from evertune.config import DatasetParams, load_params
+from evertune.errors import CriticalValidationError, NothingToDo, PoisonedDataError
 from evertune.tuning.dataset import (
+    answer_support,
     build_sft_dataset,
+    check_grounding,
     drift_inputs,
     read_sft_jsonl,
     select_interval_dirs,
@@ -21,6 +24,13 @@ from evertune.tuning.dataset import (
 )
 
 PARAMS = DatasetParams(val_fraction=0.3)
+#: Article sentences backing the fixture's answers (the builder drops answers their article does not back).
+ARTICLES = {
+    "d1": "To export your notes, use File > Export. Notes edited offline sync later. Press Share to invite people.",
+    "d2": "To change your plan, open Settings > Billing > Plan (or open Billing from the menu). To upgrade, choose "
+          "a plan in Billing. Invoices are in Billing > Invoices. Two-factor login asks for a second code at sign-in.",
+    "d3": "Deleted notes go to the trash. Use the trash to restore a note, or empty it.",
+}
 
 
 def qa(qa_id: str, question: str, answer: str, doc_id: str, **meta: object) -> dict:
@@ -29,7 +39,8 @@ def qa(qa_id: str, question: str, answer: str, doc_id: str, **meta: object) -> d
 
 
 def doc(doc_id: str, title: str, topic: str, updated_at: str, text: str = "") -> dict:
-    return {"doc_id": doc_id, "title": title, "text": text or f"{title}. " + "Details about the feature. " * 10,
+    text = text or f"{title}. {ARTICLES.get(doc_id, '')} " + "Details about the feature. " * 10
+    return {"doc_id": doc_id, "title": title, "text": text,
             "source": "help-center", "url": f"https://help.nimbusnotes.example/{doc_id}", "updated_at": updated_at,
             "content_hash": doc_id, "metadata": json.dumps({"topic": topic}), "record_ref": f"docs/{doc_id}.md"}
 
@@ -251,3 +262,143 @@ def test_explicit_documents_decide_topics_and_tombstone_order(intervals: list[Pa
     # An explicit deletion from the caller still wins.
     ds = build_sft_dataset(intervals, PARAMS, golden_qa_ids=set(), deleted_doc_ids={"d3"}, documents=documents)
     assert not {"q5", "q10"} & set(all_rows(ds))
+
+
+# -- groundedness of answers in their cited article ------------------------------------------------------------
+
+ARTICLE = (
+    "Plans and pricing. The Pro plan costs $10 per user per month, and it includes everything in Free. Passwords "
+    "must be at least 12 characters long. SCIM provisioning is supported with Okta, Microsoft Entra ID and "
+    "OneLogin. Exports are available in three formats: Markdown, PDF and HTML."
+)
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "article", "grounded", "missing"),
+    [
+        # Paraphrase: other wording, same value.
+        ("What does Pro cost?", "Pro costs $10 per user each month.", ARTICLE, True, ()),
+        ("Which formats can I export to?", "You can export as Markdown, PDF and HTML.", ARTICLE, True, ()),
+        # Wrong number, even though "12" occurs elsewhere in the article.
+        ("What does Pro cost?", "The Pro plan costs $12 per user per month.", ARTICLE, False, ("12",)),
+        # Wrong named values.
+        ("Which identity providers work with SCIM?", "SCIM provisioning works with JumpCloud and Ping.", ARTICLE,
+         False, ("jumpcloud", "ping")),
+        # Wrong number word and wrong scope word.
+        ("How many export formats are there?", "Exports are available in two formats.", ARTICLE, False, ("two",)),
+        ("Which formats can I export to?", "You can export notes as PDF only.", ARTICLE, False, ("only",)),
+        # No value at all, and nothing of it in the article.
+        ("How do I reset my password?", "Ask your workspace owner to send a reset link.", ARTICLE, False, ()),
+        # An empty article backs nothing.
+        ("What does Pro cost?", "Pro costs $10 per user per month.", "", False, ("10",)),
+        ("What does Pro cost?", "Pro costs $10 per user per month.", "   \n", False, ("10",)),
+    ],
+)
+def test_check_grounding_cases(question: str, answer: str, article: str, grounded: bool, missing: tuple) -> None:
+    result = check_grounding(answer, article, question=question, min_support=0.2)
+    assert result.grounded is grounded, result
+    assert result.missing_values == missing
+    assert 0.0 <= result.support <= 1.0
+
+
+def test_answer_support_scores_words_in_context() -> None:
+    assert answer_support("The Pro plan costs $10 per user per month.", ARTICLE) == 1.0
+    # Seven of eight claim words (pro plan costs 12 per user per month) are in context; the wrong number alone
+    # makes the answer ungrounded.
+    wrong = "The Pro plan costs $12 per user per month."
+    assert answer_support(wrong, ARTICLE) == pytest.approx(7 / 8)
+    assert not check_grounding(wrong, ARTICLE).grounded
+    assert answer_support("Pro costs $10 per user per month.", "") == 0.0
+    # Words the question already says are not claims: restating the question claims nothing.
+    assert answer_support("Yes, Pro.", ARTICLE, question="Is there a Pro plan?") == 1.0
+    # The same word elsewhere in the article is not support: it must sit next to the same neighbour.
+    assert answer_support("Okta costs extra.", ARTICLE, question="Is SSO free?") == 0.0
+
+
+def policy_intervals(root: Path) -> list[Path]:
+    """Four checked rows, one of them (q4) contradicting its article, and one citing an article not in the window."""
+    return [write_interval(
+        root / "ds=2026-11-01",
+        [qa("q1", "How do I export my notes?", "Use File > Export.", "d1"),
+         qa("q2", "How do I upgrade?", "Choose a plan in Billing.", "d2"),
+         qa("q3", "Where is the invoice?", "In Billing > Invoices.", "d2"),
+         qa("q4", "How much does Pro cost?", "Pro costs $12 per user per month.", "d2"),
+         qa("q5", "Can I print notes?", "Use File > Print.", "d9")],
+        docs=[doc("d1", "Exporting notes", "sync", "2026-11-01T08:00:00+00:00"),
+              doc("d2", "Plans and pricing", "billing", "2026-11-01T08:00:00+00:00",
+                  text=ARTICLES["d2"] + " The Pro plan costs $10 per user per month.")],
+    )]
+
+
+def test_ungrounded_rows_below_the_threshold_are_dropped_and_reported(tmp_path: Path) -> None:
+    params = PARAMS.model_copy(update={"max_ungrounded_fraction": 0.25})  # 1 of 4 is not above 25 %
+    ds = build_sft_dataset(policy_intervals(tmp_path), params, golden_qa_ids=set(), deleted_doc_ids=set())
+    assert sorted(all_rows(ds)) == ["q1", "q2", "q3"]
+    counts, grounding = ds.stats["counts"], ds.stats["grounding"]
+    assert (counts["dropped_ungrounded"], counts["dropped_source_missing"]) == (1, 1)
+    # The share's denominator is the checked rows: q5's article is not in the window, so it is not checked.
+    assert (grounding["checked"], grounding["ungrounded"], grounding["ungrounded_fraction"]) == (4, 1, 0.25)
+    assert grounding["by_interval"] == {"ds=2026-11-01": {"checked": 4, "ungrounded": 1}}
+    excluded = {row["qa_id"]: row for row in grounding["excluded"]}
+    assert excluded["q4"]["reason"] == "answer_not_grounded" and excluded["q4"]["missing_values"] == ["12"]
+    assert excluded["q4"]["doc_id"] == "d2" and excluded["q4"]["interval"] == "ds=2026-11-01"
+    assert excluded["q5"]["reason"] == "source_not_in_window"
+
+
+def test_ungrounded_share_above_the_threshold_rejects_the_dataset(tmp_path: Path) -> None:
+    params = PARAMS.model_copy(update={"max_ungrounded_fraction": 0.2})
+    with pytest.raises(PoisonedDataError) as info:
+        build_sft_dataset(policy_intervals(tmp_path), params, golden_qa_ids=set(), deleted_doc_ids=set())
+    message = str(info.value)
+    assert "1 of 4 QA rows" in message and "25.0%" in message and "max_ungrounded_fraction=20.0%" in message
+    assert "q4" in message
+    assert isinstance(info.value, CriticalValidationError)  # fails the task without retries
+    assert [row["qa_id"] for row in info.value.report["excluded"] if row["reason"] == "answer_not_grounded"] == ["q4"]
+
+
+def test_a_stricter_support_threshold_drops_loose_paraphrases(tmp_path: Path) -> None:
+    loose = [qa("q1", "How do I export my notes?", "Use File > Export, then pick a format and a folder.", "d1")]
+    folder = write_interval(tmp_path / "ds=2026-11-01", loose,
+                            docs=[doc("d1", "Exporting notes", "sync", "2026-11-01T08:00:00+00:00")])
+    relaxed = PARAMS.model_copy(update={"min_answer_support": 0.2, "max_ungrounded_fraction": 1.0})
+    assert "q1" in all_rows(build_sft_dataset([folder], relaxed, golden_qa_ids=set(), deleted_doc_ids=set()))
+    strict = relaxed.model_copy(update={"min_answer_support": 0.9})
+    with pytest.raises(NothingToDo):  # the only row is dropped as ungrounded, and reported as such
+        build_sft_dataset([folder], strict, golden_qa_ids=set(), deleted_doc_ids=set())
+
+
+def test_demo_poisoned_day_is_flagged_and_good_days_are_not(tmp_path: Path) -> None:
+    """The demo generator's days 1-5 have no ungrounded row; day 6's poisoned answers are flagged and rejected."""
+    from evertune.demo.generator import generate_range
+    from evertune.kb.ingest import ingest_partition
+
+    params = load_params()
+    manifests = generate_range(tmp_path / "landing", start_date=params.demo.start_date, days=6,
+                               seed=params.demo.seed, n_articles=params.demo.n_articles,
+                               max_file_bytes=params.ingest.max_file_bytes)
+    folders = []
+    for manifest in manifests:  # the validated layout, straight from ingestion
+        ingested = ingest_partition(str(tmp_path / "landing"), manifest["date"], params)
+        folders.append(write_interval(tmp_path / "validated" / f"ds={manifest['date']}",
+                                      ingested.qa.to_dict("records"), ingested.documents.to_dict("records"),
+                                      ingested.tombstones.to_dict("records"), ingested.golden_qa))
+    for day in range(1, 6):
+        ds = build_sft_dataset(folders[:day], params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+        assert ds.stats["grounding"]["excluded"] == [], f"day {day}: {ds.stats['grounding']['excluded'][:3]}"
+        assert ds.stats["grounding"]["checked"] > 0
+
+    poisoned = set(manifests[5]["poisoned_qa_ids"])
+    assert manifests[5]["poisoned"] and len(poisoned) >= 20
+    with pytest.raises(PoisonedDataError) as info:
+        build_sft_dataset(folders, params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+    report = info.value.report
+    flagged = {row["qa_id"] for row in report["excluded"]}
+    assert flagged <= poisoned, sorted(flagged - poisoned)  # no good row of days 1-5 is flagged
+    assert len(flagged) >= 0.9 * len(poisoned), f"recall {len(flagged)}/{len(poisoned)}"
+    assert report["ungrounded_fraction"] > 2 * params.dataset.max_ungrounded_fraction  # not a close call
+
+    # Without the rejection, the same rows are dropped and the good ones trained on.
+    lenient = params.dataset.model_copy(update={"max_ungrounded_fraction": 1.0})
+    rows = all_rows(build_sft_dataset(folders, lenient, golden_qa_ids=set(), deleted_doc_ids=set()))
+    assert not flagged & set(rows)
+    assert len(rows) >= 100

@@ -4,7 +4,9 @@ Data flows as small JSON-able dicts (XCom); files live in the data repository (d
 in ``$EVERTUNE_WORK_DIR/tune/<candidate>`` (checkpoints) and in MLflow (runs, models, registry).
 
 * ``build_dataset``: the SFT dataset of the window ending at ``as_of`` (the newest validated interval by
-  default), plus the frozen golden QA set, versioned with DVC.
+  default), plus the frozen golden QA set, versioned with DVC. A window where too many answers contradict the
+  articles they cite is rejected here (``PoisonedDataError``, logged to ``<work_dir>/tune/rejections.jsonl``):
+  nothing is trained or registered, so the champion stays.
 * ``check_drift``: new training data vs the champion's (restored from its recorded data version).
 * ``train_candidate``: LoRA SFT. Skipped when a registered version already has the same candidate key
   (data version + KB version + params hash + base model): re-running the same inputs adds nothing.
@@ -26,12 +28,13 @@ from typing import Any
 
 from evertune.config import Params, apply_overrides, load_params
 from evertune.data.versioning import DataRepo
-from evertune.errors import NothingToDo
+from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 GOLDEN_FILE = "golden_qa.jsonl"
+REJECTIONS_FILE = "rejections.jsonl"
 
 
 def _context(overrides: dict[str, Any] | None) -> tuple[Params, Settings]:
@@ -65,15 +68,61 @@ def dataset_folder(as_of: str) -> str:
     return f"datasets/sft/as_of={as_of}"
 
 
-def build_dataset(as_of: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def rejections_path(settings: Settings) -> Path:
+    """The append-only log of datasets rejected before training (one JSON object per line)."""
+    return settings.work_dir / "tune" / REJECTIONS_FILE
+
+
+def read_rejections(settings: Settings) -> list[dict[str, Any]]:
+    """The entries of :func:`rejections_path`, oldest first (empty when nothing was ever rejected)."""
+    path = rejections_path(settings)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _record_rejection(settings: Settings, as_of: str, dag_run_id: str | None, exc: PoisonedDataError) -> None:
+    # The dataset is never written, so this line (and the task log) is where the rejected rows are named.
+    report = exc.report
+    entry = {
+        "as_of": as_of,
+        "dag_run_id": dag_run_id or "",
+        "error": type(exc).__name__,
+        "message": str(exc),
+        "checked": report.get("checked"),
+        "ungrounded": report.get("ungrounded"),
+        "ungrounded_fraction": report.get("ungrounded_fraction"),
+        "max_ungrounded_fraction": report.get("max_ungrounded_fraction"),
+        "by_interval": report.get("by_interval", {}),
+        "excluded": report.get("excluded", []),
+    }
+    path = rejections_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+    log.error("dataset as of %s rejected before training: %s", as_of, exc)
+    for row in report.get("excluded", [])[:20]:
+        log.error("  %s (%s, %s): support %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
+                  row["support"], row["missing_values"])
+
+
+def build_dataset(
+    as_of: str | None = None, overrides: dict[str, Any] | None = None, dag_run_id: str | None = None
+) -> dict[str, Any]:
     """Build, write and version the SFT dataset of the window ending at ``as_of``.
 
     Args:
         as_of: Last interval to include; default the newest validated interval.
         overrides: Per-run overrides of ``params.yaml``.
+        dag_run_id: The Airflow run, recorded with a rejection.
 
     Returns:
-        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, and counts.
+        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, and counts
+        (``stats["grounding"]`` lists the QA rows dropped as not grounded in their article).
+
+    Raises:
+        PoisonedDataError: Too many QA answers of the window are not grounded in the article they cite; nothing
+            is written or versioned, and the rejection is appended to :func:`rejections_path`.
     """
     from evertune.data.versioning import validated_folder
     from evertune.tuning.dataset import build_sft_dataset, select_interval_dirs, write_sft_dataset
@@ -81,7 +130,17 @@ def build_dataset(as_of: str | None = None, overrides: dict[str, Any] | None = N
     params, settings = _context(overrides)
     as_of = resolve_as_of(as_of, settings)
     dirs = select_interval_dirs(settings.data_repo / "validated", as_of, params.dataset.window_days)
-    dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+    try:
+        dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+    except PoisonedDataError as exc:
+        _record_rejection(settings, as_of, dag_run_id, exc)
+        raise
+    grounding = dataset.stats["grounding"]
+    log.info("grounding: %d of %d checked QA rows dropped as not grounded, %d without their article in the window",
+             grounding["ungrounded"], grounding["checked"], grounding["source_missing"])
+    for row in grounding["excluded"][:20]:
+        log.warning("  dropped %s (%s, %s): %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
+                    row["reason"], row["missing_values"])
     folder = dataset_folder(as_of)
     written = write_sft_dataset(dataset, settings.data_repo / folder)
     # The golden set of the newest interval is frozen with the dataset; the builder never trains on it.
