@@ -16,17 +16,29 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 @contextlib.contextmanager
 def task_states() -> Iterator[None]:
-    """Translate domain errors: nothing to do -> skip; unusable input or failed gate -> fail, no retry.
+    """Mask deployment secrets, then map domain errors to task states.
 
-    Transient errors and anything unexpected propagate unchanged, so Airflow's retries apply.
+    Nothing to do -> skip; unusable or poisoned input, or a failed gate -> fail, no retry. Transient errors and
+    anything unexpected propagate unchanged, so Airflow's retries apply.
     """
-    from evertune.errors import ConfigError, CriticalValidationError, NothingToDo, QualityGateFailed
+    from evertune.errors import (
+        ConfigError,
+        CriticalValidationError,
+        NothingToDo,
+        PoisonedDataError,
+        QualityGateFailed,
+    )
 
+    from evertune_airflow.masking import mask_deployment_secrets
+
+    # Every task enters here first: register the environment's secrets before anything can log them.
+    mask_deployment_secrets()
     try:
         yield
     except NothingToDo as exc:
         raise AirflowSkipException(str(exc)) from exc
-    except (ConfigError, CriticalValidationError, QualityGateFailed) as exc:
+    # PoisonedDataError is a CriticalValidationError; named here because a retry would read the same data.
+    except (ConfigError, PoisonedDataError, CriticalValidationError, QualityGateFailed) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -61,6 +61,71 @@ class StackError(EvertuneError):
     """The embedded stack could not be started, reached or stopped."""
 
 
+#: ``EVERTUNE_EXECUTOR``: LocalExecutor (the embedded default) or CeleryExecutor (the production topology
+#: on one machine: a database server, a broker and one Celery worker per queue group).
+EXECUTORS = ("LocalExecutor", "CeleryExecutor")
+#: ``EVERTUNE_CELERY_WORKERS`` default: ``name=queue[+queue]@concurrency`` items separated by ``;``. The GPU
+#: worker consumes only ``gpu`` with one slot per GPU, like the ``gpu`` pool.
+DEFAULT_CELERY_WORKERS = "worker=default@2;worker-gpu=gpu@1"
+#: ``EVERTUNE_AUTH_MANAGER``: ``simple`` (generated passwords, for one person on one machine) or ``fab``
+#: (Flask-AppBuilder users and roles, the production choice).
+AUTH_MANAGERS = {
+    "simple": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+    "fab": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+}
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One Celery worker of the stack: its name, the queues it consumes and its task slots."""
+
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+def executor() -> str:
+    """The executor the stack runs (``EVERTUNE_EXECUTOR``, default LocalExecutor)."""
+    value = os.environ.get("EVERTUNE_EXECUTOR") or "LocalExecutor"
+    if value not in EXECUTORS:
+        raise StackError(f"EVERTUNE_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {value!r}")
+    return value
+
+
+def auth_manager() -> str:
+    """``simple`` or ``fab`` (``EVERTUNE_AUTH_MANAGER``, default simple)."""
+    value = os.environ.get("EVERTUNE_AUTH_MANAGER") or "simple"
+    if value not in AUTH_MANAGERS:
+        raise StackError(f"EVERTUNE_AUTH_MANAGER must be one of {', '.join(AUTH_MANAGERS)}, got {value!r}")
+    return value
+
+
+def celery_workers() -> list[CeleryWorker]:
+    """Parse ``EVERTUNE_CELERY_WORKERS`` (see :data:`DEFAULT_CELERY_WORKERS`)."""
+    raw = os.environ.get("EVERTUNE_CELERY_WORKERS") or DEFAULT_CELERY_WORKERS
+    workers = []
+    for item in filter(None, (part.strip() for part in raw.split(";"))):
+        try:
+            name, rest = item.split("=", 1)
+            queues, concurrency = rest.split("@", 1) if "@" in rest else (rest, "1")
+            worker = CeleryWorker(name.strip(), tuple(q.strip() for q in queues.split("+") if q.strip()),
+                                  int(concurrency))
+        except ValueError as exc:
+            raise StackError(f"EVERTUNE_CELERY_WORKERS item {item!r} is not name=queue[+queue]@slots") from exc
+        if not worker.queues or worker.concurrency < 1:
+            raise StackError(f"EVERTUNE_CELERY_WORKERS item {item!r} needs a queue and at least one slot")
+        workers.append(worker)
+    if len({w.name for w in workers}) != len(workers):
+        raise StackError(f"EVERTUNE_CELERY_WORKERS has duplicate names: {raw!r}")
+    return workers
+
+
+def _result_backend(sql_alchemy_conn: str) -> str:
+    # Celery's database result backend: the metadata DB, driver included (SQLAlchemy 2.1 would otherwise
+    # pick psycopg 3 for a bare postgresql://).
+    return f"db+{sql_alchemy_conn}"
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
@@ -135,14 +200,24 @@ def _stack_secrets(settings: Settings) -> dict[str, str]:
 
     path = settings.airflow_home / "evertune-secrets.json"
     try:
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
     except FileNotFoundError:
-        pass
+        stored = None
+    if stored is not None and "admin_password" not in stored:  # written by a version without FAB support
+        stored["admin_password"] = secrets.token_urlsafe(18)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    if stored is not None:
+        return stored
     values = {
         # 64 bytes: PyJWT warns about shorter HS512 keys (Airflow's own default is 16 bytes).
         "jwt_secret": secrets.token_urlsafe(64),
         "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "api_secret_key": secrets.token_urlsafe(32),
+        # The FAB admin's password when EVERTUNE_ADMIN_PASSWORD is not set (SimpleAuthManager makes its own).
+        "admin_password": secrets.token_urlsafe(18),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -181,7 +256,7 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
         or f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": executor(),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -194,10 +269,7 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         # A loaded machine parses slowly; do not time DAG files out too early.
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{ports.airflow}/execution/",
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
+        "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGERS[auth_manager()],
         "AIRFLOW__API__HOST": HOST,
         "AIRFLOW__API__PORT": str(ports.airflow),
         "AIRFLOW__API__WORKERS": "1",
@@ -216,8 +288,26 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.worker_log),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.triggerer_log),
     })
+    if auth_manager() == "simple":
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(passwords_file(settings))
     if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite"):
+        if env["AIRFLOW__CORE__EXECUTOR"] != "LocalExecutor":
+            raise StackError("CeleryExecutor needs a database server: set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN "
+                             "to a PostgreSQL URL (SQLite allows one writer process)")
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "evertune_airflow.stack.SQLITE_CONNECT_ARGS"
+    if env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor":
+        broker = os.environ.get("AIRFLOW__CELERY__BROKER_URL")
+        if not broker:
+            raise StackError("CeleryExecutor needs a broker: set AIRFLOW__CELERY__BROKER_URL (e.g. redis://host:6379/0)")
+        env["AIRFLOW__CELERY__BROKER_URL"] = broker
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = (os.environ.get("AIRFLOW__CELERY__RESULT_BACKEND")
+                                                  or _result_backend(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]))
+        # A task the worker has taken is acknowledged only when it ends, so a crashed worker's task is
+        # redelivered; the visibility timeout must outlast the longest task (training: hours).
+        env["AIRFLOW__CELERY__TASK_ACKS_LATE"] = "True"
+        env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"] = env[
+            "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"]
     keys = _stack_secrets(settings)
     for variable, key in (("AIRFLOW__API_AUTH__JWT_SECRET", "jwt_secret"), ("AIRFLOW__CORE__FERNET_KEY", "fernet_key"),
                           ("AIRFLOW__API__SECRET_KEY", "api_secret_key")):
@@ -245,6 +335,8 @@ class Component:
     port: int | None = None
     #: Started only once the API server answers: its tasks and triggers call the Execution API.
     needs_api: bool = False
+    #: Extra environment of this component only (a Celery worker's log port and identity).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def _tool(name: str) -> list[str]:
@@ -263,13 +355,29 @@ def stack_components(settings: Settings, ports: StackPorts | None = None) -> lis
         Component("scheduler", (*airflow, "scheduler"), "scheduler", ports.worker_log, needs_api=True),
         Component("triggerer", (*airflow, "triggerer"), "triggerer", ports.triggerer_log, needs_api=True),
     ]
+    if executor() == "CeleryExecutor":
+        # The scheduler only queues tasks; each worker serves its own task logs on its own port.
+        components[2] = Component("scheduler", (*airflow, "scheduler"), "scheduler", needs_api=True)
+        for index, worker in enumerate(celery_workers()):
+            log_port = ports.worker_log + index
+            argv = (*airflow, "celery", "worker", "--queues", ",".join(worker.queues),
+                    "--concurrency", str(worker.concurrency), "--celery-hostname", f"{worker.name}@%h")
+            components.append(Component(worker.name, argv, None, log_port, needs_api=True, env=(
+                ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(log_port)), ("EVERTUNE_WORKER", worker.name))))
     backend = mlflow_backend_uri(settings, ports)
     if backend is not None:
-        argv = (*_tool("mlflow"), "server", "--backend-store-uri", backend,
+        argv = (*_tool("mlflow"), "server",
                 "--artifacts-destination", settings.mlflow_artifact_root, "--serve-artifacts",
                 "--host", HOST, "--port", str(ports.mlflow), "--workers", "1")
-        components.append(Component("mlflow", argv, None, ports.mlflow))
-    return components
+        # The store URL may hold a database password: environment, not argv (`ps` shows argv to everyone).
+        components.append(Component("mlflow", argv, None, ports.mlflow, env=(("MLFLOW_BACKEND_STORE_URI", backend),)))
+    # Each command runs under the restart-on-crash wrapper (what compose's `restart:` does in production).
+    return [Component(c.name, _supervised(c.name, c.argv), c.health_key, c.port, c.needs_api, c.env)
+            for c in components]
+
+
+def _supervised(name: str, argv: Sequence[str]) -> tuple[str, ...]:
+    return (sys.executable, "-m", "evertune_airflow.supervise", "--name", name, "--", *argv)
 
 
 def run_dir(settings: Settings) -> Path:
@@ -302,7 +410,7 @@ def _spawn(component: Component, env: dict[str, str], settings: Settings) -> int
         log.flush()
         # preexec_fn: the only way to undo an inherited SIG_IGN in the child; `up` runs no threads here.
         proc = subprocess.Popen(
-            component.argv, env=env, cwd=settings.home, stdin=subprocess.DEVNULL, stdout=log,
+            component.argv, env={**env, **dict(component.env)}, cwd=settings.home, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             preexec_fn=_restore_default_signals,  # noqa: PLW1509
         )
@@ -432,8 +540,53 @@ def _migrate_db_if_needed(settings: Settings, env: dict[str, str]) -> bool:
         )
     if result.returncode != 0:
         raise StackError(f"airflow db migrate failed (exit {result.returncode}); see {log_path}\n{_tail(log_path)}")
+    if auth_manager() == "fab":
+        _ensure_fab_admin(settings, env, log_path)
     stamp.write_text(expected + "\n")
     return True
+
+
+def _ensure_fab_admin(settings: Settings, env: dict[str, str], log_path: Path) -> None:
+    """Create the FAB tables and the ``admin`` user (Admin role) if it does not exist yet.
+
+    The password reaches the child through its environment, never its command line (``ps`` shows those to
+    every user of the machine); ``airflow users create`` only takes it as an argument or from a terminal.
+    """
+    def run(*argv: str, extra: dict[str, str] | None = None) -> int:
+        with open(log_path, "ab") as log:
+            return subprocess.run(list(argv), env={**env, **(extra or {})}, cwd=settings.home,
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=False,
+                                  timeout=600).returncode
+
+    if run(*_tool("airflow"), "fab-db", "migrate") != 0:
+        raise StackError(f"airflow fab-db migrate failed; see {log_path}\n{_tail(log_path)}")
+    if run(sys.executable, "-m", "evertune_airflow.stack", "fab-admin",
+           extra={"EVERTUNE_ADMIN_PASSWORD": admin_password(settings) or ""}) != 0:
+        raise StackError(f"creating the FAB admin user failed; see {log_path}\n{_tail(log_path)}")
+
+
+def _cmd_fab_admin(_args: argparse.Namespace) -> int:
+    """Create the FAB ``admin`` user with ``EVERTUNE_ADMIN_PASSWORD`` unless it exists (idempotent)."""
+    from airflow.providers.fab.auth_manager.cli_commands.utils import (
+        get_application_builder,
+    )
+
+    password = os.environ.get("EVERTUNE_ADMIN_PASSWORD")
+    if not password:
+        raise StackError("EVERTUNE_ADMIN_PASSWORD is not set")
+    with get_application_builder() as appbuilder:
+        if appbuilder.sm.find_user(ADMIN_USER):
+            print(f"user {ADMIN_USER} exists")
+            return 0
+        role = appbuilder.sm.find_role("Admin")
+        if not appbuilder.sm.add_user(ADMIN_USER, "evertune", "admin", f"{ADMIN_USER}@localhost", role, password):
+            raise StackError(f"FAB refused to create user {ADMIN_USER}")
+    print(f"user {ADMIN_USER} created with role Admin")
+    return 0
+
+def log_tail(settings: Settings, component: str, lines: int = 60) -> str:
+    """The last ``lines`` lines of a component's log (for error messages and test failures)."""
+    return _tail(log_dir(settings) / f"{component}.log", lines)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -471,12 +624,35 @@ def health(settings: Settings | None = None) -> dict[str, Any]:
         mlflow_state = "healthy" if answer is not None and answer.status_code == 200 else "unreachable"
     wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
     ok = all(airflow.get(key) == "healthy" for key in wanted) and mlflow_state in (None, "healthy")
-    return {"airflow": airflow, "mlflow": mlflow_state, "healthy": ok}
+    workers: dict[str, str] | None = None
+    if executor() == "CeleryExecutor":
+        answering = _celery_ping(airflow_env(settings)["AIRFLOW__CELERY__BROKER_URL"])
+        workers = {w.name: "healthy" if w.name in answering else "unreachable" for w in celery_workers()}
+        ok = ok and all(state == "healthy" for state in workers.values())
+    return {"airflow": airflow, "mlflow": mlflow_state, "workers": workers, "healthy": ok}
+
+
+def _celery_ping(broker_url: str, timeout: float = 2.0) -> set[str]:
+    """Names (before the ``@``) of the Celery workers that answer a ping through the broker."""
+    from celery import Celery
+
+    app = Celery(broker=broker_url)
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except OSError:  # broker unreachable
+        return set()
+    finally:
+        app.close()
+    return {hostname.split("@", 1)[0] for reply in replies for hostname in reply}
 
 
 def admin_password(settings: Settings | None = None) -> str | None:
-    """The generated password of the ``admin`` user, once the API server has written it."""
-    path = passwords_file(settings or get_settings())
+    """The ``admin`` user's password: ``EVERTUNE_ADMIN_PASSWORD``, the generated FAB one, or the one
+    SimpleAuthManager generated on its first start (``None`` until then)."""
+    settings = settings or get_settings()
+    if auth_manager() == "fab":
+        return os.environ.get("EVERTUNE_ADMIN_PASSWORD") or _stack_secrets(settings)["admin_password"]
+    path = passwords_file(settings)
     try:
         return json.loads(path.read_text()).get(ADMIN_USER)
     except (FileNotFoundError, json.JSONDecodeError):
@@ -1013,18 +1189,21 @@ class AirflowClient:
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
     def wait_for_runs(self, dag_id: str, run_ids: Sequence[str] | None = None, run_type: str | None = None,
-                      timeout: float = 900.0, poll: float = 3.0, min_runs: int = 1) -> list[dict]:
+                      timeout: float = 900.0, poll: float = 3.0, min_runs: int = 1,
+                      stall_timeout: float = 600.0) -> list[dict]:
         """Wait until the given runs (or all runs of ``run_type``, at least ``min_runs``) have finished.
 
         Returns:
             The final run dicts (``state`` is ``success`` or ``failed``; check it).
 
         Raises:
-            StackError: Timed out; the message lists the unfinished runs and their states.
+            StackError: Timed out, or every unfinished run stayed queued for ``stall_timeout`` seconds; the
+                message lists the unfinished runs and what :meth:`diagnose` found.
         """
         if run_ids is None and run_type is None:
             raise ValueError("give run_ids or run_type")
         deadline = time.monotonic() + timeout
+        last_change, last_states = time.monotonic(), None
         while True:
             if run_ids is not None:
                 runs = [self.dag_run(dag_id, run_id) for run_id in run_ids]
@@ -1033,10 +1212,35 @@ class AirflowClient:
             pending = [r for r in runs if r["state"] not in FINISHED_RUN_STATES]
             if not pending and len(runs) >= (len(run_ids) if run_ids is not None else min_runs):
                 return runs
-            if time.monotonic() > deadline:
-                listing = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in pending) or f"{len(runs)} runs"
-                raise StackError(f"runs of {dag_id} not finished after {timeout:.0f} s: {listing}")
+            states = [(r["dag_run_id"], r["state"]) for r in runs]
+            if states != last_states:
+                last_change, last_states = time.monotonic(), states
+            listing = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in pending) or f"{len(runs)} runs"
+            # Queued runs that nobody starts for minutes mean the scheduler is not scheduling: fail with
+            # what explains it instead of waiting out the whole timeout.
+            stalled = pending and all(r["state"] == "queued" for r in pending) and (
+                time.monotonic() - last_change > stall_timeout)
+            if stalled or time.monotonic() > deadline:
+                why = f"queued and not started for {stall_timeout:.0f} s" if stalled else f"not finished after {timeout:.0f} s"
+                raise StackError(f"runs of {dag_id} {why}: {listing}\n{self.diagnose(dag_id)}")
             time.sleep(poll)
+
+    def diagnose(self, dag_id: str) -> str:
+        """What the API says about why a DAG's runs may not progress: DAG flags, health, backfills."""
+        lines = []
+        try:
+            dag = self.dag(dag_id) or {}
+            lines.append(f"dag {dag_id}: is_paused={dag.get('is_paused')} is_stale={dag.get('is_stale')} "
+                         f"max_active_runs={dag.get('max_active_runs')}")
+            health_body = self.request("GET", "/api/v2/monitor/health")
+            lines.append(f"health: {json.dumps(health_body, default=str)}")
+            backfills = self.request("GET", "/api/v2/backfills", params={"dag_id": dag_id}).get("backfills", [])
+            for item in backfills:
+                lines.append(f"backfill {item.get('id')}: is_paused={item.get('is_paused')} "
+                             f"completed_at={item.get('completed_at')} max_active_runs={item.get('max_active_runs')}")
+        except StackError as exc:  # the diagnosis must not hide the original problem
+            lines.append(f"(API unavailable while diagnosing: {exc})")
+        return "\n".join(lines)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         """Task instances of one run (``task_id``, ``state``, ``try_number``, ``duration``...)."""
@@ -1103,6 +1307,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="what runs, memory, health").set_defaults(func=_cmd_status)
     sub.add_parser("env", help="print the Airflow environment as shell exports").set_defaults(func=_cmd_env)
     sub.add_parser("password", help="print the admin password").set_defaults(func=_cmd_password)
+    sub.add_parser("fab-admin", help="create the FAB admin user (EVERTUNE_AUTH_MANAGER=fab; run by `up`)"
+                   ).set_defaults(func=_cmd_fab_admin)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -40,16 +40,8 @@ long_task_probe()
 '''
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_task_longer_than_token_lifetime_survives(
-    evertune_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    evertune_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack_ports: dict[str, int]
 ) -> None:
     dags = tmp_path / "dags"
     dags.mkdir()
@@ -57,8 +49,6 @@ def test_task_longer_than_token_lifetime_survives(
     monkeypatch.setenv("EVERTUNE_DAGS_FOLDER", str(dags))
     monkeypatch.setenv("EVERTUNE_TASK_TOKEN_TTL", str(TOKEN_TTL_S))
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
-    for variable in stack.PORT_VARS:
-        monkeypatch.setenv(variable, str(free_port()))
     settings = get_settings()
     assert stack.airflow_env(settings)["AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"] == str(TOKEN_TTL_S)
     stack.up(settings)

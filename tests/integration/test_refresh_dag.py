@@ -121,16 +121,8 @@ def test_rerunning_a_day_changes_nothing(on_time: dict) -> None:
     assert git_log_after == git_log_before, "a re-run must not create a new data version"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_backfill_under_the_scheduler_equals_on_time_runs(
-    on_time: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    on_time: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack_ports: dict[str, int]
 ) -> None:
     from evertune.settings import get_settings
     from evertune_airflow import stack
@@ -141,8 +133,6 @@ def test_backfill_under_the_scheduler_equals_on_time_runs(
     monkeypatch.setenv("EVERTUNE_HOME", str(home))
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for variable in stack.PORT_VARS:
-        monkeypatch.setenv(variable, str(_free_port()))
     settings = get_settings()
     stack.up(settings)
     try:
@@ -150,7 +140,10 @@ def test_backfill_under_the_scheduler_equals_on_time_runs(
             client.wait_for_dag("refresh_knowledge_base", timeout=300)
             client.unpause("refresh_knowledge_base")
             created = client.backfill("refresh_knowledge_base", DAYS[0], DAYS[-1], max_active_runs=1)
-            runs = client.wait_for_runs("refresh_knowledge_base", created["run_ids"], timeout=1500, poll=5)
+            try:
+                runs = client.wait_for_runs("refresh_knowledge_base", created["run_ids"], timeout=1500, poll=5)
+            except stack.StackError as exc:
+                pytest.fail(f"{exc}\n--- scheduler log:\n{stack.log_tail(settings, 'scheduler', 80)}")
             assert [r["state"] for r in runs] == ["success"] * len(DAYS), runs
     finally:
         stack.stop(settings)

@@ -3,7 +3,6 @@ scheduler, then down with every process gone and every port free (real Airflow, 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -38,22 +37,15 @@ stack_probe()
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def stack_home(evertune_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def stack_home(evertune_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               stack_ports: dict[str, int]) -> Path:
     """An isolated state folder, a DAGs folder with one trivial DAG, and free ports."""
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "stack_probe.py").write_text(PROBE_DAG)
     monkeypatch.setenv("EVERTUNE_DAGS_FOLDER", str(dags))
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
-    for variable in stack.PORT_VARS:
-        monkeypatch.setenv(variable, str(free_port()))
     return evertune_home
 
 
