@@ -958,6 +958,8 @@ def status_text(settings: Settings | None = None) -> str:
         lines.append(f"  total          {sum(int(v['processes']) for v in usage.values())} processes, "
                      f"{total_rss:.0f} MiB RSS ({total_pss:.0f} MiB PSS)")
         lines.append(f"  health         airflow {state['airflow'] or 'unreachable'}  mlflow {state['mlflow']}")
+        if state["workers"] is not None:
+            lines.append(f"  workers        {state['workers']}  (Celery, broker ping)")
         password = admin_password(settings) or "?"
         lines.append(f"  Airflow UI     {airflow_url(ports)}  user {ADMIN_USER}  password {password}")
         if mlflow_backend_uri(settings, ports):

@@ -154,6 +154,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_model
         settings = get_settings()
         try:
             started = stack.up(settings, timeout=600)
+            print(f"\n[distributed] {len(started.started)} components healthy after {started.seconds_to_healthy:.1f} s")
             with stack.AirflowClient.connect(settings) as client:
                 yield {"home": home, "settings": settings, "client": client, "started": started, "stack": stack,
                        "services": services}
