@@ -16,6 +16,8 @@ from evertune.tuning.dataset import (
     answer_support,
     build_sft_dataset,
     check_grounding,
+    collect_deleted_doc_ids,
+    current_documents,
     drift_inputs,
     read_sft_jsonl,
     select_interval_dirs,
@@ -246,6 +248,33 @@ def test_select_interval_dirs(tmp_path: Path) -> None:
     (tmp_path / "ds=2026-11-01.txt").write_text("a file, not a folder")
     chosen = select_interval_dirs(tmp_path, "2026-11-03", window_days=4)
     assert [p.name for p in chosen] == ["ds=2026-10-31", "2026-11-02", "ds=2026-11-03"]
+    history = select_interval_dirs(tmp_path, "2026-11-03", window_days=None)
+    assert [p.name for p in history] == ["ds=2026-10-01", "ds=2026-10-31", "2026-11-02", "ds=2026-11-03"]
+
+
+def test_articles_and_tombstones_older_than_the_window_still_count(tmp_path: Path) -> None:
+    """What steps.build_dataset does: the window's QA is checked against the whole history's articles."""
+    root = tmp_path / "validated"
+    write_interval(root / "ds=2026-09-01", [], docs=[doc("d1", "Exporting notes", "sync", "2026-09-01T08:00:00+00:00"),
+                                                      doc("d3", "Trash", "notes", "2026-09-01T08:00:00+00:00")])
+    write_interval(root / "ds=2026-09-02", [], tombstones=[{"doc_id": "d3", "deleted_at": "2026-09-02T08:00:00+00:00",
+                                                            "reason": "retired"}])
+    write_interval(root / "ds=2026-11-01", [qa("q1", "How do I export my notes?", "Use File > Export.", "d1"),
+                                            qa("q2", "How do I restore a note?", "Use the trash.", "d3")],
+                   docs=[doc("d2", "Plans and pricing", "billing", "2026-11-01T08:00:00+00:00")])
+    window = select_interval_dirs(root, "2026-11-01", window_days=30)
+    assert [p.name for p in window] == ["ds=2026-11-01"]
+    # With only the window's articles, neither answer can be checked: nothing would be left to train on.
+    with pytest.raises(NothingToDo):
+        build_sft_dataset(window, PARAMS, golden_qa_ids=set(), deleted_doc_ids=set())
+    history = select_interval_dirs(root, "2026-11-01", window_days=None)
+    documents = current_documents(history)
+    deleted = collect_deleted_doc_ids(history, documents)
+    assert deleted == {"d3"}
+    ds = build_sft_dataset(window, PARAMS, golden_qa_ids=set(), deleted_doc_ids=deleted,
+                           documents=list(documents.values()))
+    assert sorted(all_rows(ds)) == ["q1"]
+    assert ds.stats["counts"]["dropped_deleted_doc"] == 1 and not ds.stats["counts"].get("dropped_source_missing")
 
 
 def test_explicit_documents_decide_topics_and_tombstone_order(intervals: list[Path]) -> None:

@@ -337,6 +337,15 @@ def _latest_documents(validated_dirs: list[Path], documents: Any) -> dict[str, d
     return latest
 
 
+def current_documents(validated_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """The current version of every document in the folders, by doc_id (for ``build_sft_dataset(documents=...)``).
+
+    Pass the whole validated history up to ``as_of``, not just the training window: a QA row of the window may
+    cite an article that last changed long before it, and its answer must still be checked against that text.
+    """
+    return _latest_documents([Path(folder) for folder in validated_dirs], None)
+
+
 def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, Mapping[str, Any]]) -> set[str]:
     """Doc ids deleted by the tombstones in the folders.
 
@@ -705,7 +714,7 @@ def drift_inputs(rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], dict[str
     return texts, categories
 
 
-def select_interval_dirs(root: Path, end: dt.date | str, window_days: int) -> list[Path]:
+def select_interval_dirs(root: Path, end: dt.date | str, window_days: int | None) -> list[Path]:
     """Interval folders under ``root`` whose name holds a date in ``(end - window_days, end]``, oldest first.
 
     Folder names only need to contain an ISO date (``2026-11-03`` or ``ds=2026-11-03``); others are ignored.
@@ -713,13 +722,13 @@ def select_interval_dirs(root: Path, end: dt.date | str, window_days: int) -> li
     Args:
         root: Folder holding one sub-folder per validated interval.
         end: The last interval date to include (the data interval being processed).
-        window_days: ``dataset.window_days``.
+        window_days: ``dataset.window_days``; ``None`` takes every interval up to ``end`` (the history).
 
     Returns:
         The chosen folders sorted by date.
     """
     last = dt.date.fromisoformat(end) if isinstance(end, str) else end
-    first = last - dt.timedelta(days=window_days - 1)
+    first = dt.date.min if window_days is None else last - dt.timedelta(days=window_days - 1)
     chosen: list[tuple[dt.date, str, Path]] = []
     for child in Path(root).iterdir() if Path(root).is_dir() else []:
         match = _DATE.search(child.name)

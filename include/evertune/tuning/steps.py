@@ -125,13 +125,25 @@ def build_dataset(
             is written or versioned, and the rejection is appended to :func:`rejections_path`.
     """
     from evertune.data.versioning import validated_folder
-    from evertune.tuning.dataset import build_sft_dataset, select_interval_dirs, write_sft_dataset
+    from evertune.tuning.dataset import (
+        build_sft_dataset,
+        collect_deleted_doc_ids,
+        current_documents,
+        select_interval_dirs,
+        write_sft_dataset,
+    )
 
     params, settings = _context(overrides)
     as_of = resolve_as_of(as_of, settings)
     dirs = select_interval_dirs(settings.data_repo / "validated", as_of, params.dataset.window_days)
+    # Articles and tombstones come from the whole history up to as_of: the window's QA may cite an article (or a
+    # deletion) older than the window.
+    history = select_interval_dirs(settings.data_repo / "validated", as_of, None)
+    documents = current_documents(history)
+    deleted = collect_deleted_doc_ids(history, documents)
     try:
-        dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=set())
+        dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=deleted,
+                                    documents=list(documents.values()))
     except PoisonedDataError as exc:
         _record_rejection(settings, as_of, dag_run_id, exc)
         raise
