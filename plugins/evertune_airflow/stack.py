@@ -296,6 +296,8 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
             raise StackError("CeleryExecutor needs a database server: set AIRFLOW__DATABASE__SQL_ALCHEMY_CONN "
                              "to a PostgreSQL URL (SQLite allows one writer process)")
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "evertune_airflow.stack.SQLITE_CONNECT_ARGS"
+        # Each retry already waits up to 30 s for the lock; Airflow's 3 retries let a starved scheduler exit.
+        env["AIRFLOW__DATABASE__MAX_DB_RETRIES"] = "10"
     if env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor":
         broker = os.environ.get("AIRFLOW__CELERY__BROKER_URL")
         if not broker:
