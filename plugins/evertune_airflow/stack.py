@@ -1226,7 +1226,9 @@ class AirflowClient:
                 time.monotonic() - last_change > stall_timeout)
             if stalled or time.monotonic() > deadline:
                 why = f"queued and not started for {stall_timeout:.0f} s" if stalled else f"not finished after {timeout:.0f} s"
-                raise StackError(f"runs of {dag_id} {why}: {listing}\n{self.diagnose(dag_id)}")
+                # The scheduler starts a queued run only once its run_after has passed (by the DB's clock).
+                after = ", ".join(f"{r['dag_run_id']} run_after={r.get('run_after')}" for r in pending)
+                raise StackError(f"runs of {dag_id} {why}: {listing}\n{after}\n{self.diagnose(dag_id)}")
             time.sleep(poll)
 
     def diagnose(self, dag_id: str) -> str:
@@ -1236,8 +1238,10 @@ class AirflowClient:
             dag = self.dag(dag_id) or {}
             lines.append(f"dag {dag_id}: is_paused={dag.get('is_paused')} is_stale={dag.get('is_stale')} "
                          f"max_active_runs={dag.get('max_active_runs')}")
-            health_body = self.request("GET", "/api/v2/monitor/health")
-            lines.append(f"health: {json.dumps(health_body, default=str)}")
+            answer = self._send("GET", "/api/v2/monitor/health", None)
+            lines.append(f"health: {answer.text[:1000]}")
+            lines.append(f"server clock (Date header): {answer.headers.get('date')}; "
+                         f"this process: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}")
             backfills = self.request("GET", "/api/v2/backfills", params={"dag_id": dag_id}).get("backfills", [])
             for item in backfills:
                 lines.append(f"backfill {item.get('id')}: is_paused={item.get('is_paused')} "
