@@ -6,7 +6,6 @@ import json
 
 import httpx
 import pytest
-
 from evertune_airflow.stack import AirflowClient, StackError
 
 
