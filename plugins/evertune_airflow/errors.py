@@ -25,7 +25,6 @@ def task_states() -> Iterator[None]:
         ConfigError,
         CriticalValidationError,
         NothingToDo,
-        PoisonedDataError,
         QualityGateFailed,
     )
 
@@ -37,8 +36,8 @@ def task_states() -> Iterator[None]:
         yield
     except NothingToDo as exc:
         raise AirflowSkipException(str(exc)) from exc
-    # PoisonedDataError is a CriticalValidationError; named here because a retry would read the same data.
-    except (ConfigError, PoisonedDataError, CriticalValidationError, QualityGateFailed) as exc:
+    # CriticalValidationError includes PoisonedDataError: a retry would read the same data.
+    except (ConfigError, CriticalValidationError, QualityGateFailed) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 

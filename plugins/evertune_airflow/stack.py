@@ -198,27 +198,29 @@ def _stack_secrets(settings: Settings) -> dict[str, str]:
     import base64
     import secrets
 
+    generators = {
+        # 64 bytes: PyJWT warns about shorter HS512 keys (Airflow's own default is 16 bytes).
+        "jwt_secret": lambda: secrets.token_urlsafe(64),
+        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "api_secret_key": lambda: secrets.token_urlsafe(32),
+        # The FAB admin's password when EVERTUNE_ADMIN_PASSWORD is not set (SimpleAuthManager makes its own).
+        "admin_password": lambda: secrets.token_urlsafe(18),
+    }
     path = settings.airflow_home / "evertune-secrets.json"
     try:
         stored = json.loads(path.read_text())
     except FileNotFoundError:
         stored = None
-    if stored is not None and "admin_password" not in stored:  # written by a version without FAB support
-        stored["admin_password"] = secrets.token_urlsafe(18)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        tmp.chmod(0o600)
-        tmp.replace(path)
     if stored is not None:
+        missing = {key: make() for key, make in generators.items() if key not in stored}
+        if missing:  # written by an older version: add the new keys, keep the existing ones
+            stored.update(missing)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored))
+            tmp.chmod(0o600)
+            tmp.replace(path)
         return stored
-    values = {
-        # 64 bytes: PyJWT warns about shorter HS512 keys (Airflow's own default is 16 bytes).
-        "jwt_secret": secrets.token_urlsafe(64),
-        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "api_secret_key": secrets.token_urlsafe(32),
-        # The FAB admin's password when EVERTUNE_ADMIN_PASSWORD is not set (SimpleAuthManager makes its own).
-        "admin_password": secrets.token_urlsafe(18),
-    }
+    values = {key: make() for key, make in generators.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -351,15 +353,16 @@ def stack_components(settings: Settings, ports: StackPorts | None = None) -> lis
     """The processes of the embedded stack, in start order."""
     ports = ports or StackPorts.from_env()
     airflow = _tool("airflow")
+    celery = executor() == "CeleryExecutor"
     components = [
         Component("api-server", (*airflow, "api-server"), "metadatabase", ports.airflow),
         Component("dag-processor", (*airflow, "dag-processor"), "dag_processor"),
-        Component("scheduler", (*airflow, "scheduler"), "scheduler", ports.worker_log, needs_api=True),
+        # With LocalExecutor the scheduler runs the tasks and serves their logs; with Celery the workers do.
+        Component("scheduler", (*airflow, "scheduler"), "scheduler", None if celery else ports.worker_log,
+                  needs_api=True),
         Component("triggerer", (*airflow, "triggerer"), "triggerer", ports.triggerer_log, needs_api=True),
     ]
-    if executor() == "CeleryExecutor":
-        # The scheduler only queues tasks; each worker serves its own task logs on its own port.
-        components[2] = Component("scheduler", (*airflow, "scheduler"), "scheduler", needs_api=True)
+    if celery:
         for index, worker in enumerate(celery_workers()):
             log_port = ports.worker_log + index
             argv = (*airflow, "celery", "worker", "--queues", ",".join(worker.queues),
@@ -585,6 +588,7 @@ def _cmd_fab_admin(_args: argparse.Namespace) -> int:
             raise StackError(f"FAB refused to create user {ADMIN_USER}")
     print(f"user {ADMIN_USER} created with role Admin")
     return 0
+
 
 def log_tail(settings: Settings, component: str, lines: int = 60) -> str:
     """The last ``lines`` lines of a component's log (for error messages and test failures)."""

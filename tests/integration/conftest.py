@@ -1,12 +1,14 @@
-"""Session-scoped model fixtures: the base model is converted (and the tiny model built) once per test session."""
+"""Integration fixtures: models built once per session, free ports, the tiny-model params for DAG runs."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 from evertune.config import load_params
 from evertune.models.bootstrap import DEFAULT_BOOTSTRAP, ensure_bootstrapped
@@ -53,3 +55,44 @@ def stack_ports(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 def port_picker():
     """:func:`free_ports` for module-scoped fixtures (function-scoped ``stack_ports`` cannot serve them)."""
     return free_ports
+
+
+def write_tiny_dag_params(home: Path, tiny_model_dir: Path) -> Path:
+    """``params.yaml`` for running the DAGs with the tiny model: a few training steps, short answers.
+
+    Returns:
+        The file's path (for ``EVERTUNE_PARAMS``).
+    """
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params["base_model"] = {"name_or_path": str(tiny_model_dir)}
+    params["train"].update({"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 2})
+    params["evaluate"].update({"max_new_tokens": 8, "bootstrap_samples": 100})
+    # The tiny random model answers nonsense: the floors would (rightly) reject it.
+    params["gate"]["floors"] = {"token_f1": 0.0}
+    path = home / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def isolated_env(home: Path, params_file: Path) -> dict[str, str]:
+    """This process's environment minus every Airflow, evertune and MLflow setting, pointed at ``home``.
+
+    A shared ``EVERTUNE_MODELS_DIR`` (bootstrapped checkpoints) is kept.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "EVERTUNE_", "MLFLOW_"))}
+    env.update({"EVERTUNE_HOME": str(home), "EVERTUNE_PARAMS": str(params_file)})
+    if "EVERTUNE_MODELS_DIR" in os.environ:
+        env["EVERTUNE_MODELS_DIR"] = os.environ["EVERTUNE_MODELS_DIR"]
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_dag_env(tiny_model_dir: Path):
+    """``make(home) -> env``: writes the tiny-model params into ``home`` and returns :func:`isolated_env` for it.
+
+    Session-scoped so module-scoped fixtures can use it.
+    """
+    def make(home: Path) -> dict[str, str]:
+        return isolated_env(home, write_tiny_dag_params(home, tiny_model_dir))
+
+    return make

@@ -20,9 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 pytestmark = pytest.mark.slow
 
@@ -86,25 +84,6 @@ def services() -> Iterator[dict]:
         client.close()
 
 
-def _tiny_params(home: Path, tiny_model_dir: Path) -> Path:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base_model"] = {"name_or_path": str(tiny_model_dir)}
-    params["train"].update({"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 2})
-    params["evaluate"].update({"max_new_tokens": 8, "bootstrap_samples": 100})
-    params["gate"]["floors"] = {"token_f1": 0.0}  # the tiny random model answers nonsense
-    path = home / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
-
-
-def _clean_env(home: Path, params_file: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "EVERTUNE_", "MLFLOW_"))}
-    env.update({"EVERTUNE_HOME": str(home), "EVERTUNE_PARAMS": str(params_file)})
-    if "EVERTUNE_MODELS_DIR" in os.environ:
-        env["EVERTUNE_MODELS_DIR"] = os.environ["EVERTUNE_MODELS_DIR"]
-    return env
-
-
 def _run(env: dict[str, str], *args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "evertune", *args], env=env, capture_output=True, text=True,
                           timeout=900, check=False)
@@ -112,10 +91,10 @@ def _run(env: dict[str, str], *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def serial_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+def serial_reference(tmp_path_factory: pytest.TempPathFactory, tiny_dag_env) -> dict:
     """The same days refreshed one after the other without Airflow (what on-time nights produce)."""
     home = tmp_path_factory.mktemp("serial")
-    env = _clean_env(home, _tiny_params(home, tiny_model_dir))
+    env = tiny_dag_env(home)
     _run(env, "demo-data", "--days", str(len(DAYS)))
     for day in DAYS:
         _run(env, "refresh", "all", "--interval", day)
@@ -123,15 +102,14 @@ def serial_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_model_dir: Path,
+def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_dag_env,
             port_picker) -> Iterator[dict]:
     """The stack in its production configuration; stopped (and verified stopped) afterwards."""
     from evertune.settings import get_settings
     from evertune_airflow import stack
 
     home = tmp_path_factory.mktemp("cluster")
-    params_file = _tiny_params(home, tiny_model_dir)
-    base = _clean_env(home, params_file)
+    base = tiny_dag_env(home)
     _run(base, "demo-data", "--days", str(len(DAYS)))
     ports = dict(zip(stack.PORT_VARS, port_picker(len(stack.PORT_VARS)), strict=True))
     # The second worker serves logs on worker_log + 1: make sure that port is free too.

@@ -13,29 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-11-01", "2026-11-02"]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tuned_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+def tuned_home(tmp_path_factory: pytest.TempPathFactory, tiny_dag_env) -> dict:
     from evertune_airflow.stack import airflow_env
 
     home = tmp_path_factory.mktemp("tune-home")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["base_model"] = {"name_or_path": str(tiny_model_dir)}
-    params["train"].update({"max_steps": 4, "per_device_train_batch_size": 4, "save_steps": 2})
-    params["evaluate"].update({"max_new_tokens": 8, "bootstrap_samples": 100})
-    # The tiny random model answers nonsense: the floors would (rightly) reject it.
-    params["gate"]["floors"] = {"token_f1": 0.0}
-    params_file = home / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "EVERTUNE_", "MLFLOW_"))}
-    base.update({"EVERTUNE_HOME": str(home), "EVERTUNE_PARAMS": str(params_file)})
+    base = tiny_dag_env(home)
     saved = os.environ.copy()
     os.environ.clear()
     os.environ.update(base)

@@ -421,61 +421,55 @@ def _record(question: str, answer: str, params: DatasetParams) -> dict[str, Any]
     return {"prompt": format_prompt(question, params.system_prompt), "completion": " " + answer.strip()}
 
 
-def _is_grounded(
-    qa_id: str,
-    question: str,
-    answer: str,
-    doc_id: str,
-    interval: str,
-    docs: Mapping[str, Mapping[str, Any]],
-    articles: dict[str, _Article],
-    params: DatasetParams,
-    counts: Counter[str],
-    excluded: list[dict[str, Any]],
-    by_interval: dict[str, Counter[str]],
-) -> bool:
-    """Check one QA row against its cited document; count and list it when it is excluded."""
-    document = docs.get(doc_id) if doc_id else None
-    text = _text(document.get("text")) if document is not None else ""
-    if not text.strip():
-        # Nothing to compare with (the document was last written before the window): unverifiable, not trusted.
-        counts["dropped_source_missing"] += 1
-        excluded.append({"qa_id": qa_id, "doc_id": doc_id, "interval": interval, "reason": SOURCE_MISSING,
-                         "support": None, "missing_values": [], "unsupported": []})
+class _GroundingCheck:
+    """Checks the QA rows of one build against their cited documents and keeps the tallies for ``stats``."""
+
+    def __init__(self, docs: Mapping[str, Mapping[str, Any]], params: DatasetParams, counts: Counter[str]) -> None:
+        self.docs, self.params, self.counts = docs, params, counts
+        self.articles: dict[str, _Article] = {}  # built once per document
+        self.excluded: list[dict[str, Any]] = []
+        self.by_interval: dict[str, Counter[str]] = {}
+
+    def passes(self, qa_id: str, question: str, answer: str, doc_id: str, interval: str) -> bool:
+        """Whether the row is grounded in its document; an excluded row is counted and listed."""
+        document = self.docs.get(doc_id) if doc_id else None
+        text = _text(document.get("text")) if document is not None else ""
+        if not text.strip():
+            # Nothing to compare with (no such document up to as_of, or an empty one): unverifiable, not trusted.
+            self.counts["dropped_source_missing"] += 1
+            self.excluded.append({"qa_id": qa_id, "doc_id": doc_id, "interval": interval, "reason": SOURCE_MISSING,
+                                  "support": None, "missing_values": [], "unsupported": []})
+            return False
+        if doc_id not in self.articles:
+            self.articles[doc_id] = _Article.of(f"{_text(document.get('title'))}\n{text}")
+        result = _ground(answer, self.articles[doc_id], question, self.params.min_answer_support)
+        tally = self.by_interval.setdefault(interval, Counter())
+        tally["checked"] += 1
+        if result.grounded:
+            return True
+        tally["ungrounded"] += 1
+        self.counts["dropped_ungrounded"] += 1
+        self.excluded.append({"qa_id": qa_id, "doc_id": doc_id, "interval": interval, "reason": UNGROUNDED,
+                              "support": round(result.support, 4), "missing_values": list(result.missing_values),
+                              "unsupported": list(result.unsupported)})
         return False
-    if doc_id not in articles:
-        articles[doc_id] = _Article.of(f"{_text(document.get('title'))}\n{text}")
-    result = _ground(answer, articles[doc_id], question, params.min_answer_support)
-    tally = by_interval.setdefault(interval, Counter())
-    tally["checked"] += 1
-    if result.grounded:
-        return True
-    tally["ungrounded"] += 1
-    counts["dropped_ungrounded"] += 1
-    excluded.append({"qa_id": qa_id, "doc_id": doc_id, "interval": interval, "reason": UNGROUNDED,
-                     "support": round(result.support, 4), "missing_values": list(result.missing_values),
-                     "unsupported": list(result.unsupported)})
-    return False
 
-
-def _grounding_summary(
-    counts: Mapping[str, int], excluded: list[dict[str, Any]], by_interval: Mapping[str, Counter[str]],
-    params: DatasetParams,
-) -> dict[str, Any]:
-    checked = sum(tally["checked"] for tally in by_interval.values())
-    ungrounded = counts.get("dropped_ungrounded", 0)
-    return {
-        "min_answer_support": params.min_answer_support,
-        "max_ungrounded_fraction": params.max_ungrounded_fraction,
-        # The share's denominator: QA rows of the window whose cited document could be read.
-        "checked": checked,
-        "ungrounded": ungrounded,
-        "ungrounded_fraction": round(ungrounded / checked, 4) if checked else 0.0,
-        "source_missing": counts.get("dropped_source_missing", 0),
-        "by_interval": {name: {"checked": tally["checked"], "ungrounded": tally["ungrounded"]}
-                        for name, tally in sorted(by_interval.items())},
-        "excluded": excluded,
-    }
+    def summary(self) -> dict[str, Any]:
+        """``stats["grounding"]``, also the ``report`` of a :class:`~evertune.errors.PoisonedDataError`."""
+        checked = sum(tally["checked"] for tally in self.by_interval.values())
+        ungrounded = self.counts.get("dropped_ungrounded", 0)
+        return {
+            "min_answer_support": self.params.min_answer_support,
+            "max_ungrounded_fraction": self.params.max_ungrounded_fraction,
+            # The share's denominator: QA rows of the window whose cited document could be read.
+            "checked": checked,
+            "ungrounded": ungrounded,
+            "ungrounded_fraction": round(ungrounded / checked, 4) if checked else 0.0,
+            "source_missing": self.counts.get("dropped_source_missing", 0),
+            "by_interval": {name: {"checked": tally["checked"], "ungrounded": tally["ungrounded"]}
+                            for name, tally in sorted(self.by_interval.items())},
+            "excluded": self.excluded,
+        }
 
 
 def _poisoned_message(grounding: Mapping[str, Any]) -> str:
@@ -551,9 +545,7 @@ def build_sft_dataset(
     counts["qa_unique_ids"] = len(latest)
 
     kept: dict[tuple[str, str], tuple[int, str, dict[str, Any]]] = {}
-    articles: dict[str, _Article] = {}
-    excluded: list[dict[str, Any]] = []
-    by_interval: dict[str, Counter[str]] = {}
+    grounding_check = _GroundingCheck(docs, params, counts)
     for qa_id in sorted(latest):
         position, row = latest[qa_id]
         question, answer = _text(row.get("question")).strip(), _text(row.get("answer")).strip()
@@ -569,9 +561,8 @@ def build_sft_dataset(
             counts["dropped_golden_id"] += 1
         elif normalize_text(question) in golden_texts:
             counts["dropped_golden_question"] += 1
-        elif not _is_grounded(qa_id, question, answer, doc_id, folders[position].name, docs, articles, params,
-                              counts, excluded, by_interval):
-            continue  # counted and listed in stats["grounding"] by _is_grounded
+        elif not grounding_check.passes(qa_id, question, answer, doc_id, folders[position].name):
+            continue  # counted and listed in stats["grounding"] by the check
         else:
             key = (normalize_text(question), normalize_text(answer))
             candidate = (first_seen[qa_id], qa_id, row)
@@ -583,7 +574,7 @@ def build_sft_dataset(
             else:
                 kept[key] = candidate
 
-    grounding = _grounding_summary(counts, excluded, by_interval, params)
+    grounding = grounding_check.summary()
     # A share this high is not noise in the answers but a bad drop: training on the rest is not trusted either.
     if grounding["checked"] and grounding["ungrounded"] / grounding["checked"] > params.max_ungrounded_fraction:
         raise PoisonedDataError(_poisoned_message(grounding), grounding)

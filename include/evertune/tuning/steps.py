@@ -101,9 +101,14 @@ def _record_rejection(settings: Settings, as_of: str, dag_run_id: str | None, ex
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
     log.error("dataset as of %s rejected before training: %s", as_of, exc)
-    for row in report.get("excluded", [])[:20]:
-        log.error("  %s (%s, %s): support %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
-                  row["support"], row["missing_values"])
+    _log_excluded(report.get("excluded", []), logging.ERROR)
+
+
+def _log_excluded(rows: list[dict[str, Any]], level: int, limit: int = 20) -> None:
+    """Name the first ``limit`` QA rows the groundedness check excluded in the task log."""
+    for row in rows[:limit]:
+        log.log(level, "  %s (%s, %s): %s, support %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
+                row["reason"], row["support"], row["missing_values"])
 
 
 def build_dataset(
@@ -150,9 +155,7 @@ def build_dataset(
     grounding = dataset.stats["grounding"]
     log.info("grounding: %d of %d checked QA rows dropped as not grounded, %d without their article in the window",
              grounding["ungrounded"], grounding["checked"], grounding["source_missing"])
-    for row in grounding["excluded"][:20]:
-        log.warning("  dropped %s (%s, %s): %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
-                    row["reason"], row["missing_values"])
+    _log_excluded(grounding["excluded"], logging.WARNING)
     folder = dataset_folder(as_of)
     written = write_sft_dataset(dataset, settings.data_repo / folder)
     # The golden set of the newest interval is frozen with the dataset; the builder never trains on it.
