@@ -8,7 +8,9 @@ document, so days may run in any order.
 * ``version_snapshot`` takes the one-slot ``dvc_repo`` pool (DVC has a repository lock).
 * ``sync_index`` and ``publish_index`` take the ``lancedb_writer`` pool (one writer per table).
 * ``publish_index`` moves the LanceDB tag ``production`` only when retrieval quality holds, and emits the
-  ``kb_index`` asset event; a failing candidate stays in the table for inspection.
+  ``kb_index`` asset event; a failing candidate stays in the table for inspection. A candidate that a later
+  sync already superseded (days run concurrently or out of order) is skipped: the run that wrote the newest
+  version decides, and the tag never moves backwards.
 
 A manual run (trigger, ``airflow dags test``) refreshes the interval that ended at its logical date, as Airflow
 infers for data-interval timetables: trigger ``2026-11-04`` to refresh ``ds=2026-11-03``; backfills name days

@@ -249,3 +249,20 @@ def test_absolute_floor_blocks_a_first_publish(tmp_path, evertune_home, params) 
     with pytest.raises(QualityGateFailed, match="floor"):
         publish(result.table_name, result.version, evaluation, params, settings)
     assert live_version(settings, result.table_name, params) is None
+
+
+def test_superseded_candidate_is_skipped_and_the_tag_never_moves_back(tmp_path, evertune_home, params) -> None:
+    """Concurrent backfill runs: day 2 syncs before day 1, day 1's run publishes the full state first."""
+    settings = get_settings()
+    day1 = write_drop(tmp_path / "d1", [doc(d, 1) for d in ("billing-plans", "sync-conflicts", "two-factor")])
+    day2 = write_drop(tmp_path / "d2", [doc(d, 2) for d in ("export-notes", "web-clipper")])
+    early = sync_interval(day2, "2026-11-02", params, settings)  # an intermediate state: 2 of 5 articles
+    early_eval = evaluate_retrieval(early.table_name, early.version, day2 / "golden_retrieval.jsonl", params, settings)
+    assert early_eval["candidate"]["recall_at_k"] < params.retrieval.min_recall_at_k  # it would fail its gate
+    full, _, published = sync_eval_publish(day1, "2026-11-01", params, settings)
+    assert full.version > early.version and published["changed"]
+    # Day 2's run reaches publish last: its candidate is older than the table's head.
+    with pytest.raises(NothingToDo, match="superseded"):
+        publish(early.table_name, early.version, early_eval, params, settings)
+    assert live_version(settings, full.table_name, params) == full.version
+    assert [e["action"] for e in publish_history(params, settings)] == ["publish"]

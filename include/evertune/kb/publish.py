@@ -201,6 +201,8 @@ def publish(
 
     Raises:
         ConfigError: The evaluation is of another table or version.
+        NothingToDo: A later sync has already written a newer version: this candidate is superseded, and the run
+            that wrote the newest version publishes (or rejects) it. The tag never moves backwards here.
         QualityGateFailed: A floor or a drop limit is violated. The tag stays where it was and the candidate
             version is kept (nothing restored or deleted); the rejection is logged.
     """
@@ -213,6 +215,15 @@ def publish(
     table = _open_table_or_fail(db, table_name)
     tag = params.index.publish_tag
     live = published_version(table, tag)
+    head = table.version
+    if version < head:
+        # Days refreshed concurrently or out of order: a later sync already built on this version. Its own run
+        # judges the newer state; an intermediate one (a later day synced before an earlier one) may lack
+        # documents, and publishing it could move the tag backwards.
+        raise NothingToDo(
+            f"index {table_name}@v{version} is superseded by v{head} (a later sync); its run decides what is "
+            f"published ({tag} is at v{live})"
+        )
     interval = interval or _interval_of(db, table_name, version)
     metrics = _metrics(evaluation)
     events = _read_log(db, table_name)
