@@ -1205,8 +1205,8 @@ class AirflowClient:
             The final run dicts (``state`` is ``success`` or ``failed``; check it).
 
         Raises:
-            StackError: Timed out, or every unfinished run stayed queued for ``stall_timeout`` seconds; the
-                message lists the unfinished runs and what :meth:`diagnose` found.
+            StackError: Timed out, or every unfinished run stayed queued for ``stall_timeout`` seconds while no
+                run of the DAG was running; the message lists the unfinished runs and what :meth:`diagnose` found.
         """
         if run_ids is None and run_type is None:
             raise ValueError("give run_ids or run_type")
@@ -1223,9 +1223,12 @@ class AirflowClient:
             states = [(r["dag_run_id"], r["state"]) for r in runs]
             if states != last_states:
                 last_change, last_states = time.monotonic(), states
+            elif pending and all(r["state"] == "queued" for r in pending) and self.dag_runs(dag_id, state="running"):
+                # Queued behind another run of the DAG (max_active_runs): waiting, not stalled.
+                last_change = time.monotonic()
             listing = ", ".join(f"{r['dag_run_id']}={r['state']}" for r in pending) or f"{len(runs)} runs"
-            # Queued runs that nobody starts for minutes mean the scheduler is not scheduling: fail with
-            # what explains it instead of waiting out the whole timeout.
+            # Queued runs that nobody starts for minutes while no run of the DAG runs mean the scheduler is not
+            # scheduling: fail with what explains it instead of waiting out the whole timeout.
             stalled = pending and all(r["state"] == "queued" for r in pending) and (
                 time.monotonic() - last_change > stall_timeout)
             if stalled or time.monotonic() > deadline:

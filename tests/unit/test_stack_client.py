@@ -9,8 +9,9 @@ import pytest
 from evertune_airflow.stack import AirflowClient, StackError
 
 
-def scripted_client(states: list[str]) -> AirflowClient:
-    """A client whose API answers one run in each of ``states`` in turn (the last one repeats)."""
+def scripted_client(states: list[str], other_running: bool = False) -> AirflowClient:
+    """A client whose API answers one run in each of ``states`` in turn (the last one repeats);
+    ``other_running``: another run of the DAG is running the whole time."""
     answers = iter(states)
     last = {"state": states[0]}
 
@@ -22,6 +23,9 @@ def scripted_client(states: list[str]) -> AirflowClient:
             last["state"] = next(answers, last["state"])
             return httpx.Response(200, json={"dag_run_id": "r1", "state": last["state"],
                                              "run_after": "2026-11-03T00:00:00Z"})
+        if path == "/api/v2/dags/d/dagRuns":
+            running = [{"dag_run_id": "r0", "state": "running"}] if other_running else []
+            return httpx.Response(200, json={"dag_runs": running, "total_entries": len(running)})
         if path == "/api/v2/dags/d":
             return httpx.Response(200, json={"dag_id": "d", "is_paused": False, "is_stale": False,
                                              "max_active_runs": 1})
@@ -52,5 +56,12 @@ def test_runs_that_stay_queued_fail_early_with_a_diagnosis() -> None:
 
 def test_progressing_runs_are_not_called_stalled() -> None:
     client = scripted_client(["queued", "queued", "running", "running", "running", "success"])
+    [run] = client.wait_for_runs("d", ["r1"], timeout=60, poll=0.05, stall_timeout=0.3)
+    assert run["state"] == "success"
+
+
+def test_runs_queued_behind_a_running_run_are_not_called_stalled() -> None:
+    """max_active_runs=1: a triggered run waits while another run of the DAG trains for longer than the stall limit."""
+    client = scripted_client(["queued"] * 15 + ["running", "success"], other_running=True)
     [run] = client.wait_for_runs("d", ["r1"], timeout=60, poll=0.05, stall_timeout=0.3)
     assert run["state"] == "success"
