@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export EVERTUNE_HOME ?= $(CURDIR)/.evertune
 
-.PHONY: install bootstrap demo up down status test test-fast bench lock clean
+.PHONY: install bootstrap demo up down status test test-fast lint bench lock clean
 
 install:
 	@bash scripts/install.sh
@@ -26,9 +26,12 @@ down:
 status:
 	@$(PY) -m evertune_airflow.stack status
 
-## The whole suite, slow end-to-end tests included (CI runs exactly this).
-test: install
+## Lint (ruff: AIR, I, B, UP), then the whole suite, slow end-to-end tests included (CI runs exactly this).
+test: install lint
 	@$(PY) -m pytest -p no:cacheprovider
+
+lint: install
+	@$(VENV)/bin/ruff check .
 
 test-fast: install
 	@$(PY) -m pytest -p no:cacheprovider -m "not slow"

@@ -133,6 +133,7 @@ def write_validated_folder(folder: Path, docs: list[dict[str, Any]]) -> Path:
     """Write ``documents.parquet`` (the columns :func:`evertune.kb.index.read_validated` reads) into ``folder``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from evertune.kb.index import DOCUMENT_COLUMNS
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -68,9 +68,8 @@ def _describe(result: Any) -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark, print the figures and return the record."""
     common.prepare_env()
-    from evertune.kb.index import load_checked_embedder, table_name_for
-
     from bench.corpus import edit_document, make_corpus, write_validated_folder
+    from evertune.kb.index import load_checked_embedder, table_name_for
 
     cfg = QUICK if quick else FULL
     n_docs, fraction = cfg["n_docs"], cfg["changed_fraction"]

@@ -106,11 +106,10 @@ def _lance_only(table: Any, queries: list[str], vectors: list[Any], k: int, weig
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark, print the figures and return the record."""
     common.prepare_env()
-    from evertune.kb.index import connect, open_table
-    from evertune.kb.retrieval import _query_vectors, search
-
     from bench import kb_incremental
     from bench.corpus import make_queries
+    from evertune.kb.index import connect, open_table
+    from evertune.kb.retrieval import _query_vectors, search
 
     cfg = QUICK if quick else FULL
     params = common.load_bench_params()

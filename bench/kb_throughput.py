@@ -67,9 +67,8 @@ def pipeline_sync(folder: Any, root: Any, params: Any, tag: str) -> tuple[float,
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark, print the figures and return the record."""
     common.prepare_env()
-    from evertune.kb.index import load_checked_embedder
-
     from bench.corpus import make_corpus, write_validated_folder
+    from evertune.kb.index import load_checked_embedder
 
     cfg = QUICK if quick else FULL
     common.banner(f"kb_throughput ({'quick' if quick else 'full'}): {cfg['n_docs']} docs, {cfg['reps']} reps")

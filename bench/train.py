@@ -148,6 +148,7 @@ def _make_probe(device: str) -> Any:
 def _child(variant: str, model_path: str, data_path: str, steps: int, out_dir: str) -> dict[str, Any]:
     common.prepare_env()
     import torch
+
     from evertune.tuning.train import (
         choose_device,
         read_jsonl,
@@ -185,9 +186,10 @@ def _child(variant: str, model_path: str, data_path: str, steps: int, out_dir: s
         record["final_loss"] = result.loss_history[-1]["loss"] if result.loss_history else None
     else:
         from datasets import Dataset
-        from evertune.models.bootstrap import load_causal_lm
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
+
+        from evertune.models.bootstrap import load_causal_lm
 
         lp = params.lora
         examples = [to_sft_example(row, completion_only=True) for row in read_jsonl(data_path)]
@@ -243,9 +245,9 @@ def run(quick: bool = False) -> dict[str, Any]:
 
     common.prepare_env()
     import torch
-    from evertune.settings import get_settings
 
     from bench.corpus import make_sft_examples
+    from evertune.settings import get_settings
 
     cfg = dict(QUICK if quick else (FULL_CUDA if torch.cuda.is_available() else FULL_CPU))
     if os.environ.get("EVERTUNE_BENCH_TRAIN_STEPS"):

@@ -31,6 +31,7 @@ from evertune_airflow.defaults import DEFAULT_ARGS, DVC_POOL, LANCEDB_WRITER_POO
 from evertune_airflow.errors import interval_of, task_states
 from evertune_airflow.notifiers import failure_notifier
 
+
 @dag(
     # A real one-day data interval: Airflow 3's default cron timetable would give zero-length intervals.
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),

@@ -27,7 +27,6 @@ def task_states() -> Iterator[None]:
         NothingToDo,
         QualityGateFailed,
     )
-
     from evertune_airflow.masking import mask_deployment_secrets
 
     # Every task enters here first: register the environment's secrets before anything can log them.

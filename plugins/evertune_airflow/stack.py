@@ -417,7 +417,7 @@ def _spawn(component: Component, env: dict[str, str], settings: Settings) -> int
         proc = subprocess.Popen(
             component.argv, env={**env, **dict(component.env)}, cwd=settings.home, stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-            preexec_fn=_restore_default_signals,  # noqa: PLW1509
+            preexec_fn=_restore_default_signals,  # noqa: PLW1509 - only resets signal handlers, no locks taken
         )
     pid_file = _pid_file(settings, component.name)
     tmp = pid_file.with_suffix(".tmp")

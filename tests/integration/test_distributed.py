@@ -145,6 +145,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_dag_e
 
 def _table_state(home: Path) -> dict:
     import lancedb
+
     from evertune.config import load_params
     from evertune.kb.index import table_name_for
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from evertune.settings import get_settings
 from evertune_airflow import stack
 

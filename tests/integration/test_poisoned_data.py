@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from evertune.config import load_params
 from evertune.errors import PoisonedDataError
 from evertune.settings import get_settings
@@ -57,6 +58,7 @@ def _champion(settings) -> int | None:
 
 def test_poisoned_window_fails_the_tuning_step_and_the_champion_stays(poisoned_home: dict) -> None:
     from airflow.sdk.exceptions import AirflowFailException
+
     from evertune.data.versioning import DataRepo
     from evertune.tuning import steps
     from evertune_airflow.errors import task_states

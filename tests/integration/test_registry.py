@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from evertune.cli import main as cli_main
 from evertune.config import Params, load_params, parse_params
 from evertune.errors import NothingToDo
@@ -85,6 +86,7 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     could not change a greedy answer; sharpened, 16 steps give question-dependent, partly learned answers.
     """
     import torch
+
     from evertune.models.bootstrap import load_causal_lm
 
     folder = tmp_path_factory.mktemp("trained")
@@ -127,6 +129,7 @@ def _aliases(name: str) -> dict[str, int]:
 def test_registered_champion_answers_offline_exactly_like_the_in_memory_model(evertune_home: Path, trained) -> None:
     import mlflow
     import pandas as pd
+
     from evertune.models.bootstrap import load_causal_lm
     from evertune.tuning.answer import answer_questions, answer_spec, no_retrieval
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from evertune.settings import get_settings
 from evertune_airflow import stack
 from evertune_airflow.defaults import POOLS

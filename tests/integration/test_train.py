@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from evertune.config import Params, load_params, parse_params
 from evertune.errors import ConfigError
 from evertune.settings import get_settings
@@ -106,10 +107,11 @@ def test_replay_mix_has_the_configured_share_and_is_seeded() -> None:
 def test_lora_training_logs_falling_loss_to_mlflow_and_warm_starts(
     evertune_home: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_logprob_losses, no_retrieval
     from mlflow.tracking import MlflowClient
     from peft import PeftModel
+
+    from evertune.models.bootstrap import load_causal_lm
+    from evertune.tuning.answer import answer_logprob_losses, no_retrieval
 
     settings = get_settings()
     params = tiny_params(tiny_model_dir)

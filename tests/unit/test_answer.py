@@ -10,6 +10,7 @@ import math
 from dataclasses import replace
 
 import pytest
+
 from evertune.config import load_params
 from evertune.errors import ConfigError
 from evertune.tuning.answer import (

@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
 from evertune.config import load_params
 from evertune.demo.cli import register
 from evertune.demo.content import DRIFT_TOPICS, FACTS_BY_KEY

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from evertune.settings import get_settings
 from evertune.tuning import steps
 from evertune_airflow import demo

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from evertune.settings import ENV_VARS
 from evertune_airflow.defaults import (
     DEFAULT_QUEUE,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evertune.config import DriftParams, load_params
-from evertune.tuning.drift import DriftReport, check_drift  # noqa: F401
+from evertune.tuning.drift import check_drift
 
 TOPICS = {
     "billing": "invoice plan price refund card payment subscription charge upgrade receipt tax annual".split(),

@@ -6,6 +6,7 @@ import json
 
 import httpx
 import pytest
+
 from evertune_airflow.stack import AirflowClient, StackError
 
 

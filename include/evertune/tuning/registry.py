@@ -167,7 +167,7 @@ def rag_model_class() -> type:
     class RagAnswerModel(mlflow.pyfunc.PythonModel):
         """Answers questions with the merged checkpoint, the frozen prompt spec and (optionally) the KB."""
 
-        def load_context(self, context):  # noqa: ANN001, ANN201, D102
+        def load_context(self, context):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -184,7 +184,7 @@ def rag_model_class() -> type:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
 
-        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201, D102
+        def predict(self, context, model_input, params=None):
             from dataclasses import replace
 
             from evertune.tuning.answer import answer_questions, kb_retriever, no_retrieval

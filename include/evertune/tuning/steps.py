@@ -282,10 +282,8 @@ def train_candidate(
     Raises:
         NothingToDo: A registered version has the same candidate key.
     """
-    from evertune.tuning.registry import candidate_key, find_candidate
+    from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
     from evertune.tuning.train import train_adapter, training_params_hash
-
-    from evertune.tuning.registry import download_champion_adapter
 
     params, settings = _context(overrides)
     kb_version = _published_kb_version(params, settings)

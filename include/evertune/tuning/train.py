@@ -299,7 +299,7 @@ def _make_callbacks(run_id: str | None, tracking_uri: str | None, device: str) -
 
                 self._client = MlflowClient(tracking_uri=tracking_uri)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201, D102
+        def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
             step = int(state.global_step)
             if "loss" in logs:
@@ -334,17 +334,17 @@ def _make_callbacks(run_id: str | None, tracking_uri: str | None, device: str) -
                 return
             self.peak_bytes = max(self.peak_bytes, int(self._process.memory_info().rss), _rss_high_water_mark())
 
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, D102
+        def on_train_begin(self, args, state, control, **kwargs):
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             else:
                 _reset_rss_high_water_mark()
             self._sample()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, D102
+        def on_step_end(self, args, state, control, **kwargs):
             self._sample()
 
-        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201, D102
+        def on_train_end(self, args, state, control, **kwargs):
             self._sample()
 
     return [MlflowStepLogger(), PeakMemory()]

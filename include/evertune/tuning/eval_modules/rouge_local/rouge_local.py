@@ -39,7 +39,7 @@ class RougeLocal(evaluate.Metric):
         types = list(rouge_types)
         scorer = rouge_scorer.RougeScorer(types, use_stemmer=use_stemmer)
         per_type = {name: [] for name in types}
-        for prediction, reference in zip(predictions, references):
+        for prediction, reference in zip(predictions, references, strict=True):
             scores = scorer.score(reference, prediction)  # rouge_score's order is (target, prediction)
             for name in types:
                 per_type[name].append(float(scores[name].fmeasure))
