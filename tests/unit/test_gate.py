@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import textwrap
 from types import SimpleNamespace
 
 import pytest
 
 from evertune.config import DriftParams, GateParams
-from evertune.tuning.gate import GateDecision, decide
+from evertune.tuning import gate
+from evertune.tuning.gate import (
+    RULES,
+    GateDecision,
+    GateInput,
+    RuleOutcome,
+    champion_rule,
+    check,
+    confidence_rule,
+    decide,
+    drift_rule,
+    evaluate,
+    floor_rule,
+    improvement_rule,
+    regression_rule,
+)
 
 GATE = GateParams(
     primary_metric="token_f1",
@@ -128,3 +146,162 @@ def test_default_params_promote_a_clear_improvement() -> None:
     decision = decide({"token_f1": 0.5, "exact_match": 0.3, "rougeL": 0.5},
                       {"token_f1": 0.4, "exact_match": 0.3, "rougeL": 0.5}, None, None, params.gate, params.drift)
     assert decision.action == "promote", decision.reasons
+
+
+# --- The rule table: each rule alone, on one record -------------------------------------------------------------
+
+
+def record(challenger=GOOD, champion=CHAMPION, ci=None, drift=None, gate=None, policy="block") -> GateInput:
+    """A GateInput over the module's GATE (with ``gate`` overrides); ``champion=None`` means no champion."""
+    return GateInput.build(challenger, champion, ci, drift, GATE.model_copy(update=gate or {}),
+                           DriftParams(policy=policy))
+
+
+def summary(outcome: RuleOutcome) -> list[tuple]:
+    return [(item["rule"], item["metric"], item["passed"]) for item in outcome.checks]
+
+
+def test_rules_table_has_the_documented_order() -> None:
+    names = [rule.__name__ for rule in RULES]
+    assert names == ["floor_rule", "champion_rule", "regression_rule", "improvement_rule", "confidence_rule",
+                     "drift_rule"]
+    # The module docstring's numbered list names the rules in the same order.
+    documented = re.findall(r"^\d+\. :func:`(\w+)`", gate.__doc__, flags=re.MULTILINE)
+    assert documented == names
+
+
+def test_record_is_frozen_and_reads_the_severity() -> None:
+    rec = record(drift=SEVERE)
+    assert rec.drift_severity == "severe"
+    assert record(drift={"severity": "none"}).drift_severity == "none"
+    assert record().drift_severity is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.champion = None  # type: ignore[misc]
+    with pytest.raises(ValueError, match="severity"):
+        record(drift=SimpleNamespace(severity=None))
+
+
+def test_record_gain_is_direction_aware() -> None:
+    rec = record()
+    assert rec.gain("token_f1") == pytest.approx(0.05)
+    assert rec.gain("perplexity") == pytest.approx(1.0)  # 20 -> 19 is better for a lower-is-better metric
+    assert record(champion=None).gain("token_f1") is None
+    assert record(challenger={**GOOD, "token_f1": float("nan")}).gain("token_f1") is None
+
+
+def test_floor_rule() -> None:
+    outcome = floor_rule(record(challenger={"token_f1": 0.1, "perplexity": 20.0}))
+    assert summary(outcome) == [("floor", "perplexity", True), ("floor", "token_f1", False)]
+    assert outcome.checks[0]["reason"] == "PASS ceiling: perplexity = 20 <= 50 (lower is better)"
+    assert outcome.checks[1]["reason"] == "FAIL floor: token_f1 = 0.1 < 0.2"
+    assert (outcome.checks[1]["value"], outcome.checks[1]["threshold"]) == (0.1, 0.2)
+    assert not outcome.hold
+    assert summary(floor_rule(record(challenger={"token_f1": 0.3, "perplexity": 51.0}))) == [
+        ("floor", "perplexity", False), ("floor", "token_f1", True)]
+    missing = floor_rule(record(challenger={"perplexity": 20.0}))
+    assert missing.checks[1]["reason"] == "FAIL floor: token_f1 is missing from the challenger's metrics"
+    empty = floor_rule(record(gate={"floors": {}}))
+    assert summary(empty) == [("floor", None, True)] and "no floors configured" in empty.checks[0]["reason"]
+
+
+def test_champion_rule() -> None:
+    assert champion_rule(record()) == RuleOutcome()
+    outcome = champion_rule(record(champion=None))
+    assert summary(outcome) == [("champion", None, True)]
+    assert "no champion yet" in outcome.checks[0]["reason"]
+
+
+def test_regression_rule() -> None:
+    assert regression_rule(record(champion=None)) == RuleOutcome()
+    outcome = regression_rule(record(challenger={**GOOD, "exact_match": 0.15, "perplexity": 23.0}))
+    assert summary(outcome) == [("regression", "exact_match", False), ("regression", "perplexity", False),
+                                ("regression", "rougeL", True), ("regression", "token_f1", True)]
+    assert outcome.checks[1]["reason"] == "FAIL regression: perplexity 20 -> 23 (worse by 3; tolerance 2)"
+    assert outcome.checks[3]["reason"] == "PASS regression: token_f1 0.4 -> 0.45 (better by 0.05; tolerance 0.02)"
+    # Exactly at the tolerance (up to float rounding: 0.2 - 0.18 > 0.02 in binary) passes.
+    assert summary(regression_rule(record(challenger={**GOOD, "exact_match": 0.18})))[0] == (
+        "regression", "exact_match", True)
+    partial = regression_rule(record(challenger={k: v for k, v in GOOD.items() if k != "rougeL"},
+                                     champion={k: v for k, v in CHAMPION.items() if k != "exact_match"}))
+    assert [item["reason"] for item in partial.checks[:3]] == [
+        "PASS regression: exact_match not compared (the champion has no exact_match)",
+        "PASS regression: perplexity 20 -> 19 (better by 1; tolerance 2)",
+        "FAIL regression: rougeL is missing from the challenger's metrics",
+    ]
+
+
+def test_improvement_rule() -> None:
+    assert improvement_rule(record(champion=None)) == RuleOutcome()
+    ok = improvement_rule(record())
+    assert summary(ok) == [("improvement", "token_f1", True)]
+    assert ok.checks[0]["value"] == pytest.approx(0.05) and ok.checks[0]["threshold"] == 0.01
+    small = improvement_rule(record(challenger={**GOOD, "token_f1": 0.405}))
+    assert small.checks[0]["reason"] == "FAIL improvement: primary token_f1 0.4 -> 0.405, gain 0.005 < required 0.01"
+    lower = improvement_rule(record(gate={"primary_metric": "perplexity", "min_improvement": 1.5}))
+    assert summary(lower) == [("improvement", "perplexity", False)] and lower.checks[0]["value"] == pytest.approx(1.0)
+    missing = improvement_rule(record(champion={"exact_match": 0.2}))
+    assert missing.checks[0]["reason"] == "FAIL improvement: primary metric token_f1 is missing from the champion's metrics"
+    assert missing.checks[0]["value"] == 0.45
+
+
+def test_confidence_rule() -> None:
+    required = {"require_ci_above_zero": True}
+    assert confidence_rule(record(ci={"token_f1": (-1.0, -0.5)})) == RuleOutcome()  # not required
+    assert confidence_rule(record(champion=None, gate=required)) == RuleOutcome()
+    ok = confidence_rule(record(ci={"token_f1": SimpleNamespace(low=0.01, high=0.09)}, gate=required))
+    assert summary(ok) == [("confidence", "token_f1", True)] and ok.checks[0]["value"] == [0.01, 0.09]
+    assert ok.checks[0]["reason"] == "PASS confidence: CI of token_f1 difference [0.01, 0.09] lower bound > 0"
+    straddles = confidence_rule(record(ci={"token_f1": (-0.01, 0.11)}, gate=required))
+    assert summary(straddles) == [("confidence", "token_f1", False)]
+    touches = confidence_rule(record(ci={"token_f1": (0.0, 0.11)}, gate=required))  # zero is not excluded
+    assert touches.checks[0]["reason"] == "FAIL confidence: CI of token_f1 difference [0, 0.11] lower bound <= 0"
+    missing = confidence_rule(record(ci={"rougeL": (0.1, 0.2)}, gate=required))
+    assert "no CI was given for token_f1" in missing.checks[0]["reason"] and not missing.checks[0]["passed"]
+    lower = {"require_ci_above_zero": True, "primary_metric": "perplexity"}
+    assert summary(confidence_rule(record(ci={"perplexity": (-2.0, -0.5)}, gate=lower)))[0][2] is True
+    assert summary(confidence_rule(record(ci={"perplexity": (-2.0, 0.0)}, gate=lower)))[0][2] is False
+    wrong_side = confidence_rule(record(ci={"perplexity": (-2.0, 0.5)}, gate=lower))
+    assert wrong_side.checks[0]["reason"] == (
+        "FAIL confidence: CI of perplexity difference [-2, 0.5] upper bound >= 0 (lower is better)")
+
+
+def test_drift_rule() -> None:
+    assert summary(drift_rule(record())) == [("drift", None, True)]
+    assert drift_rule(record()).checks[0]["reason"] == "PASS drift: no drift report given; drift not checked"
+    moderate = drift_rule(record(drift={"severity": "moderate"}))
+    assert summary(moderate) == [("drift", None, True)] and not moderate.hold
+    blocked = drift_rule(record(drift=SEVERE))
+    assert summary(blocked) == [("drift", None, False)] and not blocked.hold
+    assert (blocked.checks[0]["value"], blocked.checks[0]["threshold"]) == ("severe", "block")
+    held = drift_rule(record(drift=SEVERE, policy="require_approval"))
+    assert summary(held) == [("drift", None, True)] and held.hold
+    assert held.checks[0]["reason"].startswith("HOLD drift:")
+
+
+def test_evaluate_combines_the_table_in_order() -> None:
+    def hold_rule(rec: GateInput) -> RuleOutcome:
+        return RuleOutcome((check("extra", None, True, None, None, "HOLD extra: ask a human"),), hold=True)
+
+    def fail_rule(rec: GateInput) -> RuleOutcome:
+        return RuleOutcome((check("extra", None, False, None, None, "FAIL extra: no"),))
+
+    rec = record()
+    assert evaluate(rec).action == "promote"
+    held = evaluate(rec, (*RULES, hold_rule))
+    assert held.action == "require_approval" and held.reasons[-1] == "HOLD extra: ask a human"
+    first = evaluate(rec, (fail_rule, *RULES))
+    assert first.action == "reject" and first.reasons[0] == "FAIL extra: no"
+    assert evaluate(rec, (hold_rule, fail_rule)).action == "reject"  # a hold never rescues a failure
+    assert evaluate(rec, ()).action == "promote" and evaluate(rec, ()).checks == []
+
+
+def test_docstring_example_rule_is_one_function_and_one_entry() -> None:
+    example = textwrap.dedent(re.search(r"minimum::\n\n(.*?)\n\nA rule", gate.__doc__, flags=re.DOTALL).group(1))
+    namespace = dict(vars(gate))
+    exec(compile(example, "gate-docstring-example", "exec"), namespace)  # noqa: S102 - the module's own example
+    assert namespace["RULES"] == (*RULES, namespace["borderline_rule"])
+    borderline = {**GOOD, "token_f1": 0.415}  # gain 0.015: clears 0.01, within the band
+    assert decide(borderline, CHAMPION, None, None, GATE, DriftParams()).action == "promote"
+    decision = evaluate(record(challenger=borderline), namespace["RULES"])
+    assert decision.action == "require_approval" and decision.reasons[-1].startswith("HOLD borderline:")
+    assert evaluate(record(), namespace["RULES"]).action == "promote"
