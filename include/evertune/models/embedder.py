@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +19,11 @@ if TYPE_CHECKING:
     from evertune.config import EmbedParams
 
 WEIGHTS_FILE = "model.safetensors"
+#: Intra-op threads of a query embedding (search and evaluation); batch embedding keeps the process setting.
+QUERY_THREADS = 1
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0
+_threads_saved: int | None = None
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -111,3 +119,29 @@ def _load(path: str, device: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(path, device=device)
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the process's setting.
+
+    Torch's setting is process-wide, so overlapping blocks (queries served from several threads) share
+    it: the first one in saves the previous value and sets ``threads``, the last one out restores it.
+    Another thread's batch embedding that overlaps such a block also runs with ``threads``.
+    """
+    global _threads_users, _threads_saved
+    import torch
+
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            if _threads_saved != threads:
+                torch.set_num_threads(threads)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0 and _threads_saved is not None and _threads_saved != torch.get_num_threads():
+                torch.set_num_threads(_threads_saved)
