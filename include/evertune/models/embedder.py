@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -21,9 +20,6 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "model.safetensors"
 #: Intra-op threads of a query embedding (search and evaluation); batch embedding keeps the process setting.
 QUERY_THREADS = 1
-_THREADS_LOCK = threading.Lock()
-_threads_users = 0
-_threads_saved: int | None = None
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -123,25 +119,19 @@ def _load(path: str, device: str) -> SentenceTransformer:
 
 @contextmanager
 def intra_op_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads, then restore the process's setting.
+    """Run the block with ``threads`` torch intra-op threads, then restore the previous setting.
 
-    Torch's setting is process-wide, so overlapping blocks (queries served from several threads) share
-    it: the first one in saves the previous value and sets ``threads``, the last one out restores it.
-    Another thread's batch embedding that overlaps such a block also runs with ``threads``.
+    With torch's OpenMP backend the setting belongs to the calling thread (measured here: a thread that sets
+    it does not change another thread's), so queries served from several threads each scope their own, and
+    a batch embedding running in another thread keeps its setting.
     """
-    global _threads_users, _threads_saved
     import torch
 
-    with _THREADS_LOCK:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            if _threads_saved != threads:
-                torch.set_num_threads(threads)
-        _threads_users += 1
+    previous = torch.get_num_threads()
+    if previous != threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        with _THREADS_LOCK:
-            _threads_users -= 1
-            if _threads_users == 0 and _threads_saved is not None and _threads_saved != torch.get_num_threads():
-                torch.set_num_threads(_threads_saved)
+        if previous != threads:
+            torch.set_num_threads(previous)
