@@ -3,8 +3,7 @@
 Full-text index. LanceDB (0.40) indexes only the rows present when the index is built or optimised; rows
 written later are flat-scanned by every full-text query (slow) and skipped by ``fast_search``. So the sync
 builds the index after the first data load (never on an empty table) and, after every write, rebuilds it
-(``create_index(..., replace=True)``)
-whenever ``index_stats`` reports unindexed rows. Measured (5 writes of 5% edits + 5% inserts + 2 deletes, 2
+(``create_index(..., replace=True)``) whenever ``index_stats`` reports unindexed rows. Measured (5 writes of 5% edits + 5% inserts + 2 deletes, 2
 shared cores), per write: on 2,000 rows a rebuild cost 69-144 ms and one table version, ``optimize()`` 62 ms
 the first time and 176-237 ms (three versions: it also compacts) after; on 20,000 rows 711-844 ms against
 301 ms, then 806-1003 ms. Both leave no unindexed rows; on 20,000 rows full-text queries ran in 4.8 ms on the
