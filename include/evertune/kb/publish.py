@@ -20,7 +20,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, NothingToDo, QualityGateFailed
-from evertune.kb.index import connect, open_table, published_version, read_table_rows, table_name_for
+from evertune.kb.table import SYNCS_SUFFIX, connect, open_table, published_version, read_table_rows, table_name_for
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from evertune.settings import Settings
 
 LOG_SUFFIX = "__publish_log"
-SYNCS_SUFFIX = "__syncs"
 
 
 def _log_schema() -> pa.Schema:
@@ -174,6 +173,45 @@ def _move_tag(table: Any, tag: str, version: int) -> None:
         table.tags.update(tag, version)  # one atomic object replace; see the module docstring
 
 
+def _check_evaluation_of(evaluation: dict[str, Any], table_name: str, version: int) -> None:
+    """Refuse an evaluation of another table or version.
+
+    Raises:
+        ConfigError: The evaluation's table or candidate version differs.
+    """
+    candidate = evaluation.get("candidate") or {}
+    if evaluation.get("table") != table_name or candidate.get("version") != version:
+        raise ConfigError(
+            f"evaluation is of {evaluation.get('table')}@v{candidate.get('version')}, not {table_name}@v{version}"
+        )
+
+
+def _log_rejection(db: Any, table_name: str, events: list[dict[str, Any]], rejection: dict[str, Any]) -> None:
+    """Append a ``rejected`` event unless the last event already rejected the same version (a retry)."""
+    last = events[-1] if events else None
+    if not (last and last["action"] == "rejected" and last["version"] == rejection["version"]):
+        _append_log(db, table_name, rejection)
+
+
+def _refuse_superseded(table: Any, version: int, tag: str, live: int | None) -> None:
+    """Refuse a candidate older than the table's latest version.
+
+    Days refreshed concurrently or out of order: a later sync already built on this version. Its own run judges
+    the newer state; an intermediate one (a later day synced before an earlier one) may lack documents, and
+    publishing it could move the tag backwards. A sync's index steps (full-text rebuild, compaction) come before
+    it reports its candidate, so a candidate is the latest version until the next sync writes.
+
+    Raises:
+        NothingToDo: ``version`` is older than the latest version.
+    """
+    head = table.version
+    if version < head:
+        raise NothingToDo(
+            f"index {table.name}@v{version} is superseded by v{head} (a later sync); its run decides what is "
+            f"published ({tag} is at v{live})"
+        )
+
+
 def publish(
     table_name: str,
     version: int,
@@ -206,38 +244,21 @@ def publish(
         QualityGateFailed: A floor or a drop limit is violated. The tag stays where it was and the candidate
             version is kept (nothing restored or deleted); the rejection is logged.
     """
-    candidate = evaluation.get("candidate") or {}
-    if evaluation.get("table") != table_name or candidate.get("version") != version:
-        raise ConfigError(
-            f"evaluation is of {evaluation.get('table')}@v{candidate.get('version')}, not {table_name}@v{version}"
-        )
+    _check_evaluation_of(evaluation, table_name, version)
     db = connect(settings)
     table = _open_table_or_fail(db, table_name)
     tag = params.index.publish_tag
     live = published_version(table, tag)
-    head = table.version
-    if version < head:
-        # Days refreshed concurrently or out of order: a later sync already built on this version. Its own run
-        # judges the newer state; an intermediate one (a later day synced before an earlier one) may lack
-        # documents, and publishing it could move the tag backwards.
-        raise NothingToDo(
-            f"index {table_name}@v{version} is superseded by v{head} (a later sync); its run decides what is "
-            f"published ({tag} is at v{live})"
-        )
+    _refuse_superseded(table, version, tag, live)
     interval = interval or _interval_of(db, table_name, version)
     metrics = _metrics(evaluation)
     events = _read_log(db, table_name)
 
     reasons = gate_reasons(evaluation, params)
     if reasons:
-        last = events[-1] if events else None
-        if not (last and last["action"] == "rejected" and last["version"] == version):
-            _append_log(
-                db,
-                table_name,
-                {"action": "rejected", "version": version, "previous_version": live, "interval": interval,
-                 "data_version": data_version, "metrics": metrics, "reasons": reasons},
-            )  # fmt: skip
+        rejection = {"action": "rejected", "version": version, "previous_version": live, "interval": interval,
+                     "data_version": data_version, "metrics": metrics, "reasons": reasons}  # fmt: skip
+        _log_rejection(db, table_name, events, rejection)
         raise QualityGateFailed(
             f"index {table_name}@v{version} not published ({tag} stays at v{live}): " + "; ".join(reasons), reasons
         )

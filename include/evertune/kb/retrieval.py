@@ -3,23 +3,31 @@
 Readers always pass through :func:`search`, which opens an exact table version or tag (by default the
 publish tag), so a sync that has not been published yet is never visible to them. Evaluation runs the
 same code path against a pinned version, so the gate measures what readers would get.
+
+Per query, :func:`search` resolves the tag to its version (one read of the table's tags) and reuses the
+table checked out at that version, identity already checked, from a small per-process cache: versions are
+immutable, so only a tag move opens and checks a table again. Call :func:`clear_table_cache` after
+dropping and re-creating a table under the same name in a running process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, NothingToDo
-from evertune.kb.index import (
+from evertune.kb.indexes import FTS_COLUMN
+from evertune.kb.table import (
     DISTANCE,
-    FTS_COLUMN,
     VECTOR_COLUMN,
     check_table_identity,
     connect,
+    expected_metadata,
     open_table,
     published_version,
     table_name_for,
@@ -33,6 +41,12 @@ MODES = ("hybrid", "vector", "fts")
 RESULT_COLUMNS = ["chunk_id", "doc_id", "ordinal", "title", "text", "body", "url", "source", "doc_updated_at"]
 #: Chunks fetched per wanted document, so that de-duplicating by document still fills k slots.
 FETCH_PER_DOC = 4
+#: Checked-out table versions kept open per process (the live one, plus a few recently replaced).
+PINNED_CACHE_SIZE = 4
+
+_CACHE_LOCK = threading.Lock()
+_HEADS: dict[tuple[str, str], Any] = {}  # (uri, table) -> a handle used to read tags
+_PINNED: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # (uri, table, version, identity) -> checked out
 
 
 def _open_version(params: Params, settings: Settings, version_or_tag: int | str | None, table_name: str | None = None):
@@ -53,11 +67,62 @@ def _open_version(params: Params, settings: Settings, version_or_tag: int | str 
     return table
 
 
-def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
-    from evertune.kb.index import embed_texts, load_checked_embedder
+def clear_table_cache() -> None:
+    """Forget every cached table handle of :func:`search` (the next query opens and checks afresh)."""
+    with _CACHE_LOCK:
+        _HEADS.clear()
+        _PINNED.clear()
 
-    model, _ = load_checked_embedder(params)
-    return embed_texts(model, queries, params)
+
+def _tag_version(settings: Settings, name: str, tag: str) -> int:
+    """The version ``tag`` points at now, read through a cached handle of the table."""
+    key = (settings.lancedb_uri, name)
+    with _CACHE_LOCK:
+        head = _HEADS.get(key)
+    if head is None:
+        head = open_table(connect(settings), name)
+        if head is None:
+            raise NothingToDo(f"knowledge-base table {name!r} does not exist yet (nothing synced)")
+        with _CACHE_LOCK:
+            _HEADS[key] = head
+    version = published_version(head, tag)  # tags are read from storage on every call, never cached
+    if version is None:
+        raise NothingToDo(f"table {name!r} has no tag {tag!r} (nothing published yet)")
+    return version
+
+
+def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str) -> Any:
+    """The chunk table checked out at a version or a tag's version, identity checked once per version.
+
+    Raises:
+        NothingToDo: The table or the tag does not exist.
+        ConfigError: The table was built with another embedder or chunker.
+    """
+    name = table_name_for(params)
+    if isinstance(version_or_tag, str) and not version_or_tag.isdigit():
+        version = _tag_version(settings, name, version_or_tag)
+    else:
+        version = int(version_or_tag)
+    identity = tuple(sorted(expected_metadata(params, 0).items()))
+    key = (settings.lancedb_uri, name, version, identity)
+    with _CACHE_LOCK:
+        table = _PINNED.get(key)
+        if table is not None:
+            _PINNED.move_to_end(key)
+            return table
+    table = _open_version(params, settings, version, name)
+    check_table_identity(table, params)
+    with _CACHE_LOCK:
+        _PINNED[key] = table
+        while len(_PINNED) > PINNED_CACHE_SIZE:
+            _PINNED.popitem(last=False)
+    return table
+
+
+def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
+    from evertune.kb.embedding import embed_queries
+
+    return embed_queries(queries, params)
 
 
 def _run_query(
@@ -122,8 +187,9 @@ def search(
         params: Pipeline params (``embed``, ``chunk``, ``index``, ``retrieval``).
         settings: Deployment settings.
         k: Results to return (default ``retrieval.k``).
-        mode: ``hybrid`` (vector + full text, reciprocal-rank fused), ``vector`` or ``fts``; default
-            ``retrieval.mode``.
+        mode: ``hybrid`` (vector and full-text results merged by LanceDB's ``LinearCombinationReranker``: a
+            weighted sum of the two scores, ``retrieval.hybrid_vector_weight`` on the vector side), ``vector``
+            or ``fts``; default ``retrieval.mode``.
         version_or_tag: ``"production"`` (read as ``index.publish_tag``), another tag, a version number,
             or ``"latest"``/``None`` for the unpublished head.
         dedupe_docs: Keep only the best chunk of each document.
@@ -140,8 +206,11 @@ def search(
     mode = mode or params.retrieval.mode
     if version_or_tag == "production":
         version_or_tag = params.index.publish_tag
-    table = _open_version(params, settings, version_or_tag)
-    check_table_identity(table, params)
+    if version_or_tag is None or version_or_tag == "latest":
+        table = _open_version(params, settings, version_or_tag)  # the head moves: never cached
+        check_table_identity(table, params)
+    else:
+        table = _pinned_table(params, settings, version_or_tag)
     vector = _query_vectors([query], params)[0] if mode != "fts" else None
     rows = _run_query(
         table, query, vector, mode, k * FETCH_PER_DOC if dedupe_docs else k, params.retrieval.hybrid_vector_weight

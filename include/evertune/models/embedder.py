@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from evertune.config import EmbedParams
 
 WEIGHTS_FILE = "model.safetensors"
+#: Intra-op threads of a query embedding (search and evaluation); batch embedding keeps the process setting.
+QUERY_THREADS = 1
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -111,3 +115,23 @@ def _load(path: str, device: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(path, device=device)
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the previous setting.
+
+    With torch's OpenMP backend the setting belongs to the calling thread (measured here: a thread that sets
+    it does not change another thread's), so queries served from several threads each scope their own, and
+    a batch embedding running in another thread keeps its setting.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if previous != threads:
+            torch.set_num_threads(previous)
