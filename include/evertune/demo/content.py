@@ -1,10 +1,10 @@
 """The Nimbus Notes help center: facts, article subjects and the phrase pools articles are written from.
 
 Everything here is static data: the texts live in YAML files under ``evertune/demo/data/`` (``facts.yaml``,
-``subjects.yaml``, ``phrases.yaml``), which this module loads once at import into typed, immutable records. The scenario (:mod:`evertune.demo.scenario`) decides which article exists
-when and which fact holds when; the generator (:mod:`evertune.demo.generator`) renders them. Fact values
-are written verbatim into article text, QA answers and golden answers, so a fact can be checked with a
-substring test.
+``subjects.yaml``, ``phrases.yaml``), which this module loads once at import into typed, immutable records.
+The scenario (:mod:`evertune.demo.scenario`) decides which article exists when and which fact holds when;
+the generator (:mod:`evertune.demo.generator`) renders them. Fact values are written verbatim into article
+text, QA answers and golden answers, so a fact can be checked with a substring test.
 """
 
 from __future__ import annotations
