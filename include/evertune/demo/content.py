@@ -90,7 +90,7 @@ def load_data(name: str) -> dict[str, Any]:
     Returns:
         The parsed mapping.
     """
-    text = resources.files("evertune.demo").joinpath("data", name).read_text(encoding="utf-8")
+    text = (resources.files("evertune.demo") / "data" / name).read_text(encoding="utf-8")
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
