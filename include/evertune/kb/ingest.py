@@ -3,6 +3,9 @@
 The input contract is ``docs/data-format.md``. Reading never crashes on bad input: every file or line that
 cannot become a record is turned into a quarantine record with a reason code. Output is deterministic for the
 same partition content (sorted rows, no clock values), so re-runs produce the same data version.
+
+This module lists and reads the partition; the text parsers live in :mod:`evertune.kb.parsing` and the field
+checks and per-line record parsers in :mod:`evertune.kb.records`.
 """
 
 from __future__ import annotations
