@@ -20,16 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 #: Bootstrapped checkpoints are read from here unless EVERTUNE_MODELS_DIR says otherwise (read-only use).
 DEFAULT_MODELS_DIR = REPO_ROOT / ".evertune" / "models"
-#: Location variables a benchmark must never inherit: they could point at a real deployment.
-_LOCATION_VARS = (
-    "EVERTUNE_LANDING_URI",
-    "EVERTUNE_LANCEDB_URI",
-    "EVERTUNE_DATA_REPO",
-    "EVERTUNE_DVC_REMOTE",
-    "EVERTUNE_WORK_DIR",
-    "MLFLOW_TRACKING_URI",
-    "EVERTUNE_MLFLOW_ARTIFACT_ROOT",
-)
 PACKAGES = (
     "torch",
     "transformers",
@@ -59,12 +49,13 @@ def prepare_env() -> Path:
     """
     sys.path.insert(0, str(REPO_ROOT / "include"))  # harmless when the package is installed
     from evertune.runtime import apply_offline_env
+    from evertune.settings import LOCATION_ENV_VARS  # a benchmark must never inherit them
 
     apply_offline_env()
     home = work_root() / "home"
     home.mkdir(parents=True, exist_ok=True)
     os.environ["EVERTUNE_HOME"] = str(home)
-    for var in _LOCATION_VARS:
+    for var in LOCATION_ENV_VARS:
         os.environ.pop(var, None)
     if "EVERTUNE_MODELS_DIR" not in os.environ and DEFAULT_MODELS_DIR.is_dir():
         os.environ["EVERTUNE_MODELS_DIR"] = str(DEFAULT_MODELS_DIR)

@@ -108,7 +108,7 @@ def edit_document(doc: dict[str, Any], day: int) -> dict[str, Any]:
 
 
 def _record(doc_id: str, title: str, text: str, topic: str, when: dt.datetime, index: int) -> dict[str, Any]:
-    from evertune.kb.ingest import content_hash
+    from evertune.kb.records import content_hash
 
     url = f"https://help.nimbusnotes.example/articles/{doc_id}"
     return {

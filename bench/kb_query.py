@@ -103,52 +103,39 @@ def _lance_only(table: Any, queries: list[str], vectors: list[Any], k: int, weig
     return samples
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark, print the figures and return the record."""
-    common.prepare_env()
+def _usable_state(quick: bool, params: Any) -> dict[str, Any]:
+    """The table ``kb_incremental`` left, built first when it is missing or was built with other params."""
     from bench import kb_incremental
-    from bench.corpus import make_queries
-    from evertune.kb.index import connect, open_table
-    from evertune.kb.retrieval import _query_vectors, search
 
-    cfg = QUICK if quick else FULL
-    params = common.load_bench_params()
     state = kb_incremental.read_state(quick)
     if state is None or state["params_hash"] != params.section_hash("chunk", "embed", "index"):
         print("no usable table from kb_incremental: running it first to build one")
         kb_incremental.run(quick)
         state = kb_incremental.read_state(quick)
-    common.banner(
-        f"kb_query ({'quick' if quick else 'full'}): {state['rows_total']} chunks, {cfg['n_queries']} queries "
-        f"after {cfg['warmup']} warm-up"
-    )
-    info = common.machine_info()
-    root = kb_incremental.workspace(quick)
-    settings = common.settings_with_lancedb(Path(state["lancedb_uri"]))
-    db = connect(settings)
-    head = open_table(db, state["table_name"])
-    tag = params.index.publish_tag
-    if tag in head.tags.list():
-        head.tags.delete(tag)  # a re-run publishes afresh
-    published = _publish(state, params, settings, root, cfg["golden"])
-    k = params.retrieval.k
-    weight = params.retrieval.hybrid_vector_weight
+    return state
 
-    queries = make_queries(cfg["warmup"] + cfg["n_queries"])
-    warm, measured = queries[: cfg["warmup"]], queries[cfg["warmup"] :]
-    for query in warm:
-        for mode in MODES:
-            search(query, params, settings, k=k, mode=mode)
 
-    # End to end, modes interleaved per query with a rotating order; each query also runs with torch limited
-    # to one intra-op thread (on a busy 2-core machine, 2 threads stall on each other; see docs/benchmarks.md).
+def _end_to_end(measured: list[str], params: Any, settings: Any, k: int) -> tuple[dict, dict, tuple[int, ...]]:
+    """``search()`` and query embedding per query, modes interleaved with a rotating order.
+
+    Each query also runs with torch limited to one intra-op thread (on a busy 2-core machine, 2 threads stall
+    on each other; see docs/benchmarks.md).
+
+    Returns:
+        Samples (seconds) keyed ``<mode>@<threads>t`` and ``embed@<threads>t``, and the thread settings tried
+        (the default first).
+
+    Raises:
+        RuntimeError: A search returned nothing.
+    """
     import torch
+
+    from evertune.kb.retrieval import _query_vectors, search
 
     default_threads = torch.get_num_threads()
     thread_settings = (default_threads, 1) if default_threads > 1 else (default_threads,)
     e2e: dict[str, list[float]] = {f"{mode}@{t}t": [] for t in thread_settings for mode in MODES}
     embed: dict[str, list[float]] = {f"embed@{t}t": [] for t in thread_settings}
-    load_before = common.load_average()
     try:
         for number, query in enumerate(measured):
             shift = number % len(MODES)
@@ -165,34 +152,38 @@ def run(quick: bool = False) -> dict[str, Any]:
                 embed[f"embed@{threads}t"].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(default_threads)
-    load_mid = common.load_average()
+    return e2e, embed, thread_settings
 
-    # The LanceDB part alone, on the published version opened once.
-    table = open_table(db, state["table_name"])
+
+def _lance_before_and_after_optimize(db: Any, table_name: str, tag: str, warm: list[str], measured: list[str],
+                                     params: Any) -> dict[str, Any]:
+    """The LanceDB query alone: on the published version opened once, then on the head after ``optimize()``.
+
+    After ``optimize()`` the full-text index covers every row (measured on the optimised head; the tag stays).
+    """
+    from evertune.kb.index import open_table
+    from evertune.kb.retrieval import _query_vectors
+
+    k, weight = params.retrieval.k, params.retrieval.hybrid_vector_weight
+    table = open_table(db, table_name)
     table.checkout(tag)
     coverage_before = _fts_coverage(table)
     vectors = _query_vectors(measured, params)
     _lance_only(table, warm, vectors[: len(warm)], k, weight)
     lance = _lance_only(table, measured, vectors, k, weight)
 
-    # After optimize(): full-text index covers every row (measured on the optimised head, then tag restored).
-    head = open_table(db, state["table_name"])
+    head = open_table(db, table_name)
     head.optimize()
     optimized_version = head.version
     head.checkout(optimized_version)
     coverage_after = _fts_coverage(head)
     _lance_only(head, warm, vectors[: len(warm)], k, weight)
     lance_opt = _lance_only(head, measured, vectors, k, weight)
-    load_after = common.load_average()
+    return {"lance": lance, "lance_opt": lance_opt, "optimized_version": optimized_version,
+            "coverage": {"published": coverage_before, "optimized": coverage_after}}  # fmt: skip
 
-    results = {
-        "torch_threads": list(thread_settings),
-        "end_to_end": _summarise(e2e),
-        "embed_query": _summarise(embed),
-        "lancedb_only": _summarise(lance),
-        "lancedb_only_after_optimize": _summarise(lance_opt),
-    }
-    print(f"FTS index coverage as published: {coverage_before}; after optimize(): {coverage_after}")
+
+def _print_table(results: dict[str, Any]) -> None:
     print(f"{'':44s}{'p50 ms':>9s}{'p95 ms':>9s}{'mean ms':>9s}")
     rows = [(f"search() end to end, {key}", value) for key, value in results["end_to_end"].items()]
     rows += [(f"embed one query, {key.split('@')[1]}", value) for key, value in results["embed_query"].items()]
@@ -201,6 +192,57 @@ def run(quick: bool = False) -> dict[str, Any]:
              for mode, value in results["lancedb_only_after_optimize"].items()]  # fmt: skip
     for label, row in rows:
         print(f"{label:44s}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['mean_ms']:9.1f}")
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark, print the figures and return the record."""
+    common.prepare_env()
+    from bench import kb_incremental
+    from bench.corpus import make_queries
+    from evertune.kb.index import connect, open_table
+    from evertune.kb.retrieval import search
+
+    cfg = QUICK if quick else FULL
+    params = common.load_bench_params()
+    state = _usable_state(quick, params)
+    common.banner(
+        f"kb_query ({'quick' if quick else 'full'}): {state['rows_total']} chunks, {cfg['n_queries']} queries "
+        f"after {cfg['warmup']} warm-up"
+    )
+    info = common.machine_info()
+    root = kb_incremental.workspace(quick)
+    settings = common.settings_with_lancedb(Path(state["lancedb_uri"]))
+    db = connect(settings)
+    head = open_table(db, state["table_name"])
+    tag = params.index.publish_tag
+    if tag in head.tags.list():
+        head.tags.delete(tag)  # a re-run publishes afresh
+    published = _publish(state, params, settings, root, cfg["golden"])
+    k = params.retrieval.k
+
+    queries = make_queries(cfg["warmup"] + cfg["n_queries"])
+    warm, measured = queries[: cfg["warmup"]], queries[cfg["warmup"] :]
+    for query in warm:
+        for mode in MODES:
+            search(query, params, settings, k=k, mode=mode)
+
+    load_before = common.load_average()
+    e2e, embed, thread_settings = _end_to_end(measured, params, settings, k)
+    load_mid = common.load_average()
+    lance = _lance_before_and_after_optimize(db, state["table_name"], tag, warm, measured, params)
+    load_after = common.load_average()
+
+    results = {
+        "torch_threads": list(thread_settings),
+        "end_to_end": _summarise(e2e),
+        "embed_query": _summarise(embed),
+        "lancedb_only": _summarise(lance["lance"]),
+        "lancedb_only_after_optimize": _summarise(lance["lance_opt"]),
+    }
+    print(f"FTS index coverage as published: {lance['coverage']['published']}; "
+          f"after optimize(): {lance['coverage']['optimized']}")
+    _print_table(results)
+    default_threads = thread_settings[0]
     hybrid = results["end_to_end"][f"hybrid@{default_threads}t"]
     single = results["end_to_end"].get("hybrid@1t", hybrid)
     print(
@@ -210,8 +252,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"load {load_before}->{load_mid}->{load_after}"
     )
     record = {"benchmark": "kb_query", "quick": quick, "config": cfg, "machine": info, "table": state,
-              "published": published, "fts_coverage": {"published": coverage_before, "optimized": coverage_after},
-              "optimized_version": optimized_version, "load": [load_before, load_mid, load_after],
+              "published": published, "fts_coverage": lance["coverage"],
+              "optimized_version": lance["optimized_version"], "load": [load_before, load_mid, load_after],
               "results": results}  # fmt: skip
     common.save_result("kb_query", quick, record)
     return record

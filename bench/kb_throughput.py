@@ -64,6 +64,63 @@ def pipeline_sync(folder: Any, root: Any, params: Any, tag: str) -> tuple[float,
     return wall, result
 
 
+def _rep(rep: int, model: Any, texts: list[str], folder: Any, root: Any, params: Any) -> dict[str, Any]:
+    """One repetition: raw encode and the pipeline's sync of the same chunks (order alternates per rep).
+
+    Raises:
+        RuntimeError: The pipeline did not embed every chunk.
+    """
+    order = ("raw", "pipeline") if rep % 2 == 0 else ("pipeline", "raw")
+    entry: dict[str, Any] = {"rep": rep, "order": list(order), "load_before": common.load_average()}
+    for side in order:
+        if side == "raw":
+            entry["raw_s"] = raw_encode(model, texts, params)
+        else:
+            wall, result = pipeline_sync(folder, root, params, f"rep{rep}")
+            if result.chunks_embedded != len(texts):
+                raise RuntimeError(f"pipeline embedded {result.chunks_embedded} chunks, expected {len(texts)}")
+            entry["pipeline_s"] = wall
+            entry["timings"] = dict(result.timings)
+    entry["load_after"] = common.load_average()
+    entry["raw_chunks_per_s"] = len(texts) / entry["raw_s"]
+    entry["pipeline_chunks_per_s"] = len(texts) / entry["pipeline_s"]
+    entry["ratio"] = entry["pipeline_chunks_per_s"] / entry["raw_chunks_per_s"]
+    # What the pipeline spends outside its embed step, and its embed step alone vs raw encode.
+    entry["embed_step_ratio"] = entry["raw_s"] / entry["timings"]["embed"]
+    print(
+        f"rep {rep} ({' then '.join(order)}): raw {entry['raw_chunks_per_s']:.1f} chunks/s, "
+        f"pipeline {entry['pipeline_chunks_per_s']:.1f} chunks/s, ratio {entry['ratio']:.3f} "
+        f"(load {entry['load_before']}->{entry['load_after']})",
+        flush=True,
+    )
+    print("    sync timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in entry["timings"].items()))
+    return entry
+
+
+def summarize(reps: list[dict[str, Any]], *, n_chunks: int, n_docs: int, n_tokens: int) -> dict[str, Any]:
+    """Medians over the repetitions (``ratio``, chunk rates, ``embed_step_ratio`` and sync ``timings`` of each)."""
+    ratio = common.median([r["ratio"] for r in reps])
+    phases = sorted({key for r in reps for key in r["timings"]} - {"total"})
+    median_phases = {key: common.median([r["timings"].get(key, 0.0) for r in reps]) for key in phases}
+    total = common.median([r["timings"]["total"] for r in reps])
+    non_embed = {key: value for key, value in median_phases.items() if key != "embed"}
+    return {
+        "chunks": n_chunks,
+        "docs": n_docs,
+        "tokens_per_chunk": n_tokens / n_chunks,
+        "raw_chunks_per_s_median": common.median([r["raw_chunks_per_s"] for r in reps]),
+        "pipeline_chunks_per_s_median": common.median([r["pipeline_chunks_per_s"] for r in reps]),
+        "ratio_median": ratio,
+        "ratio_min": min(r["ratio"] for r in reps),
+        "ratio_max": max(r["ratio"] for r in reps),
+        "embed_step_vs_raw_median": common.median([r["embed_step_ratio"] for r in reps]),
+        "phase_seconds_median": median_phases,
+        "non_embed_share_of_total": sum(non_embed.values()) / total if total else None,
+        "target": TARGET,
+        "meets_target": ratio >= TARGET,
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark, print the figures and return the record."""
     common.prepare_env()
@@ -90,54 +147,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     raw_encode(model, texts[:64], params)
     pipeline_sync(warm_folder, root, params, "warm")
 
-    reps = []
-    for rep in range(cfg["reps"]):
-        order = ("raw", "pipeline") if rep % 2 == 0 else ("pipeline", "raw")
-        entry: dict[str, Any] = {"rep": rep, "order": list(order), "load_before": common.load_average()}
-        for side in order:
-            if side == "raw":
-                entry["raw_s"] = raw_encode(model, texts, params)
-            else:
-                wall, result = pipeline_sync(folder, root, params, f"rep{rep}")
-                if result.chunks_embedded != len(texts):
-                    raise RuntimeError(f"pipeline embedded {result.chunks_embedded} chunks, expected {len(texts)}")
-                entry["pipeline_s"] = wall
-                entry["timings"] = dict(result.timings)
-        entry["load_after"] = common.load_average()
-        entry["raw_chunks_per_s"] = len(texts) / entry["raw_s"]
-        entry["pipeline_chunks_per_s"] = len(texts) / entry["pipeline_s"]
-        entry["ratio"] = entry["pipeline_chunks_per_s"] / entry["raw_chunks_per_s"]
-        # What the pipeline spends outside its embed step, and its embed step alone vs raw encode.
-        entry["embed_step_ratio"] = entry["raw_s"] / entry["timings"]["embed"]
-        reps.append(entry)
-        print(
-            f"rep {rep} ({' then '.join(order)}): raw {entry['raw_chunks_per_s']:.1f} chunks/s, "
-            f"pipeline {entry['pipeline_chunks_per_s']:.1f} chunks/s, ratio {entry['ratio']:.3f} "
-            f"(load {entry['load_before']}->{entry['load_after']})",
-            flush=True,
-        )
-        print("    sync timings (s): " + ", ".join(f"{k}={v:.2f}" for k, v in entry["timings"].items()))
-
-    ratio = common.median([r["ratio"] for r in reps])
-    phases = sorted({key for r in reps for key in r["timings"]} - {"total"})
-    median_phases = {key: common.median([r["timings"].get(key, 0.0) for r in reps]) for key in phases}
-    total = common.median([r["timings"]["total"] for r in reps])
-    non_embed = {key: value for key, value in median_phases.items() if key != "embed"}
-    summary = {
-        "chunks": len(texts),
-        "docs": len(docs),
-        "tokens_per_chunk": n_tokens / len(texts),
-        "raw_chunks_per_s_median": common.median([r["raw_chunks_per_s"] for r in reps]),
-        "pipeline_chunks_per_s_median": common.median([r["pipeline_chunks_per_s"] for r in reps]),
-        "ratio_median": ratio,
-        "ratio_min": min(r["ratio"] for r in reps),
-        "ratio_max": max(r["ratio"] for r in reps),
-        "embed_step_vs_raw_median": common.median([r["embed_step_ratio"] for r in reps]),
-        "phase_seconds_median": median_phases,
-        "non_embed_share_of_total": sum(non_embed.values()) / total if total else None,
-        "target": TARGET,
-        "meets_target": ratio >= TARGET,
-    }
+    reps = [_rep(rep, model, texts, folder, root, params) for rep in range(cfg["reps"])]
+    summary = summarize(reps, n_chunks=len(texts), n_docs=len(docs), n_tokens=n_tokens)
+    ratio = summary["ratio_median"]
     print(
         f"RESULT kb_throughput: pipeline {summary['pipeline_chunks_per_s_median']:.1f} chunks/s vs raw encode "
         f"{summary['raw_chunks_per_s_median']:.1f} chunks/s -> ratio {ratio:.3f} (min {summary['ratio_min']:.3f}, "
@@ -145,7 +157,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     )
     print(
         "    median phase seconds: "
-        + ", ".join(f"{k}={v:.2f}" for k, v in median_phases.items())
+        + ", ".join(f"{k}={v:.2f}" for k, v in summary["phase_seconds_median"].items())
         + f"; outside embed: {100 * (summary['non_embed_share_of_total'] or 0):.1f}% of sync time"
     )
     record = {"benchmark": "kb_throughput", "quick": quick, "config": cfg, "machine": info, "reps": reps,

@@ -62,6 +62,39 @@ def _rss_hwm_bytes() -> int | None:
     return None
 
 
+def probe_report(tokens: int, begin: float, end: float, step_marks: list[tuple[int, float, int]], *, device: str,
+                 sampled_peak: int, hwm_peak: int | None, cuda_peak: int | None) -> dict[str, Any]:
+    """The figures of one training window, from what the probe recorded.
+
+    Args:
+        tokens: Tokens fed to the model.
+        begin: ``perf_counter`` at ``on_train_begin``.
+        end: ``perf_counter`` at ``on_train_end``.
+        step_marks: ``(step, time, tokens so far)`` at each step end; steady state starts after the first.
+        device: ``cuda`` or a CPU device (RSS figures are reported off CUDA only).
+        sampled_peak: Highest RSS the sampler thread saw, in bytes.
+        hwm_peak: ``VmHWM`` at train end, in bytes (``None``: unreadable).
+        cuda_peak: ``torch.cuda.max_memory_allocated`` over the window (``None`` off CUDA).
+    """
+    seconds = end - begin
+    first_step_time = step_marks[0][1] if step_marks else begin
+    first_step_tokens = step_marks[0][2] if step_marks else 0
+    steady_s = end - first_step_time
+    steps = [b[1] - a[1] for a, b in zip(step_marks, step_marks[1:], strict=False)]
+    mib = 2**20
+    return {
+        "tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "steady_tokens_per_s": (tokens - first_step_tokens) / steady_s if steady_s > 0 else None,
+        "first_step_s": first_step_time - begin,
+        "step_seconds": steps,
+        "peak_train_rss_mb": (max(hwm_peak or 0, sampled_peak) / mib) if device != "cuda" else None,
+        "peak_train_rss_sampled_mb": sampled_peak / mib if device != "cuda" else None,
+        "peak_cuda_allocated_mb": cuda_peak / mib if cuda_peak is not None else None,
+    }
+
+
 def _make_probe(device: str) -> Any:
     import psutil
     import torch
@@ -124,23 +157,8 @@ def _make_probe(device: str) -> Any:
             self.hwm_peak = _rss_hwm_bytes()
 
         def report(self) -> dict[str, Any]:
-            seconds = self.end - self.begin
-            first_step_time = self.step_marks[0][1] if self.step_marks else self.begin
-            first_step_tokens = self.step_marks[0][2] if self.step_marks else 0
-            steady_s = self.end - first_step_time
-            steps = [b[1] - a[1] for a, b in zip(self.step_marks, self.step_marks[1:], strict=False)]
-            mib = 2**20
-            return {
-                "tokens": self.tokens,
-                "train_seconds": seconds,
-                "tokens_per_s": self.tokens / seconds if seconds > 0 else 0.0,
-                "steady_tokens_per_s": (self.tokens - first_step_tokens) / steady_s if steady_s > 0 else None,
-                "first_step_s": first_step_time - self.begin,
-                "step_seconds": steps,
-                "peak_train_rss_mb": (max(self.hwm_peak or 0, self.sampled_peak) / mib) if device != "cuda" else None,
-                "peak_train_rss_sampled_mb": self.sampled_peak / mib if device != "cuda" else None,
-                "peak_cuda_allocated_mb": self.cuda_peak / mib if self.cuda_peak is not None else None,
-            }
+            return probe_report(self.tokens, self.begin, self.end, self.step_marks, device=device,
+                                sampled_peak=self.sampled_peak, hwm_peak=self.hwm_peak, cuda_peak=self.cuda_peak)
 
     return Probe()
 
@@ -239,40 +257,33 @@ def _run_variant(variant: str, model_path: Path, data_path: Path, steps: int, ou
     return record
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark, print the figures and return the record."""
-    import shutil
-
-    common.prepare_env()
-    import torch
-
-    from bench.corpus import make_sft_examples
-    from evertune.settings import get_settings
-
-    cfg = dict(QUICK if quick else (FULL_CUDA if torch.cuda.is_available() else FULL_CPU))
+def _config(quick: bool, cuda: bool) -> dict[str, Any]:
+    """The run's sizes: ``QUICK``, ``FULL_CUDA`` or ``FULL_CPU``, with ``EVERTUNE_BENCH_TRAIN_STEPS`` applied."""
+    cfg = dict(QUICK if quick else (FULL_CUDA if cuda else FULL_CPU))
     if os.environ.get("EVERTUNE_BENCH_TRAIN_STEPS"):
         cfg["steps"] = int(os.environ["EVERTUNE_BENCH_TRAIN_STEPS"])  # e.g. 10 on a quiet machine
         cfg["n_examples"] = max(cfg["n_examples"], 8 * cfg["steps"] + 8)
-    params = common.load_bench_params()
-    model_path = get_settings().models_dir / cfg["model"]
-    if not (model_path / "config.json").is_file():
-        raise SystemExit(f"model checkpoint not found: {model_path} (run `make bootstrap` or set EVERTUNE_MODELS_DIR)")
-    common.banner(
-        f"train ({'quick' if quick else 'full'}): {cfg['model']}, {cfg['steps']} steps per run, "
-        f"{cfg['rounds']} round(s) of {' / '.join(VARIANTS)}"
-    )
-    info = common.machine_info()
-    root = common.work_root() / ("train-quick" if quick else "train")
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    data_path = root / "train.jsonl"
-    rows = make_sft_examples(cfg["n_examples"], params.dataset.system_prompt)
-    data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return cfg
 
-    chosen = tuple(os.environ.get("EVERTUNE_BENCH_TRAIN_VARIANTS", ",".join(VARIANTS)).split(","))
+
+def chosen_variants(value: str) -> tuple[str, ...]:
+    """The variants to run, from ``EVERTUNE_BENCH_TRAIN_VARIANTS`` (comma-separated; default: :data:`VARIANTS`).
+
+    Raises:
+        SystemExit: An unknown name, or one of :data:`VARIANTS` left out.
+    """
+    chosen = tuple(value.split(","))
     unknown = set(chosen) - set(VARIANTS) - set(DIAGNOSTIC_VARIANTS)
     if unknown or not set(VARIANTS) <= set(chosen):
         raise SystemExit(f"EVERTUNE_BENCH_TRAIN_VARIANTS must include {VARIANTS}; unknown: {sorted(unknown)}")
+    return chosen
+
+
+def _rounds(chosen: tuple[str, ...], cfg: dict[str, Any], root: Path, model_path: Path,
+            data_path: Path) -> list[dict[str, Any]]:
+    """Run every variant ``cfg["rounds"]`` times in ABBA order; one record per run."""
+    import shutil
+
     runs: list[dict[str, Any]] = []
     for round_number in range(cfg["rounds"]):
         order = chosen if round_number % 2 == 0 else chosen[::-1]  # ABBA
@@ -291,7 +302,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                 flush=True,
             )
             shutil.rmtree(out_dir, ignore_errors=True)
+    return runs
 
+
+def summarize(runs: list[dict[str, Any]], chosen: tuple[str, ...], model: str) -> dict[str, Any]:
+    """Medians per variant and the evertune / TRL-defaults ratios (speed, steady speed, peak memory)."""
     by_variant = {v: [r for r in runs if r["variant"] == v] for v in chosen}
 
     def med(variant: str, key: str) -> float:
@@ -300,34 +315,70 @@ def run(quick: bool = False) -> dict[str, Any]:
     device = runs[0]["device"]
     memory_key = "peak_cuda_allocated_mb" if device == "cuda" else "peak_train_rss_mb"
     ratio = med("evertune", "tokens_per_s") / med("trl_defaults", "tokens_per_s")
-    steady_ratio = med("evertune", "steady_tokens_per_s") / med("trl_defaults", "steady_tokens_per_s")
-    memory_ratio = med("evertune", memory_key) / med("trl_defaults", memory_key)
-    summary = {
+    return {
         "device": device,
-        "model": cfg["model"],
+        "model": model,
         "tokens_per_s": {v: med(v, "tokens_per_s") for v in chosen},
         "steady_tokens_per_s": {v: med(v, "steady_tokens_per_s") for v in chosen},
         "peak_train_memory_mb": {v: med(v, memory_key) for v in chosen},
         "peak_process_rss_mb": {v: med(v, "peak_process_rss_mb") for v in chosen},
         "speed_ratio": ratio,
-        "steady_speed_ratio": steady_ratio,
-        "memory_ratio": memory_ratio,
+        "steady_speed_ratio": med("evertune", "steady_tokens_per_s") / med("trl_defaults", "steady_tokens_per_s"),
+        "memory_ratio": med("evertune", memory_key) / med("trl_defaults", memory_key),
         "configs": {v: by_variant[v][0]["config"] for v in chosen},
         "target_gpu": TARGET_GPU,
         "target_applies": device == "cuda",
         "meets_target": (ratio >= TARGET_GPU) if device == "cuda" else None,
     }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    device, ratio = summary["device"], summary["speed_ratio"]
     target_text = (
         f"target >= {TARGET_GPU}x on GPU: {common.verdict(ratio >= TARGET_GPU)}"
         if device == "cuda"
         else f"GPU target (>= {TARGET_GPU}x) not measurable on {device}"
     )
     print(
-        f"RESULT train ({device}, {cfg['model']}): evertune {summary['tokens_per_s']['evertune']:.1f} tokens/s vs "
-        f"TRL defaults {summary['tokens_per_s']['trl_defaults']:.1f} -> {ratio:.2f}x (steady state "
-        f"{steady_ratio:.2f}x); peak train memory {summary['peak_train_memory_mb']['evertune']:.0f} vs "
-        f"{summary['peak_train_memory_mb']['trl_defaults']:.0f} MiB ({memory_ratio:.2f}x); {target_text}"
+        f"RESULT train ({device}, {summary['model']}): evertune {summary['tokens_per_s']['evertune']:.1f} tokens/s "
+        f"vs TRL defaults {summary['tokens_per_s']['trl_defaults']:.1f} -> {ratio:.2f}x (steady state "
+        f"{summary['steady_speed_ratio']:.2f}x); peak train memory {summary['peak_train_memory_mb']['evertune']:.0f} "
+        f"vs {summary['peak_train_memory_mb']['trl_defaults']:.0f} MiB ({summary['memory_ratio']:.2f}x); "
+        f"{target_text}"
     )
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run the benchmark, print the figures and return the record."""
+    import shutil
+
+    common.prepare_env()
+    import torch
+
+    from bench.corpus import make_sft_examples
+    from evertune.settings import get_settings
+
+    cfg = _config(quick, torch.cuda.is_available())
+    params = common.load_bench_params()
+    model_path = get_settings().models_dir / cfg["model"]
+    if not (model_path / "config.json").is_file():
+        raise SystemExit(f"model checkpoint not found: {model_path} (run `make bootstrap` or set EVERTUNE_MODELS_DIR)")
+    common.banner(
+        f"train ({'quick' if quick else 'full'}): {cfg['model']}, {cfg['steps']} steps per run, "
+        f"{cfg['rounds']} round(s) of {' / '.join(VARIANTS)}"
+    )
+    info = common.machine_info()
+    root = common.work_root() / ("train-quick" if quick else "train")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    data_path = root / "train.jsonl"
+    rows = make_sft_examples(cfg["n_examples"], params.dataset.system_prompt)
+    data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    chosen = chosen_variants(os.environ.get("EVERTUNE_BENCH_TRAIN_VARIANTS", ",".join(VARIANTS)))
+    runs = _rounds(chosen, cfg, root, model_path, data_path)
+    summary = summarize(runs, chosen, cfg["model"])
+    _print_summary(summary)
     record = {"benchmark": "train", "quick": quick, "config": cfg, "machine": info, "runs": runs, "summary": summary}
     common.save_result("train", quick, record)
     return record

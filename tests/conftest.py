@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from evertune.runtime import OFFLINE_ENV
+from evertune.settings import LOCATION_ENV_VARS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +22,7 @@ def evertune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "evertune-home"
     home.mkdir()
     monkeypatch.setenv("EVERTUNE_HOME", str(home))
-    for var in (
-        "EVERTUNE_LANDING_URI",
-        "EVERTUNE_LANCEDB_URI",
-        "EVERTUNE_DATA_REPO",
-        "EVERTUNE_DVC_REMOTE",
-        "EVERTUNE_WORK_DIR",
-        "MLFLOW_TRACKING_URI",
-        "EVERTUNE_MLFLOW_ARTIFACT_ROOT",
-    ):
+    for var in LOCATION_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     # Shared read-only caches (bootstrapped models) stay where EVERTUNE_MODELS_DIR points, if set.
     return home

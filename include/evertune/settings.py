@@ -29,6 +29,20 @@ ENV_VARS: dict[str, str] = {
     "AIRFLOW_HOME": "Airflow home (default: $EVERTUNE_HOME/airflow)",
 }
 
+#: The location variables an isolated process (a test, a benchmark) clears so that every location derives from
+#: its own ``EVERTUNE_HOME``: they could point at a real deployment. Not in it: ``EVERTUNE_MODELS_DIR`` (a shared,
+#: read-only checkpoint cache that isolated processes reuse), ``AIRFLOW_HOME``, ``EVERTUNE_HOME`` and
+#: ``EVERTUNE_PARAMS``.
+LOCATION_ENV_VARS: tuple[str, ...] = (
+    "EVERTUNE_LANDING_URI",
+    "EVERTUNE_LANCEDB_URI",
+    "EVERTUNE_DATA_REPO",
+    "EVERTUNE_DVC_REMOTE",
+    "EVERTUNE_WORK_DIR",
+    "MLFLOW_TRACKING_URI",
+    "EVERTUNE_MLFLOW_ARTIFACT_ROOT",
+)
+
 
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)

@@ -11,16 +11,15 @@ import pytest
 from evertune.config import load_params
 from evertune.models.bootstrap import (
     DEFAULT_BOOTSTRAP,
-    MARKER_NAME,
     REQUIRED_FILES,
     checkpoint_is_current,
     gguf_sha256,
     load_causal_lm,
     locate_gguf,
-    read_marker,
     resolve_base_model,
 )
 from evertune.models.embedder import sha256_file
+from evertune.models.folders import MARKER_NAME, read_marker
 from evertune.models.tiny import TINY_NAME, build_tiny_model, ensure_tiny_model, tiny_is_current
 
 SENTENCE = "The weather was cold, so she put on a warm coat and gloves before walking to the train station."

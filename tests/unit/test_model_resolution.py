@@ -17,18 +17,14 @@ from evertune.models import bootstrap
 from evertune.models.bootstrap import (
     CONVERSION_VERSION,
     DEFAULT_BOOTSTRAP,
-    MARKER_NAME,
     REQUIRED_FILES,
     checkpoint_is_current,
     gguf_sha256,
     locate_gguf,
-    read_marker,
-    remove_leftovers,
     resolve_base_model,
-    staged_folder,
-    write_marker,
 )
 from evertune.models.embedder import WEIGHTS_FILE, resolve_embedder, sha256_file, verify_embedder
+from evertune.models.folders import MARKER_NAME, read_marker, remove_leftovers, staged_folder, write_marker
 from evertune.settings import get_settings
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -3,25 +3,38 @@
 The input contract is ``docs/data-format.md``. Reading never crashes on bad input: every file or line that
 cannot become a record is turned into a quarantine record with a reason code. Output is deterministic for the
 same partition content (sorted rows, no clock values), so re-runs produce the same data version.
+
+This module lists and reads the partition; the text parsers live in :mod:`evertune.kb.parsing` and the field
+checks and per-line record parsers in :mod:`evertune.kb.records`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import posixpath
 import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, TransientError
 from evertune.kb import quarantine as q
+from evertune.kb.parsing import html_to_text, markdown_to_text, normalize_text, parse_front_matter
 from evertune.kb.quarantine import QuarantineRecord
+from evertune.kb.records import (
+    DOC_ID_RE,
+    Reject,
+    decode_bytes,
+    docs_line,
+    document,
+    golden_qa_line,
+    golden_retrieval_line,
+    qa_line,
+    reject_json_constant,
+    tombstone_line,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,9 +48,7 @@ DOC_COLUMNS: tuple[str, ...] = (
 TOMBSTONE_COLUMNS: tuple[str, ...] = ("doc_id", "deleted_at", "reason", "record_ref")
 QA_COLUMNS: tuple[str, ...] = ("qa_id", "question", "answer", "doc_id", "fact_key", "record_ref")
 
-DOC_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{1,79}")
 _INTERVAL_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_QA_ID_MAX = 128
 _CHUNK = 1 << 16
 
 _DOC_FIELDS = ("doc_id", "title", "text", "source", "url", "updated_at")
@@ -75,350 +86,6 @@ class IngestResult:
     files_read: int = 0
 
 
-class _Reject(Exception):
-    """Internal: a record cannot be used; carries the quarantine reason."""
-
-    def __init__(self, reason: str, detail: str, doc_id: str = "") -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.doc_id = doc_id
-
-
-# --------------------------------------------------------------------------- text normalisation
-
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES_RE = re.compile(r"[ \t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
-_BLANKS_RE = re.compile(r"\n{3,}")
-
-
-def normalize_text(text: str) -> str:
-    """Normalise text to NFC plain text: single spaces, stripped lines, at most one blank line between paragraphs.
-
-    Args:
-        text: Any decoded text.
-
-    Returns:
-        The normalised text (paragraphs separated by ``"\\n\\n"``).
-    """
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = _CONTROL_RE.sub(" ", text.replace("\u2028", "\n").replace("\u2029", "\n\n"))
-    lines = [_SPACES_RE.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANKS_RE.sub("\n\n", "\n".join(lines)).strip()
-
-
-def _looks_binary(text: str) -> bool:
-    # Decoded text that is more than 1 % control characters is binary residue, not prose.
-    if "\x00" in text:
-        return True
-    controls = len(_CONTROL_RE.findall(text))
-    return controls > max(1, len(text) // 100)
-
-
-_MD_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*$", re.MULTILINE), ""),  # code fences (the code itself stays)
-    (re.compile(r"^[ \t]{0,3}#{1,6}[ \t]*([^\n]*?)[ \t]*#*[ \t]*$", re.MULTILINE), r"\1"),  # ATX headings
-    (re.compile(r"^[ \t]{0,3}([-*_])([ \t]*\1){2,}[ \t]*$", re.MULTILINE), ""),  # horizontal rules
-    (re.compile(r"^[ \t]{0,3}>[ \t]?", re.MULTILINE), ""),  # block quotes
-    (re.compile(r"^([ \t]*)[*+][ \t]+", re.MULTILINE), r"\1- "),  # bullets
-    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images -> alt text
-    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links -> link text
-    (re.compile(r"<(https?://[^>\s]+)>"), r"\1"),  # autolinks
-    (re.compile(r"`([^`\n]+)`"), r"\1"),  # inline code
-    (re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1"), r"\2"),  # strong
-    (re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])"), r"\1"),  # emphasis *x*
-    (re.compile(r"(?<![\w_])_(?=\S)([^_\n]+?)(?<=\S)_(?![\w_])"), r"\1"),  # emphasis _x_
-)
-
-
-def markdown_to_text(markdown: str) -> str:
-    """Turn Markdown into plain text with paragraph breaks (markup removed, words kept).
-
-    Args:
-        markdown: The Markdown body (without front matter).
-
-    Returns:
-        Normalised plain text.
-    """
-    text = markdown
-    for pattern, replacement in _MD_RULES:
-        text = pattern.sub(replacement, text)
-    return normalize_text(text)
-
-
-class _HtmlExtractor(HTMLParser):
-    _SKIP = frozenset({"script", "style", "noscript", "template", "head", "svg", "iframe", "object", "canvas"})
-    _BLOCK = frozenset(
-        {
-            "address", "article", "aside", "blockquote", "body", "dd", "details", "div", "dl", "dt", "fieldset",
-            "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li",
-            "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "td", "th", "thead", "tr", "ul",
-        }
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.title_parts: list[str] = []
-        self.meta: dict[str, str] = {}
-        self._skip: list[str] = []
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "meta":
-            values = {k.lower(): (v or "") for k, v in attrs}
-            name = values.get("name", "")
-            if name.lower().startswith("evertune:"):
-                self.meta.setdefault(name[len("evertune:") :].lower(), values.get("content", ""))
-        elif tag == "title":
-            self._in_title = True
-        elif tag in self._SKIP:
-            self._skip.append(tag)
-        elif tag == "br":
-            self.parts.append("\n")
-        elif tag in self._BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            return  # a self-closed <script/> opens nothing
-        self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in self._SKIP:
-            if tag in self._skip:
-                while self._skip and self._skip.pop() != tag:
-                    pass
-        elif tag in self._BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title_parts.append(data)
-        elif not self._skip:
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-
-def html_to_text(html: str) -> tuple[str, str, dict[str, str]]:
-    """Extract the visible text, the ``<title>`` and the ``evertune:*`` meta tags of an HTML page.
-
-    ``<script>``, ``<style>`` (and other non-content elements) are dropped; block elements become paragraph
-    breaks and ``<br>`` a line break.
-
-    Args:
-        html: The decoded HTML.
-
-    Returns:
-        (text, title, meta) with ``meta`` keyed by the field name after ``evertune:``.
-
-    Raises:
-        ValueError: The markup cannot be parsed at all.
-    """
-    parser = _HtmlExtractor()
-    try:
-        parser.feed(html)
-        parser.close()
-    except AssertionError as exc:  # html.parser signals some broken declarations this way
-        raise ValueError(str(exc)) from None
-    title = normalize_text(" ".join(parser.title_parts)).replace("\n", " ")
-    return normalize_text("".join(parser.parts)), title, parser.meta
-
-
-def parse_front_matter(text: str) -> tuple[dict[str, str], str]:
-    """Split a ``---`` front-matter block (``key: value`` lines) from the body.
-
-    Values are plain strings (no YAML typing, so dates and ``no`` stay strings); matching quotes are removed.
-
-    Args:
-        text: The whole decoded file.
-
-    Returns:
-        (fields, body).
-
-    Raises:
-        ValueError: The file does not start with a complete front-matter block.
-    """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if not lines or lines[0].strip() != "---":
-        raise ValueError("no front-matter block: the first line must be ---")
-    try:
-        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
-    except StopIteration:
-        raise ValueError("front-matter block is not closed by a --- line") from None
-    fields: dict[str, str] = {}
-    for number, line in enumerate(lines[1:end], start=2):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key, sep, value = line.partition(":")
-        if not sep or not key.strip():
-            raise ValueError(f"front-matter line {number} is not 'key: value'")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        fields.setdefault(key.strip().lower(), value)
-    return fields, "\n".join(lines[end + 1 :])
-
-
-# --------------------------------------------------------------------------- field checks
-
-
-def to_utc_iso(value: str, name: str) -> str:
-    """Parse an ISO 8601 timestamp that carries an offset and return it in UTC (``+00:00``).
-
-    Raises:
-        _Reject: ``invalid_timestamp`` when unparsable or without an offset.
-    """
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise _Reject(q.INVALID_TIMESTAMP, f"{name} {value[:60]!r} is not ISO 8601") from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise _Reject(q.INVALID_TIMESTAMP, f"{name} {value[:60]!r} has no UTC offset")
-    return parsed.astimezone(dt.UTC).isoformat()
-
-
-def _string_field(record: dict[str, Any], name: str, *, required: bool, allow_empty: bool = False) -> str:
-    value = record.get(name)
-    if value is None:
-        if required:
-            raise _Reject(q.MISSING_FIELD, f"required field {name!r} is missing")
-        return ""
-    if not isinstance(value, str):
-        raise _Reject(q.INVALID_FIELD, f"field {name!r} must be a string, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _Reject(q.BAD_ENCODING, f"field {name!r} holds a lone surrogate (not valid Unicode)") from None
-    if _looks_binary(value):
-        raise _Reject(q.BINARY_CONTENT, f"field {name!r} holds control characters (binary content)")
-    if required and not allow_empty and not value.strip():
-        raise _Reject(q.MISSING_FIELD, f"required field {name!r} is empty")
-    return value
-
-
-def _check_doc_id(value: str, name: str = "doc_id") -> str:
-    if not DOC_ID_RE.fullmatch(value):
-        raise _Reject(q.INVALID_DOC_ID, f"{name} {value[:90]!r} does not match [a-z0-9][a-z0-9-]{{1,79}}", value)
-    return value
-
-
-def content_hash(title: str, text: str, source: str, url: str) -> str:
-    """sha256 of the canonical JSON of title, text, source and url (the document's content key)."""
-    canonical = json.dumps(
-        {"source": source, "text": text, "title": title, "url": url},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _document(
-    fields: dict[str, Any], text: str, fmt: str, record_ref: str, file: str, line: int | None
-) -> dict[str, str]:
-    doc_id = _check_doc_id(_string_field(fields, "doc_id", required=True))
-    try:
-        title = normalize_text(_string_field(fields, "title", required=True)).replace("\n", " ")
-        source = _string_field(fields, "source", required=True).strip()
-        url = _string_field(fields, "url", required=True).strip()
-        updated_at = to_utc_iso(_string_field(fields, "updated_at", required=True), "updated_at")
-        topic = _string_field(fields, "topic", required=False).strip()
-    except _Reject as exc:
-        exc.doc_id = doc_id
-        raise
-    metadata: dict[str, Any] = {"file": file, "format": fmt, "topic": topic}
-    if line is not None:
-        metadata["line"] = line
-    return {
-        "doc_id": doc_id,
-        "title": title,
-        "text": text,
-        "source": source,
-        "url": url,
-        "updated_at": updated_at,
-        "content_hash": content_hash(title, text, source, url),
-        "metadata": _canonical_json(metadata),
-        "record_ref": record_ref,
-    }
-
-
-def _docs_line(record: dict[str, Any], ref: str, file: str, line: int) -> dict[str, str]:
-    doc_id = _check_doc_id(_string_field(record, "doc_id", required=True))
-    try:
-        raw_text = _string_field(record, "text", required=True, allow_empty=True)
-    except _Reject as exc:
-        exc.doc_id = doc_id
-        raise
-    return _document(record, normalize_text(raw_text), "jsonl", ref, file, line)
-
-
-def _tombstone_line(record: dict[str, Any], ref: str) -> dict[str, str]:
-    doc_id = _check_doc_id(_string_field(record, "doc_id", required=True))
-    try:
-        deleted_at = to_utc_iso(_string_field(record, "deleted_at", required=True), "deleted_at")
-        reason = _string_field(record, "reason", required=False)
-    except _Reject as exc:
-        exc.doc_id = doc_id
-        raise
-    return {"doc_id": doc_id, "deleted_at": deleted_at, "reason": normalize_text(reason), "record_ref": ref}
-
-
-def _qa_id(record: dict[str, Any], name: str) -> str:
-    value = _string_field(record, name, required=True).strip()
-    if len(value) > _QA_ID_MAX or any(ch.isspace() or not ch.isprintable() for ch in value):
-        raise _Reject(q.INVALID_FIELD, f"{name} must be at most {_QA_ID_MAX} printable characters without spaces")
-    return value
-
-
-def _qa_line(record: dict[str, Any], ref: str) -> dict[str, str]:
-    # Emptiness and the doc_id format of training pairs are checked by the validation suite, which reports them.
-    doc_id = _string_field(record, "doc_id", required=True, allow_empty=True).strip()
-    try:
-        return {
-            "qa_id": _qa_id(record, "qa_id"),
-            "question": normalize_text(_string_field(record, "question", required=True, allow_empty=True)),
-            "answer": normalize_text(_string_field(record, "answer", required=True, allow_empty=True)),
-            "doc_id": doc_id,
-            "fact_key": _string_field(record, "fact_key", required=False).strip(),
-            "record_ref": ref,
-        }
-    except _Reject as exc:
-        exc.doc_id = doc_id
-        raise
-
-
-def _golden_qa_line(record: dict[str, Any], ref: str) -> dict[str, str]:
-    doc_id = _check_doc_id(_string_field(record, "doc_id", required=True).strip())
-    try:
-        return {
-            "qa_id": _qa_id(record, "qa_id"),
-            "question": normalize_text(_string_field(record, "question", required=True)),
-            "answer": normalize_text(_string_field(record, "answer", required=True)),
-            "doc_id": doc_id,
-            "fact_key": _string_field(record, "fact_key", required=False).strip(),
-        }
-    except _Reject as exc:
-        exc.doc_id = doc_id
-        raise
-
-
-def _golden_retrieval_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
-    query_id = _qa_id(record, "query_id")
-    query = normalize_text(_string_field(record, "query", required=True))
-    relevant = record.get("relevant_doc_ids")
-    if relevant is None:
-        raise _Reject(q.MISSING_FIELD, "required field 'relevant_doc_ids' is missing")
-    if not isinstance(relevant, list) or not relevant or not all(isinstance(d, str) for d in relevant):
-        raise _Reject(q.INVALID_FIELD, "relevant_doc_ids must be a non-empty list of strings")
-    for doc_id in relevant:
-        _check_doc_id(doc_id, "relevant doc_id")
-    return {"query_id": query_id, "query": query, "relevant_doc_ids": sorted(set(relevant))}
 
 
 # --------------------------------------------------------------------------- listing and reading
@@ -522,21 +189,6 @@ def _iter_lines(fs: Any, path: str, limit: int) -> Iterator[tuple[int, bytes | N
             yield number, (None if too_long else buffer)
 
 
-def _decode(data: bytes) -> str:
-    if b"\x00" in data:
-        raise _Reject(q.BINARY_CONTENT, "contains NUL bytes (binary content)")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _Reject(q.BAD_ENCODING, f"not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    if _looks_binary(text):
-        raise _Reject(q.BINARY_CONTENT, "more than 1% control characters (binary content)")
-    return text
-
-
-def _reject_json_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
 
 # --------------------------------------------------------------------------- the reader
 
@@ -578,11 +230,11 @@ class _PartitionReader:
 
     def read_entry(self, entry: _Entry, ref: str) -> None:
         jsonl_handlers = {
-            "docs.jsonl": _docs_line if "jsonl" in self.formats else None,
-            "tombstones.jsonl": _tombstone_line,
-            "qa.jsonl": _qa_line,
-            "golden/retrieval.jsonl": _golden_retrieval_line,
-            "golden/qa.jsonl": _golden_qa_line,
+            "docs.jsonl": docs_line if "jsonl" in self.formats else None,
+            "tombstones.jsonl": tombstone_line,
+            "qa.jsonl": qa_line,
+            "golden/retrieval.jsonl": golden_retrieval_line,
+            "golden/qa.jsonl": golden_qa_line,
         }
         suffix = posixpath.splitext(entry.rel)[1].lower()
         if entry.rel in jsonl_handlers and jsonl_handlers[entry.rel] is not None:
@@ -591,7 +243,7 @@ class _PartitionReader:
             self.records_read += 1
             try:
                 self.documents.append(self.read_document(entry, ref, _DOC_FILE_FORMATS[suffix]))
-            except _Reject as exc:
+            except Reject as exc:
                 self.reject(ref, exc.reason, exc.detail, exc.doc_id)
         else:
             self.records_read += 1
@@ -603,29 +255,29 @@ class _PartitionReader:
             )
             self.reject(ref, q.UNEXPECTED_FILE, why)
 
-    def classify_os_error(self, exc: OSError, ref: str) -> _Reject:
+    def classify_os_error(self, exc: OSError, ref: str) -> Reject:
         # Permission problems are a property of the file; anything else (network, vanished file) may be transient.
         if isinstance(exc, (PermissionError, IsADirectoryError)):
-            return _Reject(q.UNREADABLE_FILE, f"cannot read the file: {type(exc).__name__}")
+            return Reject(q.UNREADABLE_FILE, f"cannot read the file: {type(exc).__name__}")
         raise TransientError(f"reading {ref} from the landing zone failed: {exc}") from exc
 
     def read_document(self, entry: _Entry, ref: str, fmt: str) -> dict[str, str]:
         if entry.size is not None and entry.size > self.max_bytes:
-            raise _Reject(q.OVERSIZED, f"file is {entry.size} bytes, ingest.max_file_bytes is {self.max_bytes}")
+            raise Reject(q.OVERSIZED, f"file is {entry.size} bytes, ingest.max_file_bytes is {self.max_bytes}")
         try:
             data = _read_bounded(self.fs, entry.path, self.max_bytes)
         except OSError as exc:
             raise self.classify_os_error(exc, ref) from None
         if len(data) > self.max_bytes:
-            raise _Reject(q.OVERSIZED, f"file is larger than ingest.max_file_bytes ({self.max_bytes})")
+            raise Reject(q.OVERSIZED, f"file is larger than ingest.max_file_bytes ({self.max_bytes})")
         if not data.strip():
-            raise _Reject(q.EMPTY_FILE, "file is empty" if not data else "file holds only whitespace")
-        raw = _decode(data)
+            raise Reject(q.EMPTY_FILE, "file is empty" if not data else "file holds only whitespace")
+        raw = decode_bytes(data)
         if fmt == "html":
             try:
                 text, title, fields = html_to_text(raw)
             except ValueError as exc:
-                raise _Reject(q.MALFORMED_HTML, f"cannot parse HTML: {str(exc)[:120]}") from None
+                raise Reject(q.MALFORMED_HTML, f"cannot parse HTML: {str(exc)[:120]}") from None
             fields = dict(fields)
             if title:
                 fields["title"] = title
@@ -633,17 +285,17 @@ class _PartitionReader:
             try:
                 fields, body = parse_front_matter(raw)
             except ValueError as exc:
-                raise _Reject(q.MISSING_FIELD, str(exc)) from None
+                raise Reject(q.MISSING_FIELD, str(exc)) from None
             text = markdown_to_text(body) if fmt == "md" else normalize_text(body)
-        return _document(fields, text, fmt, ref, entry.rel, None)
+        return document(fields, text, fmt, ref, entry.rel, None)
 
     def read_jsonl(self, entry: _Entry, ref: str, handler: Any) -> None:
         target = {
-            _docs_line: self.documents,
-            _tombstone_line: self.tombstones,
-            _qa_line: self.qa,
-            _golden_retrieval_line: self.golden_retrieval,
-            _golden_qa_line: self.golden_qa,
+            docs_line: self.documents,
+            tombstone_line: self.tombstones,
+            qa_line: self.qa,
+            golden_retrieval_line: self.golden_retrieval,
+            golden_qa_line: self.golden_qa,
         }[handler]
         try:
             for number, raw in _iter_lines(self.fs, entry.path, self.max_bytes):
@@ -653,11 +305,11 @@ class _PartitionReader:
                 line_ref = f"{ref}:{number}"
                 try:
                     record = self.parse_json_line(raw)
-                    if handler is _docs_line:
+                    if handler is docs_line:
                         target.append(handler(record, line_ref, entry.rel, number))
                     else:
                         target.append(handler(record, line_ref))
-                except _Reject as exc:
+                except Reject as exc:
                     self.reject(line_ref, exc.reason, exc.detail, exc.doc_id)
         except OSError as exc:
             reject = self.classify_os_error(exc, ref)  # raises TransientError unless it is about the file itself
@@ -666,15 +318,15 @@ class _PartitionReader:
 
     def parse_json_line(self, raw: bytes | None) -> dict[str, Any]:
         if raw is None:
-            raise _Reject(q.OVERSIZED, f"line is longer than ingest.max_file_bytes ({self.max_bytes})")
+            raise Reject(q.OVERSIZED, f"line is longer than ingest.max_file_bytes ({self.max_bytes})")
         try:
-            record = json.loads(_decode(raw), parse_constant=_reject_json_constant)
+            record = json.loads(decode_bytes(raw), parse_constant=reject_json_constant)
         except json.JSONDecodeError as exc:
-            raise _Reject(q.MALFORMED_JSON, f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+            raise Reject(q.MALFORMED_JSON, f"invalid JSON: {exc.msg} at column {exc.colno}") from None
         except (ValueError, RecursionError) as exc:
-            raise _Reject(q.MALFORMED_JSON, f"invalid JSON: {str(exc)[:120]}") from None
+            raise Reject(q.MALFORMED_JSON, f"invalid JSON: {str(exc)[:120]}") from None
         if not isinstance(record, dict):
-            raise _Reject(q.MALFORMED_JSON, f"line is a JSON {type(record).__name__}, not an object")
+            raise Reject(q.MALFORMED_JSON, f"line is a JSON {type(record).__name__}, not an object")
         return record
 
 

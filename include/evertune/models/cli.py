@@ -25,7 +25,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     Domain errors (ConfigError, BootstrapError) propagate; the CLI entry point turns them into exit code 2.
     """
     from evertune.config import load_params
-    from evertune.models import bootstrap, embedder, tiny
+    from evertune.models import bootstrap, embedder, folders, tiny
     from evertune.runtime import apply_offline_env
     from evertune.settings import get_settings
 
@@ -43,11 +43,11 @@ def run_bootstrap(args: argparse.Namespace) -> int:
             expected_sha256=params.base_model.sha256,
             force=args.force,
         )
-        marker = bootstrap.read_marker(path) or {}
+        marker = folders.read_marker(path) or {}
         state = "converted" if converted else "already current"
         print(f"base model:  {path}  [{state}, {time.perf_counter() - started:.1f} s]")
         print(f"  source:    {marker.get('source', {}).get('file')} sha256 {marker.get('source', {}).get('sha256')}")
-        print(f"  weights:   sha256 {marker.get('weights_sha256')}, {bootstrap.folder_size(path) / 1e6:.1f} MB on disk")
+        print(f"  weights:   sha256 {marker.get('weights_sha256')}, {folders.folder_size(path) / 1e6:.1f} MB on disk")
     else:
         resolved = bootstrap.resolve_base_model(params.base_model, settings)
         kind = "hub id" if resolved == spec else "local checkpoint"

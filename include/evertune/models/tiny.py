@@ -12,19 +12,21 @@ from typing import Any
 
 from evertune.models.bootstrap import (
     DEFAULT_BOOTSTRAP,
-    MARKER_NAME,
     checkpoint_is_current,
-    exclusive_lock,
-    files_intact,
     gguf_sha256,
     load_gguf_tokenizer,
     locate_gguf,
+)
+from evertune.models.embedder import sha256_file
+from evertune.models.folders import (
+    MARKER_NAME,
+    exclusive_lock,
+    files_intact,
     read_marker,
     remove_leftovers,
     staged_folder,
     write_marker,
 )
-from evertune.models.embedder import sha256_file
 
 TINY_NAME = "tiny-random-llama"
 #: Bump when the architecture or the build recipe changes so cached tiny models are rebuilt.

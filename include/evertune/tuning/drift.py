@@ -287,44 +287,90 @@ def check_drift(
     reference_texts, current_texts = list(reference_texts), list(current_texts)
     reference_categories = dict(reference_categories or {})
     current_categories = dict(current_categories or {})
-    for side, texts, categories in (("reference", reference_texts, reference_categories),
-                                    ("current", current_texts, current_categories)):
-        for name, values in categories.items():
-            if len(values) != len(texts):
-                raise ValueError(f"{side} category {name!r} has {len(values)} values for {len(texts)} texts")
+    check_category_lengths("reference", reference_texts, reference_categories)
+    check_category_lengths("current", current_texts, current_categories)
 
     reasons: list[str] = []
-    thresholds = {"p_value": params.p_value, "max_auc": params.max_auc, "max_mmd": params.max_mmd}
     n_current_given, n_shared = len(current_texts), 0
     if exclude_shared:
-        seen = set(reference_texts)
-        keep = [i for i, text in enumerate(current_texts) if text not in seen]
-        n_shared = len(current_texts) - len(keep)
-        current_texts = [current_texts[i] for i in keep]
-        current_categories = {name: [values[i] for i in keep] for name, values in current_categories.items()}
+        current_texts, current_categories, n_shared = set_aside_shared(reference_texts, current_texts,
+                                                                       current_categories)
         if n_shared:
             reasons.append(f"{n_shared} of {n_current_given} current texts also occur in the reference and were "
                            f"set aside: the tests compare the {len(current_texts)} new texts with the reference")
-    rng = np.random.default_rng(seed)
+    embedding = embedding_test(reference_texts, current_texts, embed_fn, params, seed)
+    tests = distribution_tests(reference_texts, current_texts, reference_categories, current_categories)
+    severity, test_reasons = classify_severity(embedding, tests, params)
+    reasons.extend(test_reasons)
+    reasons.insert(0, f"severity {severity}: severe = embedding p < p_value and effect above its threshold; "
+                      f"moderate = any test with p < p_value")
+    return DriftReport(
+        method=params.method,
+        severity=severity,
+        reasons=reasons,
+        n_reference=len(reference_texts),
+        n_current=n_current_given,
+        embedding=embedding,
+        tests=tests,
+        thresholds={"p_value": params.p_value, "max_auc": params.max_auc, "max_mmd": params.max_mmd},
+        n_shared=n_shared,
+    )
 
-    # (a) embedding drift
-    embedding: dict[str, Any] = {"skipped": True}
+
+def check_category_lengths(side: str, texts: Sequence[str], categories: Mapping[str, Sequence[str]]) -> None:
+    """Check that every categorical field holds one value per text.
+
+    Raises:
+        ValueError: A field's length differs from the number of texts.
+    """
+    for name, values in categories.items():
+        if len(values) != len(texts):
+            raise ValueError(f"{side} category {name!r} has {len(values)} values for {len(texts)} texts")
+
+
+def set_aside_shared(reference_texts: Sequence[str], current_texts: Sequence[str],
+                     current_categories: Mapping[str, Sequence[str]]) -> tuple[list[str], dict[str, list[str]], int]:
+    """Drop current texts that also occur verbatim in the reference (with their category values).
+
+    Returns:
+        The kept current texts, their category values, and how many were set aside.
+    """
+    seen = set(reference_texts)
+    keep = [i for i, text in enumerate(current_texts) if text not in seen]
+    kept_texts = [current_texts[i] for i in keep]
+    kept_categories = {name: [values[i] for i in keep] for name, values in current_categories.items()}
+    return kept_texts, kept_categories, len(current_texts) - len(keep)
+
+
+def embedding_test(reference_texts: Sequence[str], current_texts: Sequence[str], embed_fn: EmbedFn,
+                   params: DriftParams, seed: int) -> dict[str, Any]:
+    """Run the embedding test of ``params.method`` on subsamples of both sides (``DriftReport.embedding``).
+
+    Skipped (``{"skipped": True, "reason": ...}``) when a side has fewer than ``params.min_samples`` texts.
+
+    Raises:
+        ValueError: ``embed_fn`` returned a wrong shape.
+    """
+    rng = np.random.default_rng(seed)
     smallest = min(len(reference_texts), len(current_texts))
     if smallest < params.min_samples:
-        embedding["reason"] = f"fewer than drift.min_samples={params.min_samples} texts on a side ({smallest})"
-        reasons.append(f"embedding test skipped: {embedding['reason']}")
-    else:
-        ref_idx = _subsample(np.arange(len(reference_texts)), params.max_samples, rng)
-        cur_idx = _subsample(np.arange(len(current_texts)), params.max_samples, rng)
-        texts = [reference_texts[i] for i in ref_idx] + [current_texts[i] for i in cur_idx]
-        vectors = np.asarray(embed_fn(texts), dtype=np.float64)
-        if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise ValueError(f"embed_fn returned shape {vectors.shape} for {len(texts)} texts")
-        ref_vec, cur_vec = vectors[: len(ref_idx)], vectors[len(ref_idx):]
-        measured = (_mmd if params.method == "mmd" else _domain_classifier)(ref_vec, cur_vec, params, seed)
-        embedding = {"skipped": False, "n_used_reference": len(ref_idx), "n_used_current": len(cur_idx), **measured}
+        return {"skipped": True,
+                "reason": f"fewer than drift.min_samples={params.min_samples} texts on a side ({smallest})"}
+    ref_idx = _subsample(np.arange(len(reference_texts)), params.max_samples, rng)
+    cur_idx = _subsample(np.arange(len(current_texts)), params.max_samples, rng)
+    texts = [reference_texts[i] for i in ref_idx] + [current_texts[i] for i in cur_idx]
+    vectors = np.asarray(embed_fn(texts), dtype=np.float64)
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+        raise ValueError(f"embed_fn returned shape {vectors.shape} for {len(texts)} texts")
+    ref_vec, cur_vec = vectors[: len(ref_idx)], vectors[len(ref_idx):]
+    measured = (_mmd if params.method == "mmd" else _domain_classifier)(ref_vec, cur_vec, params, seed)
+    return {"skipped": False, "n_used_reference": len(ref_idx), "n_used_current": len(cur_idx), **measured}
 
-    # (b) distribution statistics
+
+def distribution_tests(reference_texts: Sequence[str], current_texts: Sequence[str],
+                       reference_categories: Mapping[str, Sequence[str]],
+                       current_categories: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """KS tests on token counts and character lengths, and a chi-square test per field present on both sides."""
     tests: dict[str, dict[str, Any]] = {
         "token_count_ks": _ks("token_count_ks", [len(t.split()) for t in reference_texts],
                               [len(t.split()) for t in current_texts]),
@@ -333,10 +379,20 @@ def check_drift(
     }
     for name in sorted(set(reference_categories) & set(current_categories)):
         tests[f"{name}_chi2"] = _chi2(f"{name}_chi2", reference_categories[name], current_categories[name])
+    return tests
 
-    # Severity
-    severity = "none"
-    if not embedding["skipped"]:
+
+def classify_severity(embedding: dict[str, Any], tests: dict[str, dict[str, Any]],
+                      params: DriftParams) -> tuple[str, list[str]]:
+    """Apply the severity rule of the module docstring.
+
+    Returns:
+        The severity, and one reason per test (the embedding test first, then ``tests`` in order).
+    """
+    severity, reasons = "none", []
+    if embedding["skipped"]:
+        reasons.append(f"embedding test skipped: {embedding['reason']}")
+    else:
         p = embedding["p_value"]
         if params.method == "mmd":
             effect, limit, label = embedding["mmd2"], params.max_mmd, "MMD^2"
@@ -362,16 +418,4 @@ def check_drift(
             f"{name}: statistic {test['statistic']:.4g}, p = {test['p_value']:.4g} "
             f"({'<' if significant else '>='} {params.p_value:.4g})"
         )
-    reasons.insert(0, f"severity {severity}: severe = embedding p < p_value and effect above its threshold; "
-                      f"moderate = any test with p < p_value")
-    return DriftReport(
-        method=params.method,
-        severity=severity,
-        reasons=reasons,
-        n_reference=len(reference_texts),
-        n_current=n_current_given,
-        embedding=embedding,
-        tests=tests,
-        thresholds=thresholds,
-        n_shared=n_shared,
-    )
+    return severity, reasons
