@@ -19,6 +19,8 @@ from evertune.kb.safety import (
     PII,
     UNTRUSTED_CLOSE,
     Finding,
+    _fold_pattern,
+    _phone_plausible,
     codes,
     find_injection,
     find_pii,
@@ -157,7 +159,12 @@ BENIGN = [
     "<!-- TODO: update the screenshot of the dashboard -->",
     '[docs](https://docs.fjordbase.example/x "Replication guide")',
     '<img src="a.png" alt="Architecture diagram with three nodes">',
+    '<a href="https://testmu.example" title="TestMu AI"><img alt="AI Gateway" src="gw.png"></a>',
+    '<img alt="Update installation instructions for doc build" src="pr.png">',
     "See https://docs.fjordbase.example/blog/system-prompt-design for background.",
+    "The system_prompt setting holds the text the model gets first; write a short system prompt.",
+    "Le prompt système est défini dans la configuration.",
+    "There are also instructions for AI agents to use when helping you to create your parser.",
 ]
 
 
@@ -190,7 +197,41 @@ def test_fold_text_maps_back_to_original_offsets() -> None:
     assert [text[i] for i in index] == list("ＩＧＮＯＲＥ") + [" ", "É", "\t", "x"]
 
 
+def test_fold_pattern_folds_literals_and_moves_word_starts_out_of_the_regex() -> None:
+    source, word_start = _fold_pattern(r"\bdu bist\b|\bprécédentes\b")
+    assert word_start and "precedentes" in source and "\\b" not in source and "(?![^\\W_])" in source
+    assert _fold_pattern(r"<\|im_start\|>") == (r"<\|im_start\|>", False)
+    with pytest.raises(ValueError, match="mixed word-start"):
+        _fold_pattern(r"\bfoo|bar\b|\bbaz")
+
+
 # --------------------------------------------------------------------------- PII
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("+1 415-555-0188", True),
+        ("(415) 555-2671", True),
+        ("030 1234567", True),
+        ("01.42.68.53.00", True),
+        ("2147483647", False),  # one run of digits, no cue
+        ("0 .. 2147483647", False),
+        ("32768-65535", False),
+        ("02110-1301", False),
+        ("93.186.135.91", False),
+        ("1 2 3 4 5 6 7 8 9 0 1", False),
+        ("0 2026-11-09", False),
+        ("(12345591313", False),
+    ],
+)
+def test_phone_plausibility_filter(raw: str, kept: bool) -> None:
+    assert _phone_plausible(f"see {raw} here", 4, raw) is kept
+
+
+def test_unbroken_phone_digits_need_a_cue() -> None:
+    assert _phone_plausible("call 4155550188", 5, "4155550188")
+    assert not _phone_plausible("max 4155550188", 4, "4155550188")
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -223,6 +264,10 @@ def test_real_phone_numbers_are_flagged(text: str) -> None:
         "order ORD-2026-0001187, build 4.4.0-rc1+20270302.5, plan_hash=0x9c1e44f2",
         "cluster id 0c6f2e9a-41b7-4d3e-9a55-7d21c3f08b12, request req_01J9ZK4T7W3X5Q2M8N6P0R1S4V",
         "from 2026-11-01 to 2026-12-01, serial 1234 5678 9012 3456",
+        "ephemeral ports 32768-65535; Boston, MA 02110-1301; host 93.186.135.91",
+        "weights 1 2 3 4 5 6 7 8 9 0 1; score 0.997848391532898; load 169.729 16900.540",
+        "## [0.21.1] - 2023-01-21\nCopyright 2023-2025; version 0.3.33.112.0; t=1365519115.0",
+        "| 056789  12 | (12345591313 |",
     ],
 )
 def test_technical_numbers_are_not_pii(text: str) -> None:
