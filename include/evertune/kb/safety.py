@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from evertune.kb.safety_patterns import ENGLISH, FAKE_TURNS, OTHER_LANGUAGES
+from evertune.kb.safety_patterns import ENGLISH, FAKE_TURNS, HIDDEN_AIMED_RE, HIDDEN_CONTAINER_RES, OTHER_LANGUAGES
 
 INJECTION = "injection"
 PII = "pii"
@@ -200,33 +200,11 @@ def _matches(regex: re.Pattern[str], text: str, word_start: bool) -> Iterable[re
 
 
 # --------------------------------------------------------------------------- hidden text
-_HIDDEN_STYLE = (
-    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|opacity\s*:\s*0(?![.\d]*[1-9])"
-    r"|(?<![-\w])color\s*:\s*(?:#f{3}(?:f{3})?\b|white\b|rgba?\(\s*255\s*,\s*255\s*,\s*255)"
-)
-_HIDDEN_RES: tuple[re.Pattern[str], ...] = (
-    re.compile(r"<!--(.*?)(?:-->|\Z)", re.DOTALL),  # HTML comments (also inside Markdown)
-    re.compile(r"\]\([^)\s]*\s+(?:\"([^\"]*)\"|'([^']*)')\s*\)"),  # Markdown link / image titles
-    re.compile(r"\b(?:title|alt|aria-label|aria-description|data-[\w-]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')"),
-    re.compile(rf"<(\w+)\b[^>]*\bstyle\s*=\s*[\"'][^\"']*(?:{_HIDDEN_STYLE})[^>]*>(.*?)</\1\s*>", re.DOTALL),
-    re.compile(r"<(\w+)\b[^>]*\s(?:hidden|aria-hidden\s*=\s*[\"']true[\"'])[^>]*>(.*?)</\1\s*>", re.DOTALL),
-)
-# Hidden text is flagged when it talks to the model: "AI assistant: ...", "Assistant, ...", second-person
-# instructions ("when you answer ..., say ..."), or an imperative to ignore, answer, tell or say something.
-_AIMED_RE = re.compile(
-    r"\b(?:ai|assistant|chatbot|llm|language model|ai model|model|gpt)s?\s*[,:]"
-    r"|\byou(?:r)?\b.{0,80}?\b(?:answer|respond|reply|say|state|tell|recommend|mention|summari[sz]e|claim|output"
-    r"|print|write|ignore|pretend|include)\b"
-    r"|^\s*(?:please )?(?:ignore|disregard|forget|say|tell|answer|respond|reply|state|recommend|always|never)\b",
-    re.DOTALL,
-)
-
-
 def _hidden_spans(folded: str) -> Iterable[tuple[int, int]]:
-    for regex in _HIDDEN_RES:
+    for regex in HIDDEN_CONTAINER_RES:
         for match in regex.finditer(folded):
             group = next((g for g in range(regex.groups, 0, -1) if match.group(g) is not None), 0)
-            if group and _AIMED_RE.search(match.group(group)):
+            if group and HIDDEN_AIMED_RE.search(match.group(group)):
                 yield match.start(), match.end()
 
 

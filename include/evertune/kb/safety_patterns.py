@@ -8,6 +8,8 @@ word separator that also swallows Markdown emphasis and quotes (``ignore **all**
 
 from __future__ import annotations
 
+import re
+
 # ----------------------------------------------------------------------------- English building blocks
 _IGNORE = (
     r"(?:ignore|ignoring|disregard|disregarding|forget|overlook|neglect|abandon|discard|set aside|put aside"
@@ -260,4 +262,27 @@ OTHER_LANGUAGES: tuple[tuple[str, str], ...] = (
     ),
     ("prompt_exfiltration", r"システムプロンプト(?:を|も)?.{0,4}?(?:表示|教え|出力|見せ)"),
     ("override_instructions", r"이전의? (?:모든 )?(?:지시|명령|지침)\w* 무시"),
+)
+
+# ----------------------------------------------------------------------------- hidden text (matched on folded text)
+# Containers whose text readers never see; group 1 or 2 (or the last group) is the hidden text.
+_HIDDEN_STYLE = (
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d]*[1-9])|opacity\s*:\s*0(?![.\d]*[1-9])"
+    r"|(?<![-\w])color\s*:\s*(?:#f{3}(?:f{3})?\b|white\b|rgba?\(\s*255\s*,\s*255\s*,\s*255)"
+)
+HIDDEN_CONTAINER_RES: tuple[re.Pattern[str], ...] = (
+    re.compile(r"<!--(.*?)(?:-->|\Z)", re.DOTALL),  # HTML comments (also inside Markdown)
+    re.compile(r"\]\([^)\s]*\s+(?:\"([^\"]*)\"|'([^']*)')\s*\)"),  # Markdown link / image titles
+    re.compile(r"\b(?:title|alt|aria-label|aria-description|data-[\w-]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')"),
+    re.compile(rf"<(\w+)\b[^>]*\bstyle\s*=\s*[\"'][^\"']*(?:{_HIDDEN_STYLE})[^>]*>(.*?)</\1\s*>", re.DOTALL),
+    re.compile(r"<(\w+)\b[^>]*\s(?:hidden|aria-hidden\s*=\s*[\"']true[\"'])[^>]*>(.*?)</\1\s*>", re.DOTALL),
+)
+# Hidden text is flagged when it talks to the model: "AI assistant: ...", "Assistant, ...", second-person
+# instructions ("when you answer ..., say ..."), or an imperative to ignore, answer, tell or say something.
+HIDDEN_AIMED_RE = re.compile(
+    r"\b(?:ai|assistant|chatbot|llm|language model|ai model|model|gpt)s?\s*[,:]"
+    r"|\byou(?:r)?\b.{0,80}?\b(?:answer|respond|reply|say|state|tell|recommend|mention|summari[sz]e|claim|output"
+    r"|print|write|ignore|pretend|include)\b"
+    r"|^\s*(?:please )?(?:ignore|disregard|forget|say|tell|answer|respond|reply|state|recommend|always|never)\b",
+    re.DOTALL,
 )
