@@ -349,14 +349,24 @@ def _phone_plausible(text: str, start: int, raw: str) -> bool:
     return True
 
 
+# A stretch of digits and phone punctuation; phonenumbers only looks at stretches of 7+ digits and at most 40
+# characters (longer ones are number lists or table rows), which keeps number-heavy pages fast.
+_PHONE_RUN_RE = re.compile(r"\+?\(?\d(?:[\d().\-/]|[ \t](?=[\d(+]))*")
+
+
 def _phone_findings(text: str, regions: Sequence[str]) -> list[Finding]:
     import phonenumbers
 
     spans: set[tuple[int, int]] = set()
-    for region in regions:
-        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            if _phone_plausible(text, match.start, match.raw_string):
-                spans.add((match.start, match.end))
+    for run in _PHONE_RUN_RE.finditer(text):
+        if len(run.group(0)) > 40 or sum(c.isdigit() for c in run.group(0)) < 7:
+            continue
+        offset = max(0, run.start() - 1)  # one character either side keeps the matcher's word-boundary checks
+        window = text[offset : run.end() + 1]
+        for region in regions:
+            for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=phonenumbers.Leniency.VALID):
+                if _phone_plausible(text, offset + match.start, match.raw_string):
+                    spans.add((offset + match.start, offset + match.end))
     return [_finding(PII, "phone", start, end) for start, end in spans]
 
 

@@ -274,8 +274,8 @@ HIDDEN_CONTAINER_RES: tuple[re.Pattern[str], ...] = (
     re.compile(r"<!--(.*?)(?:-->|\Z)", re.DOTALL),  # HTML comments (also inside Markdown)
     re.compile(r"\]\([^)\s]*\s+(?:\"([^\"]*)\"|'([^']*)')\s*\)"),  # Markdown link / image titles
     re.compile(r"\b(?:title|alt|aria-label|aria-description|data-[\w-]+)\s*=\s*(?:\"([^\"]*)\"|'([^']*)')"),
-    re.compile(rf"<(\w+)\b[^>]*\bstyle\s*=\s*[\"'][^\"']*(?:{_HIDDEN_STYLE})[^>]*>(.*?)</\1\s*>", re.DOTALL),
-    re.compile(r"<(\w+)\b[^>]*\s(?:hidden|aria-hidden\s*=\s*[\"']true[\"'])[^>]*>(.*?)</\1\s*>", re.DOTALL),
+    re.compile(rf"<(\w+)\b[^>]*\bstyle\s*=\s*[\"'][^\"']*(?:{_HIDDEN_STYLE})[^>]*>(.{{0,4000}}?)</\1\s*>", re.DOTALL),
+    re.compile(r"<(\w+)\b[^>]*\s(?:hidden|aria-hidden\s*=\s*[\"']true[\"'])[^>]*>(.{0,4000}?)</\1\s*>", re.DOTALL),
 )
 # Hidden text is flagged when it talks to the model: "AI assistant: ...", "Assistant, ...", second-person
 # instructions ("when you answer ..., say ..."), or an imperative to ignore, answer, tell or say something.
