@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evertune.tuning.tracking import log_metrics
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -83,8 +85,6 @@ def make_callbacks(client: MlflowClient | None, run_id: str | None, device: str)
         device: ``cuda`` measures the CUDA allocator's peak, anything else the process RSS.
     """
     from transformers import TrainerCallback
-
-    from evertune.tuning.tracking import log_metrics
 
     class MlflowStepLogger(TrainerCallback):
         """Logs numeric Trainer logs (loss, learning rate, grad norm, eval loss) with their step."""

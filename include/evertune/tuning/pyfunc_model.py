@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError
+from evertune.tuning.answer import answer_spec
+from evertune.tuning.tracking import configure_mlflow
 
 if TYPE_CHECKING:
     from evertune.config import Params
@@ -175,9 +177,6 @@ def log_answer_model(
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from evertune.tuning.answer import answer_spec
-    from evertune.tuning.tracking import configure_mlflow
 
     configure_mlflow(params, settings)
     merged_dir = Path(merged_dir)

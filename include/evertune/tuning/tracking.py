@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evertune.config import Params, load_params
+from evertune.settings import Settings, get_settings
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-    from evertune.config import Params
-    from evertune.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,7 @@ _PARAM_LIMIT = 6000
 
 
 def _settings(settings: Settings | None) -> Settings:
-    if settings is None:
-        from evertune.settings import get_settings
-
-        settings = get_settings()
-    return settings
+    return get_settings() if settings is None else settings
 
 
 def use_tracking_uri(settings: Settings | None = None) -> str:
@@ -81,10 +77,7 @@ def configure_mlflow(params: Params | None = None, settings: Settings | None = N
     """
     import mlflow
 
-    if params is None:
-        from evertune.config import load_params
-
-        params = load_params()
+    params = load_params() if params is None else params
     settings = _settings(settings)
     use_tracking_uri(settings)
     client = mlflow_client(settings)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from evertune.config import training_params_hash
 from evertune.settings import REPO_ROOT, get_settings
+from evertune.tuning.callbacks import make_callbacks
+from evertune.tuning.tracking import configure_mlflow, end_run, log_metrics, log_params_once, open_run, set_tags
 from evertune.tuning.train_data import TrainingExamples, load_examples
 from evertune.tuning.train_state import (
     TrainingIdentity,
@@ -35,6 +37,16 @@ from evertune.tuning.train_state import (
     write_result,
     write_state,
 )
+from evertune.tuning.trainer import (
+    LoadedModel,
+    build_trainer,
+    checkpoint_step,
+    evaluation_metrics,
+    full_loss_history,
+    load_model,
+    run_training,
+    save_outputs,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -42,7 +54,6 @@ if TYPE_CHECKING:
 
     from evertune.config import Params
     from evertune.settings import Settings
-    from evertune.tuning.trainer import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +200,6 @@ def train_adapter(
         _log_end(run, result)
     write_result(plan.output_dir, plan.identity.result_key, result)
     if run is not None:
-        from evertune.tuning.tracking import end_run
-
         end_run(run.client, run.run_id, "FINISHED")
     return result
 
@@ -253,8 +262,6 @@ def _open_training_run(
     params: Params, settings: Settings, run_id: str | None, params_hash: str, *, remembered: bool
 ) -> TrackedRun:
     """The run to log into: ``run_id`` (re-opened if it ended) or a new ``train-<hash>`` run."""
-    from evertune.tuning.tracking import configure_mlflow, open_run
-
     client, experiment_id = configure_mlflow(params, settings)
     run_id = open_run(
         client, experiment_id, run_id, run_name=f"train-{params_hash[:8]}", tags={"evertune.stage": "train"},
@@ -275,18 +282,6 @@ def _train_and_save(
 
     A failing training marks ``run`` ``FAILED`` before the error propagates.
     """
-    from evertune.tuning.callbacks import make_callbacks
-    from evertune.tuning.tracking import end_run
-    from evertune.tuning.trainer import (
-        build_trainer,
-        checkpoint_step,
-        evaluation_metrics,
-        full_loss_history,
-        load_model,
-        run_training,
-        save_outputs,
-    )
-
     tp = params.train
     loaded = load_model(plan.base.path, plan.base.revision, params.lora, seed=tp.seed,
                         warm_start_adapter=plan.warm_start_adapter)  # fmt: skip
@@ -363,8 +358,6 @@ def run_tags(plan: TrainingPlan, device: str, precision: str) -> dict[str, str]:
 
 
 def _log_start(run: TrackedRun, params: Params, plan: TrainingPlan, loaded: LoadedModel) -> None:
-    from evertune.tuning.tracking import log_params_once, set_tags
-
     log_params_once(run.client, run.run_id, run_params(params, plan))
     set_tags(run.client, run.run_id, run_tags(plan, loaded.device, loaded.precision))
 
@@ -384,8 +377,6 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
 
 
 def _log_end(run: TrackedRun, result: TrainResult) -> None:
-    from evertune.tuning.tracking import log_metrics
-
     log_metrics(run.client, run.run_id, final_metrics(result), step=result.global_step)
     run.client.log_artifacts(run.run_id, result.adapter_dir, artifact_path="adapter")
     run.client.log_dict(run.run_id, result.to_dict(), "train/train_result.json")
