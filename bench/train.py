@@ -167,12 +167,8 @@ def _child(variant: str, model_path: str, data_path: str, steps: int, out_dir: s
     common.prepare_env()
     import torch
 
-    from evertune.tuning.train import (
-        choose_device,
-        read_jsonl,
-        resolve_packing,
-        to_sft_example,
-    )
+    from evertune.tuning.train_data import read_jsonl, to_sft_example
+    from evertune.tuning.trainer import choose_device, resolve_packing
 
     if os.environ.get("EVERTUNE_BENCH_TORCH_THREADS"):
         # Same for every variant; on an oversubscribed machine 1 thread avoids stalls at thread barriers.

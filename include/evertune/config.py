@@ -266,6 +266,18 @@ class Params(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+#: Sections whose values define a training candidate (the ``params_hash`` of a trained model).
+TRAINING_SECTIONS = ("base_model", "dataset", "train", "lora")
+
+
+def training_params_hash(params: Params) -> str:
+    """The ``params_hash`` of a trained candidate: :meth:`Params.section_hash` of :data:`TRAINING_SECTIONS`.
+
+    Training, registration and the tuning steps all key a candidate by it.
+    """
+    return params.section_hash(*TRAINING_SECTIONS)
+
+
 def default_params_path() -> Path:
     """Return the ``params.yaml`` to use: ``$EVERTUNE_PARAMS`` or the repository's own."""
     import os

@@ -31,7 +31,8 @@ def poisoned_home(evertune_home: Path, tiny_model_dir: Path) -> dict:
     """Validated and versioned demo days 1-6, and a champion (v1) already registered."""
     from evertune.demo.generator import generate_range
     from evertune.kb import refresh
-    from evertune.tuning.registry import promote, register_candidate
+    from evertune.tuning.promotion import promote
+    from evertune.tuning.registry import register_candidate
 
     params, settings = load_params(), get_settings()
     settings.ensure_local_dirs()

@@ -17,19 +17,18 @@ from evertune.config import Params, load_params, parse_params
 from evertune.errors import NothingToDo
 from evertune.settings import get_settings
 from evertune.tuning.gate import GateDecision
+from evertune.tuning.promotion import promote, rollback
 from evertune.tuning.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
     candidate_key,
-    configure_mlflow,
     download_champion_adapter,
     download_model_checkpoint,
     model_status,
-    promote,
     register_candidate,
-    rollback,
 )
+from evertune.tuning.tracking import configure_mlflow
 from evertune.tuning.train import train_adapter
 
 FACTS = [

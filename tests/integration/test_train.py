@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from evertune.config import Params, load_params, parse_params
+from evertune.config import Params, load_params, parse_params, training_params_hash
 from evertune.errors import ConfigError
 from evertune.settings import get_settings
-from evertune.tuning.train import (
-    STATE_FILE,
-    last_checkpoint,
-    mix_replay,
-    to_sft_example,
-    train_adapter,
-    training_params_hash,
-)
+from evertune.tuning.train import train_adapter
+from evertune.tuning.train_data import mix_replay, to_sft_example
+from evertune.tuning.train_state import STATE_FILE, last_checkpoint
 
 FACTS = [
     ("How do I export a notebook?", "Open the notebook menu and choose Export."),

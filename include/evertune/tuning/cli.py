@@ -50,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from evertune.tuning.registry import promote
+    from evertune.tuning.promotion import promote
 
     approved_by = args.approved_by or getpass.getuser()
     result = promote(_name(args), args.version, None, approved_by=approved_by, force=args.force)
@@ -59,7 +59,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from evertune.tuning.registry import rollback
+    from evertune.tuning.promotion import rollback
 
     _print(rollback(_name(args)).to_dict())
     return 0

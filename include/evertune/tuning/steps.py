@@ -180,7 +180,7 @@ def build_dataset(
 
 def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag_run_id: str | None) -> str:
     """The MLflow run that gathers drift, training, evaluation and gate of one tuning attempt (reused on retry)."""
-    from evertune.tuning.registry import configure_mlflow
+    from evertune.tuning.tracking import configure_mlflow
 
     client, experiment_id = configure_mlflow(params, settings)
     key = f"{dag_run_id or 'cli'}|{dataset['data_version']}"
@@ -198,12 +198,13 @@ def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag
 
 def _champion_reference(params: Params, settings: Settings) -> dict[str, Any] | None:
     """The champion's version and the data version it was trained on, if there is a champion."""
-    from evertune.tuning.registry import _client, champion_version
+    from evertune.tuning.registry import champion_version
+    from evertune.tuning.tracking import mlflow_client
 
     version = champion_version(params.registry.model_name, settings=settings)
     if version is None:
         return None
-    tags = _client(settings).get_model_version(params.registry.model_name, str(version)).tags
+    tags = mlflow_client(settings).get_model_version(params.registry.model_name, str(version)).tags
     return {"version": version, "data_version": tags.get("data_version"), "data_git_rev": tags.get("data_git_rev"),
             "data_folder": tags.get("data_folder")}
 
@@ -282,8 +283,9 @@ def train_candidate(
     Raises:
         NothingToDo: A registered version has the same candidate key.
     """
+    from evertune.config import training_params_hash
     from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
-    from evertune.tuning.train import train_adapter, training_params_hash
+    from evertune.tuning.train import train_adapter
 
     params, settings = _context(overrides)
     kb_version = _published_kb_version(params, settings)
@@ -338,7 +340,8 @@ def evaluate_candidate(
 
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
     from evertune.tuning.metrics import bootstrap_cis
-    from evertune.tuning.registry import champion_version, configure_mlflow, download_model_checkpoint
+    from evertune.tuning.registry import champion_version, download_model_checkpoint
+    from evertune.tuning.tracking import configure_mlflow
 
     params, settings = _context(overrides)
     configure_mlflow(params, settings)
@@ -388,7 +391,7 @@ def gate_candidate(
     import mlflow
 
     from evertune.tuning.gate import decide
-    from evertune.tuning.registry import configure_mlflow
+    from evertune.tuning.tracking import configure_mlflow
 
     params, settings = _context(overrides)
     decision = decide(evaluation["challenger"], evaluation["champion"], evaluation["ci"] or None,
@@ -416,7 +419,7 @@ def register_candidate(
     dag_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Register the evaluated candidate (alias ``challenger``) and promote it only when the gate passed."""
-    from evertune.tuning.registry import promote
+    from evertune.tuning.promotion import promote
     from evertune.tuning.registry import register_candidate as register
 
     params, settings = _context(overrides)
