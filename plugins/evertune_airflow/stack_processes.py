@@ -100,6 +100,7 @@ def log_dir(settings: Settings) -> Path:
 
 
 def pid_path(settings: Settings, name: str) -> Path:
+    """The PID file of component ``name`` (its session leader's PID)."""
     return run_dir(settings) / f"{name}.pid"
 
 
@@ -238,6 +239,7 @@ def log_tail(settings: Settings, component: str, lines: int = 60) -> str:
 
 
 def tail_file(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a text file (empty when it does not exist)."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
@@ -299,6 +301,7 @@ def stop(settings: Settings | None = None, timeout: float = 20.0, names: Iterabl
 
 
 def stop_unlocked(settings: Settings, timeout: float, names: Iterable[str] | None) -> StopResult:
+    """:func:`stop` for a caller that already holds :func:`stack_lock` (``up`` cleaning up after a failed start)."""
     import psutil
 
     ports = StackPorts.from_env()
