@@ -55,8 +55,7 @@ def _locked(answer: urllib3.BaseHTTPResponse) -> bool:
 
 
 def _backfill_busy(answer: urllib3.BaseHTTPResponse) -> bool:
-    """Whether ``POST /backfills`` was refused for a reason that passes: a locked SQLite, or the previous
-    backfill that the scheduler has not marked completed yet."""
+    """Whether ``POST /backfills`` was refused for a passing reason (see :meth:`AirflowClient.backfill`)."""
     text = answer.data.decode(errors="replace").lower()
     return (answer.status == 503 and "locked" in text) or (
         answer.status == 409 and "already a running backfill" in text)
@@ -77,7 +76,7 @@ def _retrying(waits: Sequence[float], should_retry: Callable[[Any], bool]):
 
 
 def _text(answer: urllib3.BaseHTTPResponse, limit: int) -> str:
-    return answer.data.decode(errors="replace")[:limit]
+    return answer.data.decode(errors="replace")[:limit]  # for error messages
 
 
 def _json(answer: urllib3.BaseHTTPResponse) -> Any:
@@ -131,8 +130,6 @@ class AirflowClient:
 
         return getattr(api, name)(self._api)
 
-    # -- transport -------------------------------------------------------------------------
-
     def _raw(self, method: str, path: str, *, auth: bool, query: dict[str, Any] | None = None,
              body: Any = None) -> urllib3.BaseHTTPResponse:
         """One request to any path (``/auth/token``, or a call the generated client has no method for)."""
@@ -160,7 +157,7 @@ class AirflowClient:
         try:
             return send()
         except urllib3.exceptions.HTTPError as exc:
-            raise StackError(f"{label}: {self.base_url} unreachable ({exc})") from exc
+            raise StackError(f"{label}: no answer from {self.base_url} ({exc})") from exc
 
     def _authorized(self, label: str, send: Callable[[], urllib3.BaseHTTPResponse]) -> urllib3.BaseHTTPResponse:
         """``send()`` with the bearer token; on 401 (an expired token) fetch a new one and send once more."""

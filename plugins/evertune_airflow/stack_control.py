@@ -233,8 +233,8 @@ def _up(settings: Settings, timeout: float, pools: dict[str, tuple[int, str]]) -
             stop_unlocked(settings, timeout=20.0, names=started)
             raise
     elapsed = time.monotonic() - begin
-    client = AirflowClient.connect(settings)
-    client.ensure_pools(pools)
+    with AirflowClient.connect(settings) as client:
+        client.ensure_pools(pools)
     return UpResult(started, running, elapsed, airflow_url(ports),
                     mlflow_url(ports) if mlflow_backend_uri(settings, ports) else None, client.password)
 
