@@ -24,7 +24,10 @@ from typing import Any
 from evertune.config import load_params
 from evertune.runtime import apply_offline_env
 from evertune.settings import get_settings
-from evertune_airflow import stack
+from evertune_airflow.stack_client import FINISHED_RUN_STATES, AirflowClient
+from evertune_airflow.stack_control import UpResult, up
+from evertune_airflow.stack_env import StackError, airflow_url, dags_folder, mlflow_url
+from evertune_airflow.stack_processes import log_dir
 
 REFRESH_DAG = "refresh_knowledge_base"
 TUNE_DAG = "tune_model"
@@ -67,14 +70,14 @@ def prepare_data() -> dict[str, Any]:
     return {"days": days, "good": good, "poisoned": poisoned}
 
 
-def _wait(client: stack.AirflowClient, dag_id: str, run_ids: list[str]) -> list[dict]:
+def _wait(client: AirflowClient, dag_id: str, run_ids: list[str]) -> list[dict]:
     runs = client.wait_for_runs(dag_id, run_ids, timeout=RUN_TIMEOUT_S, poll=5)
     for run in runs:
         _say(f"{dag_id} {run['dag_run_id']}: {run['state']}")
     return runs
 
 
-def _wait_new_runs(client: stack.AirflowClient, dag_id: str, known: set[str], timeout: float = 300) -> list[str]:
+def _wait_new_runs(client: AirflowClient, dag_id: str, known: set[str], timeout: float = 300) -> list[str]:
     """Wait until at least one run not in ``known`` exists (an asset- or time-triggered run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -82,7 +85,7 @@ def _wait_new_runs(client: stack.AirflowClient, dag_id: str, known: set[str], ti
         if new:
             return new
         time.sleep(3)
-    raise stack.StackError(f"no new {dag_id} run appeared within {timeout:.0f} s")
+    raise StackError(f"no new {dag_id} run appeared within {timeout:.0f} s")
 
 
 def run_demo() -> int:
@@ -92,15 +95,15 @@ def run_demo() -> int:
     dates = prepare_data()
     settings = get_settings()
     params = load_params()
-    up = stack.up(settings)
-    _say(up.describe())
+    started_stack = up(settings)
+    _say(started_stack.describe())
     problems: list[str] = []
     outcomes: list[str] = []
     champion_before: str | None = None
     poisoned_runs: list[str] = []
-    with stack.AirflowClient.connect(settings) as client:
+    with AirflowClient.connect(settings) as client:
         client.wait_for_dag(REFRESH_DAG, timeout=300)
-        has_tuning = (stack.dags_folder() / f"{TUNE_DAG}.py").is_file()
+        has_tuning = (dags_folder() / f"{TUNE_DAG}.py").is_file()
         if has_tuning:
             client.wait_for_dag(TUNE_DAG, timeout=300)
 
@@ -151,7 +154,7 @@ def run_demo() -> int:
     if has_tuning and dates["poisoned"]:
         outcomes.append(f"champion: v{champion_before or '-'} before the poisoned drop, "
                         f"v{_champion(params, settings) or '-'} after (must not move)")
-    print(_summary(runs, params, settings, up))
+    print(_summary(runs, params, settings, started_stack))
     if outcomes:
         print("== Expected outcomes ==\n  " + "\n  ".join(outcomes))
     _say(f"demo wall time {time.monotonic() - started:.0f} s")
@@ -162,16 +165,16 @@ def run_demo() -> int:
     return 0
 
 
-def _runs_or_empty(client: stack.AirflowClient, dag_id: str) -> list[dict]:
+def _runs_or_empty(client: AirflowClient, dag_id: str) -> list[dict]:
     return client.dag_runs(dag_id) if client.dag(dag_id) else []
 
 
-def _wait_all_idle(client: stack.AirflowClient, timeout: float = RUN_TIMEOUT_S) -> None:
+def _wait_all_idle(client: AirflowClient, timeout: float = RUN_TIMEOUT_S) -> None:
     """Wait for every run of the demo's DAGs (the scheduled ones included) to finish."""
     for dag_id in (REFRESH_DAG, TUNE_DAG):
         if not client.dag(dag_id):
             continue
-        pending = [r["dag_run_id"] for r in client.dag_runs(dag_id) if r["state"] not in stack.FINISHED_RUN_STATES]
+        pending = [r["dag_run_id"] for r in client.dag_runs(dag_id) if r["state"] not in FINISHED_RUN_STATES]
         if pending:
             _wait(client, dag_id, pending)
 
@@ -183,7 +186,7 @@ def _champion(params, settings) -> str | None:
     return model_summary(params, settings).get("aliases", {}).get("champion")
 
 
-def _rejected_before_training(client: stack.AirflowClient, settings, runs: list[dict],
+def _rejected_before_training(client: AirflowClient, settings, runs: list[dict],
                               dates: dict[str, Any]) -> dict[str, str]:
     """Failed tune runs that the poisoned data stopped at ``build_dataset``, before training: run id -> reason.
 
@@ -231,12 +234,12 @@ def _check_gate_expectations(params, settings, dates: dict[str, Any], champion_b
     return problems
 
 
-def _summary(runs: list[dict], params, settings, up: stack.UpResult) -> str:
+def _summary(runs: list[dict], params, settings, started: UpResult) -> str:
     from evertune.reporting import format_summary, kb_summary, model_summary
 
     urls = {
-        "Airflow UI": f"{stack.airflow_url()}  (user admin, password {up.password})",
-        "MLflow UI": stack.mlflow_url(),
+        "Airflow UI": f"{airflow_url()}  (user admin, password {started.password})",
+        "MLflow UI": mlflow_url(),
         "state folder": str(settings.home),
         "stop the stack": "make down",
     }
@@ -248,10 +251,9 @@ def main() -> int:
     """Entry point of ``python -m evertune_airflow.demo``."""
     try:
         return run_demo()
-    except stack.StackError as exc:
+    except StackError as exc:
         print(f"DEMO FAILED: {exc}", file=sys.stderr)
-        log_dir = stack.log_dir(get_settings())
-        print(f"component logs: {log_dir}", file=sys.stderr)
+        print(f"component logs: {log_dir(get_settings())}", file=sys.stderr)
         return 1
 
 

@@ -8,7 +8,7 @@ database stays locked for too long on a starved machine (its DB retries are shor
 then wait forever. This wrapper is what ``restart: on-failure`` is in compose:
 
 * the child stays in the wrapper's session and process group (the wrapper is the session leader the
-  stack records), so ``stack.stop``'s one signal per group reaches both;
+  stack records), so ``stack_processes.stop``'s one signal per group reaches both;
 * when the child exits without having been asked to stop, it logs the exit and starts it again after a
   growing back-off;
 * it gives up (and exits with the child's code) after ``--max-fast-failures`` consecutive exits that

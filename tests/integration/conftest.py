@@ -43,9 +43,9 @@ def free_ports(count: int) -> list[int]:
 @pytest.fixture
 def stack_ports(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Move every port of the embedded stack to distinct free ports for this test."""
-    from evertune_airflow import stack
+    from evertune_airflow import stack_env
 
-    ports = dict(zip(stack.PORT_VARS, free_ports(len(stack.PORT_VARS)), strict=True))
+    ports = dict(zip(stack_env.PORT_VARS, free_ports(len(stack_env.PORT_VARS)), strict=True))
     for variable, port in ports.items():
         monkeypatch.setenv(variable, str(port))
     return ports

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from evertune_airflow import stack_client, stack_control, stack_env, stack_processes
+
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 pytestmark = pytest.mark.slow
 
@@ -106,14 +108,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_dag_e
             port_picker) -> Iterator[dict]:
     """The stack in its production configuration; stopped (and verified stopped) afterwards."""
     from evertune.settings import get_settings
-    from evertune_airflow import stack
 
     home = tmp_path_factory.mktemp("cluster")
     base = tiny_dag_env(home)
     _run(base, "demo-data", "--days", str(len(DAYS)))
-    ports = dict(zip(stack.PORT_VARS, port_picker(len(stack.PORT_VARS)), strict=True))
+    ports = dict(zip(stack_env.PORT_VARS, port_picker(len(stack_env.PORT_VARS)), strict=True))
     # The second worker serves logs on worker_log + 1: make sure that port is free too.
-    while not stack.port_free(ports["EVERTUNE_WORKER_LOG_PORT"] + 1):
+    while not stack_processes.port_free(ports["EVERTUNE_WORKER_LOG_PORT"] + 1):
         ports["EVERTUNE_WORKER_LOG_PORT"] = port_picker(1)[0]
     production = {
         **{name: str(port) for name, port in ports.items()},
@@ -131,14 +132,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_dag_e
             patch.setenv(key, value)
         settings = get_settings()
         try:
-            started = stack.up(settings, timeout=600)
+            started = stack_control.up(settings, timeout=600)
             print(f"\n[distributed] {len(started.started)} components healthy after {started.seconds_to_healthy:.1f} s")
-            with stack.AirflowClient.connect(settings) as client:
-                yield {"home": home, "settings": settings, "client": client, "started": started, "stack": stack,
+            with stack_client.AirflowClient.connect(settings) as client:
+                yield {"home": home, "settings": settings, "client": client, "started": started,
                        "services": services}
         finally:
-            stopped = stack.stop(settings)
-            leftovers = stack.stack_processes(settings)
+            stopped = stack_processes.stop(settings)
+            leftovers = stack_processes.stack_processes(settings)
             assert not any(leftovers.values()), f"processes left running: {leftovers}"
             print(f"\n[distributed] stopped {stopped.stopped} in {stopped.seconds:.1f} s")
 
@@ -169,19 +170,19 @@ def _git(home: Path, *args: str) -> str:
 
 
 def test_components_run_as_the_production_topology(cluster: dict) -> None:
-    stack, settings = cluster["stack"], cluster["settings"]
-    env = stack.airflow_env(settings)
+    settings = cluster["settings"]
+    env = stack_env.airflow_env(settings)
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
-    state = stack.health(settings)
+    state = stack_control.health(settings)
     assert state["healthy"], state
     assert state["workers"] == {"worker": "healthy", "worker-gpu": "healthy"}
     # FAB checks credentials: a wrong password gets no token.
     import httpx
 
-    answer = httpx.post(f"{stack.airflow_url()}/auth/token", json={"username": "admin", "password": "wrong"})
+    answer = httpx.post(f"{stack_env.airflow_url()}/auth/token", json={"username": "admin", "password": "wrong"})
     assert answer.status_code in (401, 403), answer.text
 
 
@@ -213,7 +214,7 @@ def test_concurrent_backfill_runs_match_serial_runs(cluster: dict, serial_refere
 
 
 def test_training_runs_on_the_gpu_worker_and_mlflow_lands_in_postgres(cluster: dict) -> None:
-    client, settings, stack = cluster["client"], cluster["settings"], cluster["stack"]
+    client, settings = cluster["client"], cluster["settings"]
     client.wait_for_dag("tune_model", timeout=300)
     client.unpause("tune_model")
     # Unpausing may also start runs of its own (the backfill's validated_data events, the weekly cron):
@@ -233,7 +234,7 @@ def test_training_runs_on_the_gpu_worker_and_mlflow_lands_in_postgres(cluster: d
         assert {ti["queue"] for name, ti in tis.items() if name != "train"} == {"default"}
 
     # Which worker executed what: each worker logs the workloads it received.
-    logs = {name: (stack.log_dir(settings) / f"{name}.log").read_text(errors="replace")
+    logs = {name: (stack_processes.log_dir(settings) / f"{name}.log").read_text(errors="replace")
             for name in ("worker", "worker-gpu")}
     workload = re.compile(r"Executing workload in Celery: .*?task_id='(\w+)', dag_id='tune_model'")
     executed = {name: set(workload.findall(text)) for name, text in logs.items()}
@@ -257,7 +258,8 @@ def test_training_runs_on_the_gpu_worker_and_mlflow_lands_in_postgres(cluster: d
 
     # No secret reaches a task log or an XCom value.
     password = cluster["services"]["password"]
-    task_logs = "".join(p.read_text(errors="replace") for p in (stack.log_dir(settings) / "airflow").rglob("*.log"))
+    task_logs = "".join(p.read_text(errors="replace")
+                        for p in (stack_processes.log_dir(settings) / "airflow").rglob("*.log"))
     assert task_logs and password not in task_logs
     for run, run_tis in tis_by_run.items():
         for task_id in run_tis:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evertune.settings import get_settings
-from evertune_airflow import stack
+from evertune_airflow import stack_client, stack_control, stack_env, stack_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -51,10 +51,10 @@ def test_task_longer_than_token_lifetime_survives(
     monkeypatch.setenv("EVERTUNE_TASK_TOKEN_TTL", str(TOKEN_TTL_S))
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
     settings = get_settings()
-    assert stack.airflow_env(settings)["AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"] == str(TOKEN_TTL_S)
-    stack.up(settings)
+    assert stack_env.airflow_env(settings)["AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME"] == str(TOKEN_TTL_S)
+    stack_control.up(settings)
     try:
-        with stack.AirflowClient.connect(settings) as client:
+        with stack_client.AirflowClient.connect(settings) as client:
             client.wait_for_dag("long_task_probe", timeout=240)
             client.unpause("long_task_probe")
             run_id = client.trigger("long_task_probe")
@@ -64,4 +64,4 @@ def test_task_longer_than_token_lifetime_survives(
             assert ti["try_number"] == 1
             assert ti["duration"] >= TASK_S > 3 * TOKEN_TTL_S
     finally:
-        stack.stop(settings)
+        stack_processes.stop(settings)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 
 def _home_env(home: Path) -> dict[str, str]:
-    from evertune_airflow.stack import airflow_env
+    from evertune_airflow.stack_env import airflow_env
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "EVERTUNE_", "MLFLOW_"))}
     env["EVERTUNE_HOME"] = str(home)
@@ -125,7 +125,7 @@ def test_backfill_under_the_scheduler_equals_on_time_runs(
     on_time: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack_ports: dict[str, int]
 ) -> None:
     from evertune.settings import get_settings
-    from evertune_airflow import stack
+    from evertune_airflow import stack_client, stack_control, stack_env, stack_processes
 
     home = tmp_path / "backfill"
     home.mkdir()
@@ -134,18 +134,18 @@ def test_backfill_under_the_scheduler_equals_on_time_runs(
     monkeypatch.delenv("AIRFLOW_HOME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = get_settings()
-    stack.up(settings)
+    stack_control.up(settings)
     try:
-        with stack.AirflowClient.connect(settings) as client:
+        with stack_client.AirflowClient.connect(settings) as client:
             client.wait_for_dag("refresh_knowledge_base", timeout=300)
             client.unpause("refresh_knowledge_base")
             created = client.backfill("refresh_knowledge_base", DAYS[0], DAYS[-1], max_active_runs=1)
             try:
                 runs = client.wait_for_runs("refresh_knowledge_base", created["run_ids"], timeout=1500, poll=5)
-            except stack.StackError as exc:
-                pytest.fail(f"{exc}\n--- scheduler log:\n{stack.log_tail(settings, 'scheduler', 80)}")
+            except stack_env.StackError as exc:
+                pytest.fail(f"{exc}\n--- scheduler log:\n{stack_processes.log_tail(settings, 'scheduler', 80)}")
             assert [r["state"] for r in runs] == ["success"] * len(DAYS), runs
     finally:
-        stack.stop(settings)
+        stack_processes.stop(settings)
     assert _table_state(home) == on_time["table"]
     assert _data_versions(home) == on_time["data"]

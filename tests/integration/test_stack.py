@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from evertune.settings import get_settings
-from evertune_airflow import stack
+from evertune_airflow import stack_client, stack_control, stack_env, stack_processes
 from evertune_airflow.defaults import POOLS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -59,33 +59,33 @@ def alive(pid: int) -> bool:
 
 def test_airflow_env_points_everything_into_the_state_folder(stack_home: Path) -> None:
     settings = get_settings()
-    env = stack.airflow_env(settings)
+    env = stack_env.airflow_env(settings)
     assert env["AIRFLOW_HOME"] == str(stack_home / "airflow")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{stack_home / 'airflow' / 'airflow.db'}"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"].endswith("dags")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    assert env["MLFLOW_TRACKING_URI"] == stack.mlflow_url()
+    assert env["MLFLOW_TRACKING_URI"] == stack_env.mlflow_url()
     assert env["HF_HUB_OFFLINE"] == "1"
     # The shared secrets are generated once and reused.
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == stack.airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == stack_env.airflow_env(settings)["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64
 
 
 def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
     settings = get_settings()
-    ports = stack.StackPorts.from_env()
+    ports = stack_env.StackPorts.from_env()
     pids: set[int] = set()
     try:
-        result = stack.up(settings, timeout=400)
+        result = stack_control.up(settings, timeout=400)
         assert set(result.started) == {"api-server", "dag-processor", "scheduler", "triggerer", "mlflow"}
         assert result.password
         print(f"\n[stack] healthy after {result.seconds_to_healthy:.1f} s")
-        state = stack.health(settings)
+        state = stack_control.health(settings)
         assert state["healthy"], state
         assert state["mlflow"] == "healthy"
-        assert stack.up(settings).started == [], "a second up must not start anything"
+        assert stack_control.up(settings).started == [], "a second up must not start anything"
 
-        with stack.AirflowClient.connect(settings) as client:
+        with stack_client.AirflowClient.connect(settings) as client:
             pools = client.pools()
             assert {name: pools.get(name) for name in POOLS} == {name: slots for name, (slots, _) in POOLS.items()}
             # New DAGs start paused (Airflow's default); nothing runs until unpaused.
@@ -109,17 +109,17 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
             assert {r["run_type"] for r in runs} == {"backfill"}
 
         time.sleep(5)  # let the finished runs' workers go idle before measuring
-        usage = stack.memory(settings)
+        usage = stack_processes.memory(settings)
         print(f"[stack] idle: {sum(int(v['processes']) for v in usage.values())} processes, "
               f"{sum(v['rss_mib'] for v in usage.values()):.0f} MiB RSS, "
               f"{sum(v['pss_mib'] for v in usage.values()):.0f} MiB PSS")
-        print(stack.status_text(settings))
+        print(stack_control.status_text(settings))
     finally:
-        pids = {p.pid for procs in stack.stack_processes(settings).values() for p in procs}
-        stopped = stack.stop(settings)
+        pids = {p.pid for procs in stack_processes.stack_processes(settings).values() for p in procs}
+        stopped = stack_processes.stop(settings)
     print(f"[stack] stopped in {stopped.seconds:.1f} s, SIGKILL for {len(stopped.killed)}")
     assert len(pids) >= 5
     assert [pid for pid in pids if alive(pid)] == []
-    assert all(stack.port_free(port) for port in ports.all().values())
+    assert all(stack_processes.port_free(port) for port in ports.all().values())
     assert not list((stack_home / "run").glob("*.pid"))
-    assert "stopped" in stack.status_text(settings)
+    assert "stopped" in stack_control.status_text(settings)

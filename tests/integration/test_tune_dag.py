@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tuned_home(tmp_path_factory: pytest.TempPathFactory, tiny_dag_env) -> dict:
-    from evertune_airflow.stack import airflow_env
+    from evertune_airflow.stack_env import airflow_env
 
     home = tmp_path_factory.mktemp("tune-home")
     base = tiny_dag_env(home)
