@@ -55,7 +55,9 @@ GENERIC_HEADINGS = frozenset(
     "summary|troubleshooting|upgrade notes".split("|")
 )
 _PRONOUNS = frozenset("it its this that these those they them there here you we i he she".split())
-_NOT_NOUN_LEADS = frozenset("after before during example for from how if in on other the things what when while why with without".split())
+_NOT_NOUN_LEADS = frozenset(
+    "after before during example for from how if in on other the things what when while why with without".split()
+)
 _VAGUE = frozenset("current default first following good last main manual new next old only other same usual".split())
 _HOST_SUFFIXES = (".example", ".com", ".org", ".net", ".io", ".internal", ".local")
 _NOUN_TEMPLATES = ("What should I know about {}?", "How does {} work?", "Where are {} explained?")
