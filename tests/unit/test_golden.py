@@ -340,3 +340,18 @@ def test_published_documents_leaves_out_tombstoned(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(dataset, "current_documents", lambda dirs: rows)
     monkeypatch.setattr(dataset, "collect_deleted_doc_ids", lambda dirs, docs: {"b-doc"})
     assert drafts_mod.published_documents(tmp_path) == [{"doc_id": "a-doc"}]
+
+
+def test_kb_golden_init_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from evertune.kb import cli as kb_cli
+
+    calls = []
+    monkeypatch.setattr(drafts_mod, "init_command", lambda *a, **kw: calls.append((a[1], kw)) or {"drafts": 2})
+    parser = argparse.ArgumentParser()
+    kb_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["kb", "golden", "init", "--partition", "2026-12-02", "--per-doc", "2", "--force"])
+    assert args.func(args) == 0
+    assert calls == [("2026-12-02", {"per_doc": 2, "seed": 0, "overwrite": True})]
+    assert json.loads(capsys.readouterr().out) == {"drafts": 2}
