@@ -222,18 +222,22 @@ def test_draft_rejects_bad_per_doc() -> None:
 
 
 # --------------------------------------------------------------------------- drafting on the technical corpus
+def _corpus_params():
+    from evertune.config import apply_overrides, load_params
+
+    return apply_overrides(load_params(), {
+        "validate.allowed_sources": ["product-docs", "runbooks", "changelog", "community"],
+        "validate.allowed_url_prefixes": ["https://docs.fjordbase.example/"],
+    })  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def corpus_documents(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    from evertune.config import apply_overrides, load_params
     from evertune.kb.ingest import ingest_partition
 
     tmp = tmp_path_factory.mktemp("golden-corpus")
     shutil.copytree(CORPUS, tmp / "ds=2026-12-01")
-    params = apply_overrides(load_params(), {
-        "validate.allowed_sources": ["product-docs", "runbooks", "changelog", "community"],
-        "validate.allowed_url_prefixes": ["https://docs.fjordbase.example/"],
-    })  # fmt: skip
-    result = ingest_partition(str(tmp), "2026-12-01", params)
+    result = ingest_partition(str(tmp), "2026-12-01", _corpus_params())
     assert result.quarantine.empty
     return result.documents.to_dict("records")
 
@@ -327,6 +331,8 @@ def test_init_command_writes_drafts_into_landing(tmp_path: Path, monkeypatch: py
     with pytest.raises(ConfigError, match="already exists"):
         drafts_mod.init_command(settings, "2026-12-02")
     assert drafts_mod.init_command(settings, "2026-12-02", overwrite=True)["drafts"] == 1
+    with pytest.raises(ConfigError, match="needs params"):
+        drafts_mod.init_command(settings, "2026-12-04", from_landing="2026-12-04")
     monkeypatch.setattr(drafts_mod, "published_documents", lambda root: [])
     with pytest.raises(NothingToDo, match="run a refresh first"):
         drafts_mod.init_command(settings, "2026-12-03")
@@ -353,5 +359,27 @@ def test_kb_golden_init_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     kb_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["kb", "golden", "init", "--partition", "2026-12-02", "--per-doc", "2", "--force"])
     assert args.func(args) == 0
-    assert calls == [("2026-12-02", {"per_doc": 2, "seed": 0, "overwrite": True})]
+    assert calls[0][0] == "2026-12-02" and calls[0][1]["from_landing"] is None
+    assert {k: calls[0][1][k] for k in ("per_doc", "seed", "overwrite")} == {"per_doc": 2, "seed": 0, "overwrite": True}
     assert json.loads(capsys.readouterr().out) == {"drafts": 2}
+
+
+def test_init_from_a_landing_partition(tmp_path: Path, corpus_documents: list[dict]) -> None:
+    """A first golden set before any refresh: drafted from the landing partition itself, tombstones left out."""
+    import dataclasses
+
+    from evertune.settings import Settings
+
+    landing = tmp_path / "landing"
+    shutil.copytree(CORPUS, landing / "ds=2026-12-01")
+    (landing / "ds=2026-12-01" / "tombstones.jsonl").write_text(
+        '{"doc_id": "glossary", "deleted_at": "2026-12-01T00:00:00+00:00"}\n', encoding="utf-8"
+    )
+    settings = dataclasses.replace(Settings.from_env(), landing_uri=str(landing), data_repo=tmp_path / "repo")
+    result = drafts_mod.init_command(settings, "2026-12-01", from_landing="2026-12-01", params=_corpus_params())
+    lines = [json.loads(line) for line in Path(result["path"]).read_text(encoding="utf-8").splitlines()]
+    assert result["documents"] == 35 and result["drafts"] == len(lines) and result["documents_without_drafts"] == []
+    assert "glossary" not in {doc for line in lines for doc in line["relevant_doc_ids"]}
+    live = {d["doc_id"] for d in corpus_documents} - {"glossary"}
+    fitted = require_golden(apply_doc_state(fold_golden([("2026-12-01", lines)]), live, {"glossary"}))
+    assert fitted.size == len(lines) and fitted.summary()["unreviewed_drafts"] is True

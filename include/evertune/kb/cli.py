@@ -65,10 +65,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_golden_init(args: argparse.Namespace) -> int:
     """Draft a golden retrieval set from the validated documents into a landing partition, for review."""
     from evertune.kb.golden_drafts import init_command
-    from evertune.settings import get_settings
 
-    partition = args.partition or dt.datetime.now(dt.UTC).date().isoformat()
-    _print(init_command(get_settings(), partition, per_doc=args.per_doc, seed=args.seed, overwrite=args.force))
+    params, settings = _context(args)
+    partition = args.partition or args.from_landing or dt.datetime.now(dt.UTC).date().isoformat()
+    result = init_command(
+        settings, partition, from_landing=args.from_landing, params=params, per_doc=args.per_doc, seed=args.seed,
+        overwrite=args.force,
+    )  # fmt: skip
+    _print(result)
     return 0
 
 
@@ -105,7 +109,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     golden = commands.add_parser("golden", help="golden retrieval set (see docs/golden-sets.md)")
     golden_commands = golden.add_subparsers(dest="golden_command", required=True, metavar="{init}")
     init = golden_commands.add_parser("init", help="draft golden queries from the documents into the landing zone")
-    init.add_argument("--partition", default=None, metavar="YYYY-MM-DD", help="landing partition (default: today)")
+    init.add_argument(
+        "--partition",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="landing partition to write (default: --from-landing, else today)",
+    )
+    init.add_argument(
+        "--from-landing", default=None, metavar="YYYY-MM-DD", help="draft from this landing partition's documents"
+    )
     init.add_argument("--per-doc", type=int, default=3, help="at most this many drafts per document (default 3)")
     init.add_argument("--seed", type=int, default=0, help="draft selection seed (default 0)")
     init.add_argument("--force", action="store_true", help="replace an existing golden/retrieval.jsonl")

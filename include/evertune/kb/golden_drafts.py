@@ -32,6 +32,7 @@ from evertune.kb.golden import RETRIEVAL, canonical_jsonl
 from evertune.kb.records import content_hash
 
 if TYPE_CHECKING:
+    from evertune.config import Params
     from evertune.settings import Settings
 
 HEADING = "heading"
@@ -278,6 +279,19 @@ def published_documents(validated_root: Path) -> list[dict[str, Any]]:
     return [documents[doc_id] for doc_id in sorted(documents) if doc_id not in deleted]
 
 
+def landing_documents(landing_uri: str, interval: str, params: Params) -> list[dict[str, Any]]:
+    """The documents of one landing partition, read by the ingest step, less those its tombstones delete.
+
+    For a first golden set before any refresh ran: the documents are not validated yet, so a draft may name one
+    that validation later quarantines (the evaluation then quarantines that draft as ``unknown_document``).
+    """
+    from evertune.kb.ingest import ingest_partition
+
+    result = ingest_partition(landing_uri, interval, params)
+    deleted = set(result.tombstones["doc_id"]) if len(result.tombstones) else set()
+    return [row for row in result.documents.to_dict("records") if row["doc_id"] not in deleted]
+
+
 def write_landing_drafts(landing_uri: str, interval: str, drafts: list[dict], *, overwrite: bool = False) -> str:
     """Write drafts as ``<landing>/ds=<interval>/golden/retrieval.jsonl`` (any fsspec URL) and return its URI.
 
@@ -299,17 +313,27 @@ def write_landing_drafts(landing_uri: str, interval: str, drafts: list[dict], *,
 
 
 def init_command(
-    settings: Settings, out_partition: str, *, per_doc: int = 3, seed: int = 0, overwrite: bool = False
+    settings: Settings,
+    out_partition: str,
+    *,
+    from_landing: str | None = None,
+    params: Params | None = None,
+    per_doc: int = 3,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """``evertune kb golden init``: draft a golden retrieval set from the documents and land it for review.
 
     Reads the current validated documents (``<data_repo>/validated``, tombstoned ones left out: what refresh
-    publishes), drafts queries with :func:`draft_golden_queries` and writes them into the landing partition
+    publishes) or, with ``from_landing``, the documents of that landing partition (before any refresh ran),
+    drafts queries with :func:`draft_golden_queries` and writes them into the landing partition
     ``out_partition`` as ``golden/retrieval.jsonl``, every line marked ``"draft": true``.
 
     Args:
         settings: Deployment settings (``data_repo``, ``landing_uri``).
         out_partition: The landing partition date ``YYYY-MM-DD`` to write into.
+        from_landing: Draft from this landing partition's documents instead of the validated history.
+        params: Pipeline params (``ingest``); required with ``from_landing``.
         per_doc: At most this many drafts per document.
         seed: Draft selection seed.
         overwrite: Replace an existing ``golden/retrieval.jsonl`` in that partition.
@@ -318,12 +342,21 @@ def init_command(
         ``{"path", "drafts", "documents", "documents_without_drafts": [doc_id, ...]}``.
 
     Raises:
-        NothingToDo: There are no validated documents yet (run a refresh first).
-        ConfigError: Bad partition date, or the file exists and ``overwrite`` is False.
+        NothingToDo: There are no documents to draft from.
+        ConfigError: Bad partition date, the file exists and ``overwrite`` is False, or ``from_landing``
+            without ``params``.
     """
-    documents = published_documents(settings.data_repo / "validated")
+    if from_landing is None:
+        documents = published_documents(settings.data_repo / "validated")
+        where = f"validated documents under {settings.data_repo / 'validated'}: run a refresh first, or pass"
+        where += " --from-landing YYYY-MM-DD to draft from a landing partition"
+    elif params is None:
+        raise ConfigError("init_command(from_landing=...) needs params (the ingest settings)")
+    else:
+        documents = landing_documents(settings.landing_uri, from_landing, params)
+        where = f"documents in landing partition ds={from_landing}"
     if not documents:
-        raise NothingToDo(f"no validated documents under {settings.data_repo / 'validated'}: run a refresh first")
+        raise NothingToDo(f"no {where}")
     drafts = draft_golden_queries(documents, per_doc=per_doc, seed=seed)
     path = write_landing_drafts(settings.landing_uri, out_partition, drafts, overwrite=overwrite)
     covered = {doc_id for draft in drafts for doc_id in draft["relevant_doc_ids"]}
