@@ -26,7 +26,9 @@ from evertune.kb.golden import (
     canonical_jsonl,
     fold_golden,
     parse_line,
+    qa_line,
     require_golden,
+    retrieval_line,
 )
 from evertune.kb.golden_drafts import draft_golden_queries, heading_question, headings, key_terms
 from evertune.kb.records import Reject
@@ -63,6 +65,8 @@ def test_parse_line_draft_and_retire_lines() -> None:
     assert "draft" not in parse_line(RETRIEVAL, _q("g-1", "Q?", "doc-a", draft=False))
     assert parse_line(RETRIEVAL, _retire("g-1")) == {"query_id": "g-1", "retire": True, "reason": RETIRED_BY_DROP}
     assert parse_line(QA, {"qa_id": "q-9", "retire": True, "reason": " stale "})["reason"] == "stale"
+    assert retrieval_line(_retire("g-1"), "golden/retrieval.jsonl:1") == parse_line(RETRIEVAL, _retire("g-1"))
+    assert qa_line({"qa_id": "q-9", "retire": True}, "golden/qa.jsonl:1")["retire"] is True
 
 
 @pytest.mark.parametrize(

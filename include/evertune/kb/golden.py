@@ -204,6 +204,16 @@ def parse_line(kind: GoldenKind, record: dict[str, Any], ref: str = "") -> dict[
     return item
 
 
+def retrieval_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
+    """Ingest handler of ``golden/retrieval.jsonl``: :func:`parse_line` for :data:`RETRIEVAL`."""
+    return parse_line(RETRIEVAL, record, ref)
+
+
+def qa_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
+    """Ingest handler of ``golden/qa.jsonl``: :func:`parse_line` for :data:`QA`."""
+    return parse_line(QA, record, ref)
+
+
 def _parse_drop(kind: GoldenKind, interval: str, records: Iterable[Any]) -> tuple[dict[str, dict], list[GoldenIssue]]:
     """Parse one interval's lines; an id with different lines in the same drop is set aside (order-free)."""
     issues: list[GoldenIssue] = []
