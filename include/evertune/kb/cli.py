@@ -7,6 +7,7 @@ code; ``register`` wires them as ``func`` defaults, the convention of the top-le
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -61,8 +62,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_golden_init(args: argparse.Namespace) -> int:
+    """Draft a golden retrieval set from the validated documents into a landing partition, for review."""
+    from evertune.kb.golden_drafts import init_command
+
+    params, settings = _context(args)
+    partition = args.partition or args.from_landing or dt.datetime.now(dt.UTC).date().isoformat()
+    result = init_command(
+        settings, partition, from_landing=args.from_landing, params=params, per_doc=args.per_doc, seed=args.seed,
+        overwrite=args.force,
+    )  # fmt: skip
+    _print(result)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``kb`` command group (history, rollback, search) to a top-level CLI.
+    """Add the ``kb`` command group (history, rollback, search, golden init) to a top-level CLI.
 
     Args:
         subparsers: The result of ``parser.add_subparsers()`` of the top-level parser.
@@ -71,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         The ``kb`` parser.
     """
     kb = subparsers.add_parser("kb", help="inspect and operate the published knowledge-base index")
-    commands = kb.add_subparsers(dest="kb_command", required=True, metavar="{history,rollback,search}")
+    commands = kb.add_subparsers(dest="kb_command", required=True, metavar="{history,rollback,search,golden}")
 
     history = commands.add_parser("history", help="publish / rollback / rejection log")
     history.add_argument("--limit", type=int, default=0, help="only the last N events")
@@ -90,4 +105,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     find.add_argument("--dedupe-docs", action="store_true", help="best chunk per document only")
     find.set_defaults(func=cmd_search)
+
+    golden = commands.add_parser("golden", help="golden retrieval set (see docs/golden-sets.md)")
+    golden_commands = golden.add_subparsers(dest="golden_command", required=True, metavar="{init}")
+    init = golden_commands.add_parser("init", help="draft golden queries from the documents into the landing zone")
+    init.add_argument(
+        "--partition",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="landing partition to write (default: --from-landing, else today)",
+    )
+    init.add_argument(
+        "--from-landing", default=None, metavar="YYYY-MM-DD", help="draft from this landing partition's documents"
+    )
+    init.add_argument("--per-doc", type=int, default=3, help="at most this many drafts per document (default 3)")
+    init.add_argument("--seed", type=int, default=0, help="draft selection seed (default 0)")
+    init.add_argument("--force", action="store_true", help="replace an existing golden/retrieval.jsonl")
+    init.set_defaults(func=cmd_golden_init)
     return kb
