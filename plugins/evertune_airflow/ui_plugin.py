@@ -2,7 +2,7 @@
 
 ``fastapi_apps`` mounts :func:`evertune_airflow.run_pages.create_app` under ``/evertune`` in the
 api-server; ``external_views`` adds the tab (``destination="dag_run"``, with ``url_route`` so the React
-UI shows the page in an iframe at ``/dags/<dag>/runs/<run>/evertune``). The page enforces Airflow's own
+UI shows the page in an iframe at ``/dags/<dag>/runs/<run>/plugin/evertune``). The page enforces Airflow's own
 auth itself (:mod:`evertune_airflow.ui_auth`).
 
 Registered through ``plugins/evertune_ui.py`` (the plugins folder imports loose files; the package
