@@ -110,3 +110,21 @@ def test_unknown_run_is_a_clear_404_after_auth(client: TestClient) -> None:
     assert "No run 'nope' of DAG 'tune_model'" in html.unescape(answer.text)
     assert "Traceback" not in answer.text
     assert client.get("/runs/tune_model/nope").status_code == 401
+
+
+def test_data_docs_are_served_from_the_reported_site_only(client: TestClient, tmp_path, monkeypatch) -> None:
+    site = tmp_path / "site"
+    (site / "validations").mkdir(parents=True)
+    (site / "validations" / "kb-2026-11-02.html").write_text("<p>expectations</p>")
+    (tmp_path / "secret.txt").write_text("outside the site")
+    record = RunRecord("refresh_knowledge_base", "r1", "success", results={
+        "validate_documents": {"interval": "2026-11-02", "data_docs": (site / "index.html").as_uri()}})
+    monkeypatch.setattr(run_pages, "load_run", lambda dag_id, run_id: record if run_id == "r1" else None)
+    base = "/data-docs/refresh_knowledge_base/r1/"
+    assert client.get(base + "validations/kb-2026-11-02.html").status_code == 401
+    answer = client.get(base + "validations/kb-2026-11-02.html", headers=bearer(mint()))
+    assert answer.status_code == 200 and "expectations" in answer.text
+    for escape in ("../secret.txt", "%2E%2E/secret.txt", "validations/../../secret.txt"):
+        refused = client.get(base + escape, headers=bearer(mint()))
+        assert refused.status_code == 404, escape
+        assert "outside the site" not in refused.text
