@@ -77,6 +77,7 @@ def test_run_page_on_the_real_api_server(page_stack: Path) -> None:
             [view] = plugin["external_views"]
             assert view["destination"] == "dag_run" and view["url_route"] == "evertune"
             assert view["href"] == "/evertune/runs/{DAG_ID}/{RUN_ID}"
+            assert client.request("GET", "/api/v2/plugins/importErrors")["import_errors"] == []
 
             assert client.wait_for_dag("tune_model", timeout=120)["is_paused"] is True
             queued = client.trigger("tune_model")  # paused: stays queued, nothing has run
