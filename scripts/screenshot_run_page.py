@@ -41,8 +41,11 @@ from urllib.parse import quote
 
 import httpx
 
-from evertune_airflow import stack
 from evertune_airflow.run_pages import run_page_path
+from evertune_airflow.stack_client import AirflowClient
+from evertune_airflow.stack_control import up
+from evertune_airflow.stack_env import airflow_url
+from evertune_airflow.stack_processes import stop
 
 #: What a page of each DAG shows once it has a verdict (the default ``--expect``).
 DEFAULT_EXPECT = {"tune_model": ["Gate decision", "Metrics against the champion"],
@@ -163,7 +166,7 @@ def screenshot(tools: DevTools, url: str, path: Path, expression: str, expected:
     return text, [item for item in expected if item not in text]
 
 
-def latest_run(client: stack.AirflowClient, dag_id: str) -> str:
+def latest_run(client: AirflowClient, dag_id: str) -> str:
     """The run id of ``dag_id``'s most recent run."""
     runs = client.request("GET", f"/api/v2/dags/{dag_id}/dagRuns",
                           params={"order_by": "-run_after", "limit": 1})["dag_runs"]
@@ -180,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", action="append", help="text the rendered page must contain (repeatable)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each page's text")
     args = parser.parse_args(argv)
-    base = stack.airflow_url()
-    with stack.AirflowClient.connect() as client:
+    base = airflow_url()
+    with AirflowClient.connect() as client:
         token = client.token()
         run_id = args.run_id or latest_run(client, args.dag_id)
     expected = args.expect or DEFAULT_EXPECT.get(args.dag_id, ["Task states"])

@@ -17,9 +17,12 @@ import httpx
 import pytest
 
 from evertune.settings import get_settings
-from evertune_airflow import stack
 from evertune_airflow.run_pages import run_page_path
 from evertune_airflow.run_sections import NOT_EVALUATED
+from evertune_airflow.stack_client import AirflowClient
+from evertune_airflow.stack_control import up
+from evertune_airflow.stack_env import airflow_url
+from evertune_airflow.stack_processes import stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,9 +72,9 @@ def test_run_page_on_the_real_api_server(page_stack: Path) -> None:
     settings = get_settings()
     started = time.monotonic()
     try:
-        stack.up(settings, timeout=240)
-        base = stack.airflow_url()
-        with stack.AirflowClient.connect(settings) as client, httpx.Client(base_url=base, timeout=30) as http:
+        up(settings, timeout=240)
+        base = airflow_url()
+        with AirflowClient.connect(settings) as client, httpx.Client(base_url=base, timeout=30) as http:
             plugins = client.request("GET", "/api/v2/plugins")["plugins"]
             [plugin] = [p for p in plugins if p["name"] == "evertune"]
             [view] = plugin["external_views"]
@@ -110,5 +113,5 @@ def test_run_page_on_the_real_api_server(page_stack: Path) -> None:
             http.cookies.set("_token", auth["Authorization"].split()[1])
             assert http.get(run_page_path("tune_model", queued)).status_code == 200  # the UI's cookie works
     finally:
-        stack.stop(settings)
+        stop(settings)
     print(f"\n[run page] stack up, two checks and down in {time.monotonic() - started:.0f} s")
