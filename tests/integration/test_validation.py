@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from evertune.config import Params, apply_overrides, load_params
+from evertune.data.snapshot import FILES
 from evertune.errors import CriticalValidationError
 from evertune.kb.ingest import DOC_COLUMNS, ingest_partition
-from evertune.kb.validation import OUTPUT_FILES, read_validated, validate_documents, write_validated
+from evertune.kb.validation import read_validated, validate_documents, write_validated
 from evertune.settings import Settings, get_settings
 
 INTERVAL = "2026-11-04"
@@ -160,8 +161,8 @@ def test_rerun_reuses_the_gx_context(mixed_drop: Path, params: Params, settings:
     write_validated(first, out_a)
     paths = write_validated(second, out_b)
     write_validated(second, out_a)  # overwriting in place gives the same bytes as well
-    assert set(paths) == set(OUTPUT_FILES)
-    for name in OUTPUT_FILES.values():
+    assert set(paths) == set(FILES)
+    for name in FILES.values():
         assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
     report = json.loads((out_a / "report.json").read_text())
     assert "data_docs" not in report and str(settings.home) not in (out_a / "report.json").read_text()

@@ -199,23 +199,29 @@ def _sources() -> list[Path]:
     return files
 
 
-def test_only_the_contract_names_the_validated_files() -> None:
+def _naming(path: Path) -> list[str]:
+    """String literals of ``path`` that name a file of the validated folder."""
     names = "|".join(re.escape(name) for name in snapshot.FILES.values())
     pattern = re.compile(rf"(?<![\w.-])(?:{names})(?![\w.-])")
+    return [text for text in _code_strings(path) if pattern.search(text)]
+
+
+def test_only_the_contract_names_the_validated_files() -> None:
     offenders = []
     for path in _sources():
-        if path == CONTRACT:
-            continue
-        rel = str(path.relative_to(REPO))
-        offenders += [(rel, text) for text in _code_strings(path)
-                      if pattern.search(text) and (rel, text) not in NOT_THE_SNAPSHOT]
+        if path != CONTRACT:
+            rel = str(path.relative_to(REPO))
+            offenders += [(rel, text) for text in _naming(path) if (rel, text) not in NOT_THE_SNAPSHOT]
     assert offenders == []
+    assert "golden_qa.jsonl" in _naming(CONTRACT)
 
 
-def test_the_scan_sees_names_in_code(tmp_path: Path) -> None:
+def test_the_scan_sees_names_in_code_not_in_docstrings(tmp_path: Path) -> None:
     sample = tmp_path / "m.py"
-    sample.write_text('"""Reads documents.parquet."""\nPATH = f"{root}/qa.parquet"\nOTHER = "golden_qa.parquet"\n')
-    assert _code_strings(sample) == ["/qa.parquet", "golden_qa.parquet"]
+    sample.write_text('"""Reads documents.parquet."""\nPATH = f"{root}/qa.parquet"\nOTHER = "golden_qa.parquet"\n'
+                      'def f():\n    """report.json"""\n    return "report.json"\n')
+    assert sorted(_code_strings(sample)) == ["/qa.parquet", "golden_qa.parquet", "report.json"]
+    assert sorted(_naming(sample)) == ["/qa.parquet", "report.json"]
 
 
 def test_no_pickles_between_tasks() -> None:

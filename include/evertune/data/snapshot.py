@@ -34,6 +34,7 @@ from evertune.errors import CriticalValidationError
 from evertune.kb.quarantine import QUARANTINE_COLUMNS
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
 DOCUMENTS = "documents"
@@ -183,6 +184,19 @@ def text_rows(table: pa.Table, columns: Sequence[str]) -> list[dict[str, str]]:
         raw = column.to_pylist()
         values.append([iso_utc(v) for v in raw] if pa.types.is_timestamp(column.type) else [str(v) for v in raw])
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)] if table.num_rows else []
+
+
+def read_text_frame(folder: str | Path, key: str) -> pd.DataFrame:
+    """One table of a folder as an all-string DataFrame of the contract's columns (timestamps as :func:`iso_utc`).
+
+    Raises:
+        CriticalValidationError: See :func:`read_table`.
+    """
+    import pandas as pd
+
+    columns = COLUMNS[key]
+    rows = text_rows(read_table(folder, key), columns)
+    return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
 
 
 # --------------------------------------------------------------------------- write

@@ -9,7 +9,7 @@ Two tiers:
 The suites run through a file Data Context under ``<work_dir>/gx`` (created once, then re-used) whose checkpoints
 update the Data Docs. Validation runs are keyed on the data interval, not the clock, so a re-run replaces the
 interval's results instead of adding new ones. :func:`write_validated` writes byte-identical files for the same
-input, because the data version (DVC) is keyed on their md5.
+input (through :mod:`evertune.data.snapshot`), because the data version (DVC) is keyed on their md5.
 """
 
 from __future__ import annotations
@@ -18,16 +18,17 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evertune.data import snapshot
+from evertune.data.snapshot import DOC_COLUMNS, QA_COLUMNS, TOMBSTONE_COLUMNS
 from evertune.errors import CriticalValidationError
 from evertune.kb import quarantine as q
-from evertune.kb.ingest import DOC_COLUMNS, DOC_ID_RE, QA_COLUMNS, TOMBSTONE_COLUMNS, IngestResult
+from evertune.kb.ingest import DOC_ID_RE, IngestResult
 from evertune.kb.quarantine import QUARANTINE_COLUMNS, QuarantineRecord, count_by_reason, quarantine_frame
 
 if TYPE_CHECKING:
@@ -38,17 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Files written by :func:`write_validated`, by key.
-OUTPUT_FILES: dict[str, str] = {
-    "documents": "documents.parquet",
-    "tombstones": "tombstones.parquet",
-    "qa": "qa.parquet",
-    "quarantine": "quarantine.parquet",
-    "golden_retrieval": "golden_retrieval.jsonl",
-    "golden_qa": "golden_qa.jsonl",
-    "report": "report.json",
-}
-#: Report keys that depend on the machine, not on the data; kept out of ``report.json``.
+#: Report keys that depend on the machine, not on the data; kept out of the stored report.
 VOLATILE_REPORT_KEYS = frozenset({"data_docs"})
 
 GX_DATASOURCE = "evertune_kb"
@@ -167,9 +158,9 @@ class ValidationResult:
 
     Attributes:
         interval: The data interval date.
-        documents: Good documents (``ingest.DOC_COLUMNS``), sorted by (doc_id, record_ref).
-        tombstones: Deletions (``ingest.TOMBSTONE_COLUMNS``).
-        qa: Good training QA pairs (``ingest.QA_COLUMNS``).
+        documents: Good documents (``snapshot.DOC_COLUMNS``, all strings), sorted by (doc_id, record_ref).
+        tombstones: Deletions (``snapshot.TOMBSTONE_COLUMNS``).
+        qa: Good training QA pairs (``snapshot.QA_COLUMNS``).
         golden_retrieval: Golden retrieval queries.
         golden_qa: Golden QA pairs.
         quarantine: Every quarantined row, ingest and validate stage (``quarantine.QUARANTINE_COLUMNS``).
@@ -653,73 +644,32 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _parquet_bytes(frame: pd.DataFrame, columns: tuple[str, ...]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([pa.field(col, pa.string(), nullable=False) for col in columns])
-    arrays = [
-        pa.array([str(v) for v in frame[col].tolist()] if len(frame) else [], type=pa.string()) for col in columns
-    ]
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    sink = pa.BufferOutputStream()
-    # Fixed writer settings (and no pandas metadata) so equal rows give equal bytes.
-    pq.write_table(table, sink, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
-                   version="2.6", data_page_version="1.0", row_group_size=64 * 1024)  # fmt: skip
-    return sink.getvalue().to_pybytes()
-
-
-def _jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(
-        json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n" for row in rows
-    ).encode("utf-8")
-
-
 def write_validated(result: ValidationResult, out_dir: Path) -> dict[str, str]:
-    """Write the validated drop as byte-deterministic files (same input -> same bytes -> same DVC version).
+    """Write the validated drop through the snapshot contract (same input -> same bytes -> same DVC version).
 
     Args:
         result: The validation result.
         out_dir: Folder to write into (created if missing); existing files of the same names are replaced.
 
     Returns:
-        ``{key: path}`` for the keys of :data:`OUTPUT_FILES`.
+        ``{key: path}`` for every key of :data:`evertune.data.snapshot.FILES`.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key_docs = sorted(_rows(result.documents, DOC_COLUMNS), key=lambda r: (r["doc_id"], r["record_ref"]))
-    key_tomb = sorted(
-        _rows(result.tombstones, TOMBSTONE_COLUMNS), key=lambda r: (r["doc_id"], r["deleted_at"], r["record_ref"])
-    )
-    key_qa = sorted(_rows(result.qa, QA_COLUMNS), key=lambda r: (r["qa_id"], r["record_ref"]))
     report = {k: v for k, v in result.report.items() if k not in VOLATILE_REPORT_KEYS}
-    payloads = {
-        "documents": _parquet_bytes(_frame(key_docs, DOC_COLUMNS), DOC_COLUMNS),
-        "tombstones": _parquet_bytes(_frame(key_tomb, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
-        "qa": _parquet_bytes(_frame(key_qa, QA_COLUMNS), QA_COLUMNS),
-        "quarantine": _parquet_bytes(
-            quarantine_frame(_rows(result.quarantine, QUARANTINE_COLUMNS)), QUARANTINE_COLUMNS
-        ),
-        "golden_retrieval": _jsonl_bytes(sorted(result.golden_retrieval, key=lambda r: (r["query_id"], r["query"]))),
-        "golden_qa": _jsonl_bytes(sorted(result.golden_qa, key=lambda r: (r["qa_id"], r["question"]))),
-        "report": (json.dumps(report, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-    }
-    paths: dict[str, str] = {}
-    for key, data in payloads.items():
-        path = out_dir / OUTPUT_FILES[key]
-        _write_atomic(path, data)
-        paths[key] = str(path)
-    return paths
+    return snapshot.write(out_dir, {
+        snapshot.DOCUMENTS: result.documents,
+        snapshot.TOMBSTONES: result.tombstones,
+        snapshot.QA: result.qa,
+        snapshot.QUARANTINE: result.quarantine,
+        snapshot.GOLDEN_RETRIEVAL: result.golden_retrieval,
+        snapshot.GOLDEN_QA: result.golden_qa,
+        snapshot.REPORT: report,
+    })  # fmt: skip
 
 
 def read_validated(out_dir: Path) -> ValidationResult:
     """Read back what :func:`write_validated` wrote (``data_docs`` is not stored, so it is ``None``).
+
+    Tables come back as all-string DataFrames, timestamps in the ISO form ingestion gives them.
 
     Args:
         out_dir: The folder written by :func:`write_validated`.
@@ -728,29 +678,18 @@ def read_validated(out_dir: Path) -> ValidationResult:
         The :class:`ValidationResult`.
 
     Raises:
-        FileNotFoundError: A file is missing.
+        CriticalValidationError: A file or a column is missing.
     """
-    import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
-
-    def table(key: str, columns: tuple[str, ...]) -> pd.DataFrame:
-        data = pq.read_table(out_dir / OUTPUT_FILES[key], columns=list(columns))
-        return _frame(data.to_pylist(), columns)
-
-    def jsonl(key: str) -> list[dict[str, Any]]:
-        text = (out_dir / OUTPUT_FILES[key]).read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    report = json.loads((out_dir / OUTPUT_FILES["report"]).read_text(encoding="utf-8"))
+    report = snapshot.read_report(out_dir)
     return ValidationResult(
         interval=str(report.get("interval", "")),
-        documents=table("documents", DOC_COLUMNS),
-        tombstones=table("tombstones", TOMBSTONE_COLUMNS),
-        qa=table("qa", QA_COLUMNS),
-        golden_retrieval=jsonl("golden_retrieval"),
-        golden_qa=jsonl("golden_qa"),
-        quarantine=table("quarantine", QUARANTINE_COLUMNS),
+        documents=snapshot.read_text_frame(out_dir, snapshot.DOCUMENTS),
+        tombstones=snapshot.read_text_frame(out_dir, snapshot.TOMBSTONES),
+        qa=snapshot.read_text_frame(out_dir, snapshot.QA),
+        golden_retrieval=snapshot.read_records(out_dir, snapshot.GOLDEN_RETRIEVAL),
+        golden_qa=snapshot.read_records(out_dir, snapshot.GOLDEN_QA),
+        quarantine=snapshot.read_text_frame(out_dir, snapshot.QUARANTINE),
         report=report,
         counts=dict(report.get("counts", {})),
         data_docs=None,

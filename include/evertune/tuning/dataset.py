@@ -1,11 +1,9 @@
 """Build the supervised fine-tuning (SFT) dataset from validated interval folders.
 
-Input: one folder per data interval (oldest first), as written by the validation step::
-
-    <interval>/qa.parquet          qa_id, question, answer, doc_id, fact_key, metadata (JSON; {"pii": true} flags PII)
-    <interval>/documents.parquet   normalised documents: doc_id, title, text, updated_at, metadata (JSON, has topic)
-    <interval>/tombstones.parquet  doc_id, deleted_at
-    <interval>/golden_qa.jsonl     held-out evaluation QA: qa_id, question, ...
+Input: one folder per data interval (oldest first), as the validation step writes it, read through the
+snapshot contract (:mod:`evertune.data.snapshot`): its ``qa`` table (``qa_id, question, answer, doc_id,
+fact_key``, optional ``metadata`` JSON where ``{"pii": true}`` flags PII), ``documents`` (the current version of
+each document, :func:`~evertune.data.snapshot.resolve_doc_state`), ``tombstones`` and ``golden_qa`` (held out).
 
 Rules, in order: the latest interval wins per ``qa_id``; rows with an empty question/answer, flagged PII, a deleted
 document, or that belong to the golden set (by ``qa_id`` or normalised question) are dropped; rows whose cited
@@ -36,22 +34,21 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evertune.errors import CriticalValidationError, NothingToDo, PoisonedDataError
+from evertune.data import snapshot
+from evertune.data.snapshot import DocEvent, resolve_doc_state
+from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.tuning.metrics import normalize_answer
 
 if TYPE_CHECKING:
     from evertune.config import DatasetParams
 
-QA_FILE = "qa.parquet"
-DOCUMENTS_FILE = "documents.parquet"
-TOMBSTONES_FILE = "tombstones.parquet"
-GOLDEN_QA_FILE = "golden_qa.jsonl"
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 STATS_FILE = "stats.json"
 OUTPUT_FILES = (TRAIN_FILE, VALIDATION_FILE, STATS_FILE)
 
-QA_COLUMNS = ("qa_id", "question", "answer", "doc_id", "fact_key")
+#: Columns a ``qa`` table must have for the builder (``record_ref`` is not needed).
+QA_REQUIRED = ("qa_id", "question", "answer", "doc_id", "fact_key")
 #: Metadata keys (or columns) whose truthy value marks a row as containing PII.
 PII_KEYS = ("pii", "pii_detected", "contains_pii")
 UNKNOWN_TOPIC = "unknown"
@@ -289,67 +286,46 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _read_parquet_rows(path: Path, required: Iterable[str]) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = sorted(set(required) - set(table.column_names))
-    if missing:
-        raise CriticalValidationError(f"{path} lacks required columns {missing}", {"path": str(path)})
-    return table.to_pylist()
+def _interval_of(folder: Path) -> str:
+    """The interval date in a folder's name (``ds=2026-11-03`` -> ``2026-11-03``); the name if it holds none."""
+    match = _DATE.search(folder.name)
+    return match.group(1) if match else folder.name
 
 
-def _parse_time(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        stamp = value
-    else:
-        try:
-            stamp = dt.datetime.fromisoformat(str(value))  # 3.11+ accepts a trailing "Z"
-        except ValueError:
-            return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+def _current(events: Iterable[DocEvent]) -> dict[str, dict[str, Any]]:
+    states = resolve_doc_state(events)
+    return {doc_id: dict(state.document.row) for doc_id, state in states.items() if state.document is not None}
 
 
 def _latest_documents(validated_dirs: list[Path], documents: Any) -> dict[str, dict[str, Any]]:
-    """The current version of each document: the newest ``updated_at`` wins, ties go to the later interval."""
-    if documents is not None:
-        rows = documents.to_dict("records") if hasattr(documents, "to_dict") else list(documents)
-        sources = [rows]
-    else:
-        sources = [
-            _read_parquet_rows(folder / DOCUMENTS_FILE, ("doc_id",))
-            for folder in validated_dirs
-            if (folder / DOCUMENTS_FILE).is_file()
-        ]
-    latest: dict[str, dict[str, Any]] = {}
-    for rows in sources:
-        for row in rows:
-            doc_id = _text(row.get("doc_id"))
-            if not doc_id:
-                continue
-            current = latest.get(doc_id)
-            new_time = _parse_time(row.get("updated_at"))
-            old_time = _parse_time(current.get("updated_at")) if current else None
-            if current is None or new_time is None or old_time is None or new_time >= old_time:
-                latest[doc_id] = row
-    return latest
+    """``documents`` (rows or a DataFrame) resolved per doc_id, or else :func:`current_documents` of the folders."""
+    if documents is None:
+        return current_documents(validated_dirs)
+    rows = documents.to_dict("records") if hasattr(documents, "to_dict") else list(documents)
+    return _current(DocEvent.upsert(row) for row in rows if _text(row.get("doc_id")))
 
 
 def current_documents(validated_dirs: list[Path]) -> dict[str, dict[str, Any]]:
     """The current version of every document in the folders, by doc_id (for ``build_sft_dataset(documents=...)``).
 
+    The newest ``updated_at`` wins; ties go to the later interval (:func:`~evertune.data.snapshot.resolve_doc_state`).
     Pass the whole validated history up to ``as_of``, not just the training window: a QA row of the window may
     cite an article that last changed long before it, and its answer must still be checked against that text.
     """
-    return _latest_documents([Path(folder) for folder in validated_dirs], None)
+    events = [
+        DocEvent.upsert(row, _interval_of(Path(folder)))
+        for folder in validated_dirs
+        for row in snapshot.read_rows(folder, snapshot.DOCUMENTS, require=("doc_id", "updated_at"), missing_ok=True)
+        if _text(row.get("doc_id"))
+    ]
+    return _current(events)
 
 
 def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, Mapping[str, Any]]) -> set[str]:
     """Doc ids deleted by the tombstones in the folders.
 
-    A tombstone older than the document's newest ``updated_at`` does not delete it (the document came back).
+    A tombstone deletes a document unless the document's ``updated_at`` is newer (the document came back); on
+    the same timestamp the tombstone wins (:func:`~evertune.data.snapshot.resolve_doc_state`).
 
     Args:
         validated_dirs: Interval folders (oldest first).
@@ -358,41 +334,22 @@ def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, 
     Returns:
         The deleted doc ids.
     """
-    deleted: dict[str, dt.datetime | None] = {}
-    for folder in validated_dirs:
-        path = folder / TOMBSTONES_FILE
-        if not path.is_file():
-            continue
-        for row in _read_parquet_rows(path, ("doc_id",)):
-            doc_id = _text(row.get("doc_id"))
-            if not doc_id:
-                continue
-            stamp = _parse_time(row.get("deleted_at"))
-            previous = deleted.get(doc_id)
-            if doc_id not in deleted or (stamp is not None and (previous is None or stamp > previous)):
-                deleted[doc_id] = stamp
-    result = set()
-    for doc_id, stamp in deleted.items():
-        updated = _parse_time(documents.get(doc_id, {}).get("updated_at")) if doc_id in documents else None
-        if stamp is None or updated is None or stamp >= updated:
-            result.add(doc_id)
-    return result
+    events = [
+        DocEvent.tombstone(row, _interval_of(Path(folder)))
+        for folder in validated_dirs
+        for row in snapshot.read_rows(folder, snapshot.TOMBSTONES, require=("doc_id", "deleted_at"), missing_ok=True)
+        if _text(row.get("doc_id"))
+    ]
+    events += [DocEvent.upsert({**documents[doc_id], "doc_id": doc_id}) for doc_id in sorted(
+        {event.doc_id for event in events} & set(documents))]  # fmt: skip
+    return {doc_id for doc_id, state in resolve_doc_state(events).items() if state.deleted}
 
 
 def _read_golden(validated_dirs: list[Path]) -> tuple[set[str], set[str]]:
     ids: set[str] = set()
     questions: set[str] = set()
     for folder in validated_dirs:
-        path = folder / GOLDEN_QA_FILE
-        if not path.is_file():
-            continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise CriticalValidationError(f"{path}:{number} is not valid JSON: {exc}") from None
+        for record in snapshot.read_records(folder, snapshot.GOLDEN_QA, missing_ok=True):
             if record.get("qa_id"):
                 ids.add(str(record["qa_id"]))
             if record.get("question"):
@@ -501,11 +458,11 @@ def build_sft_dataset(
             same ``qa_id``. Choosing the window (``dataset.window_days``) is the caller's job, see
             :func:`select_interval_dirs`.
         params: The ``dataset`` section.
-        golden_qa_ids: Golden QA ids never to train on (unioned with the ids in each folder's ``golden_qa.jsonl``).
+        golden_qa_ids: Golden QA ids never to train on (unioned with the ids in each folder's ``golden_qa``).
         deleted_doc_ids: Deleted documents (unioned with the folders' tombstones, see
             :func:`collect_deleted_doc_ids`); their QA is excluded.
         documents: Current documents (DataFrame or iterable of dicts with ``doc_id``, ``title``, ``text``,
-            ``updated_at``, ``metadata``); defaults to the folders' ``documents.parquet``. Used for topics,
+            ``updated_at``, ``metadata``); defaults to the folders' ``documents``. Used for topics,
             tombstone ordering, the groundedness check of each QA answer and, with
             ``dataset.include_documents``, document-grounded examples.
         golden_questions: Extra golden question texts (matched after normalisation).
@@ -518,7 +475,8 @@ def build_sft_dataset(
         PoisonedDataError: More than ``dataset.max_ungrounded_fraction`` of the checked QA rows (those whose
             cited document is in the window) are not grounded in it; ``report`` is the grounding summary.
         NothingToDo: No example is left (no QA read, or everything was filtered out).
-        CriticalValidationError: A ``qa.parquet`` lacks required columns or ``golden_qa.jsonl`` is malformed.
+        CriticalValidationError: A ``qa`` table lacks required columns, a timestamp is invalid, or a
+            ``golden_qa`` file is malformed.
     """
     folders = [Path(folder) for folder in validated_dirs]
     docs = _latest_documents(folders, documents)
@@ -531,10 +489,7 @@ def build_sft_dataset(
     latest: dict[str, tuple[int, dict[str, Any]]] = {}
     first_seen: dict[str, int] = {}
     for position, folder in enumerate(folders):
-        path = folder / QA_FILE
-        if not path.is_file():
-            continue
-        for row in _read_parquet_rows(path, QA_COLUMNS):
+        for row in snapshot.read_rows(folder, snapshot.QA, require=QA_REQUIRED, missing_ok=True):
             counts["qa_rows_read"] += 1
             qa_id = _text(row.get("qa_id"))
             if not qa_id:
