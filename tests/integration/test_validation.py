@@ -277,7 +277,7 @@ def test_pii_patterns(text: str, kinds: set[str]) -> None:
 
     import pandas as pd
 
-    from evertune.kb.validation import pii_patterns
+    from evertune.kb.expectations import pii_patterns
 
     patterns = pii_patterns(load_params().validation)
     found = {kind for kind, regex in patterns.items() if re.search(regex, text)}
@@ -288,7 +288,7 @@ def test_pii_patterns(text: str, kinds: set[str]) -> None:
 
 
 def test_text_ratios_separate_prose_from_garbage() -> None:
-    from evertune.kb.validation import text_ratios
+    from evertune.kb.expectations import text_ratios
 
     alpha, stop = text_ratios(body("billing"))
     assert alpha > 0.9 and stop > 0.25

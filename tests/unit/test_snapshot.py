@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from evertune.data import snapshot
-from evertune.data.snapshot import DocEvent, resolve_doc_state
+from evertune.data.doc_state import DocEvent, resolve_doc_state
 from evertune.errors import CriticalValidationError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.data import snapshot
-from evertune.data.snapshot import TOMBSTONE, UPSERT
+from evertune.data.doc_state import TOMBSTONE, UPSERT, DocEvent, resolve_doc_state
 from evertune.errors import ConfigError, CriticalValidationError, TransientError
 from evertune.kb.chunking import Chunk, chunk_document, chunker_id
 
@@ -352,7 +352,7 @@ def chunk_row(chunk: Chunk, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _event_key(row: dict[str, Any]) -> tuple[dt.datetime, int, str]:
-    """The :attr:`~evertune.data.snapshot.DocEvent.key` of a stored docstate row."""
+    """The :attr:`~evertune.data.DocEvent.key` of a stored docstate row."""
     moment = snapshot.parse_timestamp(row["updated_at"], what=f"docstate {row['doc_id']}")
     return (moment, TOMBSTONE if row["deleted"] else UPSERT, row["interval"])
 
@@ -382,9 +382,9 @@ def plan_documents(
     Returns:
         The plan: winning upserts, the doc ids in scope and the docstate rows to write.
     """
-    events = [snapshot.DocEvent.upsert(doc, interval) for doc in docs]
-    events += [snapshot.DocEvent.tombstone(tomb, interval) for tomb in tombs]
-    winners = {doc_id: resolved.winner for doc_id, resolved in snapshot.resolve_doc_state(events).items()}
+    events = [DocEvent.upsert(doc, interval) for doc in docs]
+    events += [DocEvent.tombstone(tomb, interval) for tomb in tombs]
+    winners = {doc_id: resolved.winner for doc_id, resolved in resolve_doc_state(events).items()}
 
     plan = _Plan(upserts={}, scope=[], state_rows=[])
     for doc_id in sorted(winners):

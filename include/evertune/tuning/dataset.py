@@ -3,7 +3,7 @@
 Input: one folder per data interval (oldest first), as the validation step writes it, read through the
 snapshot contract (:mod:`evertune.data.snapshot`): its ``qa`` table (``qa_id, question, answer, doc_id,
 fact_key``, optional ``metadata`` JSON where ``{"pii": true}`` flags PII), ``documents`` (the current version of
-each document, :func:`~evertune.data.snapshot.resolve_doc_state`), ``tombstones`` and ``golden_qa`` (held out).
+each document, :func:`~evertune.data.doc_state.resolve_doc_state`), ``tombstones`` and ``golden_qa`` (held out).
 
 Rules, in order: the latest interval wins per ``qa_id``; rows with an empty question/answer, flagged PII, a deleted
 document, or that belong to the golden set (by ``qa_id`` or normalised question) are dropped; rows whose cited
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.data import snapshot
-from evertune.data.snapshot import DocEvent, resolve_doc_state
+from evertune.data.doc_state import DocEvent, resolve_doc_state
 from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.tuning.metrics import normalize_answer
 
@@ -308,7 +308,7 @@ def _latest_documents(validated_dirs: list[Path], documents: Any) -> dict[str, d
 def current_documents(validated_dirs: list[Path]) -> dict[str, dict[str, Any]]:
     """The current version of every document in the folders, by doc_id (for ``build_sft_dataset(documents=...)``).
 
-    The newest ``updated_at`` wins; ties go to the later interval (:func:`~evertune.data.snapshot.resolve_doc_state`).
+    The newest ``updated_at`` wins; ties go to the later interval (:func:`~evertune.data.doc_state.resolve_doc_state`).
     Pass the whole validated history up to ``as_of``, not just the training window: a QA row of the window may
     cite an article that last changed long before it, and its answer must still be checked against that text.
     """
@@ -325,7 +325,7 @@ def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, 
     """Doc ids deleted by the tombstones in the folders.
 
     A tombstone deletes a document unless the document's ``updated_at`` is newer (the document came back); on
-    the same timestamp the tombstone wins (:func:`~evertune.data.snapshot.resolve_doc_state`).
+    the same timestamp the tombstone wins (:func:`~evertune.data.doc_state.resolve_doc_state`).
 
     Args:
         validated_dirs: Interval folders (oldest first).
