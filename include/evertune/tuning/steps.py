@@ -130,13 +130,8 @@ def build_dataset(
             is written or versioned, and the rejection is appended to :func:`rejections_path`.
     """
     from evertune.data.versioning import validated_folder
-    from evertune.tuning.dataset import (
-        build_sft_dataset,
-        collect_deleted_doc_ids,
-        current_documents,
-        select_interval_dirs,
-        write_sft_dataset,
-    )
+    from evertune.tuning.dataset import build_sft_dataset, write_sft_dataset
+    from evertune.tuning.history import collect_deleted_doc_ids, current_documents, select_interval_dirs
 
     params, settings = _context(overrides)
     as_of = resolve_as_of(as_of, settings)
