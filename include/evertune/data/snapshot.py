@@ -54,6 +54,9 @@ FILES: dict[str, str] = {
     REPORT: "report.json",
 }
 
+#: The keys that hold rows (every file but the report), named like the fields of the results that carry them.
+CONTENT_KEYS: tuple[str, ...] = (DOCUMENTS, TOMBSTONES, QA, QUARANTINE, GOLDEN_RETRIEVAL, GOLDEN_QA)
+
 #: Columns of the normalised document record, in file order.
 DOC_COLUMNS: tuple[str, ...] = (
     "doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref",
@@ -184,17 +187,34 @@ def text_rows(table: pa.Table, columns: Sequence[str]) -> list[dict[str, str]]:
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)] if table.num_rows else []
 
 
+def text_frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """An all-string DataFrame of ``columns`` from text rows (the in-memory form of the ingest and validate steps)."""
+    import pandas as pd
+
+    return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
+
+
 def read_text_frame(folder: str | Path, key: str) -> pd.DataFrame:
     """One table of a folder as an all-string DataFrame of the contract's columns (timestamps as :func:`iso_utc`).
 
     Raises:
         CriticalValidationError: See :func:`read_table`.
     """
-    import pandas as pd
+    return text_frame(text_rows(read_table(folder, key), COLUMNS[key]), COLUMNS[key])
 
-    columns = COLUMNS[key]
-    rows = text_rows(read_table(folder, key), columns)
-    return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
+
+def contents_of(holder: Any) -> dict[str, Any]:
+    """``{key: holder.<key>}`` for :data:`CONTENT_KEYS`: the rows of an ingest or validation result (to write)."""
+    return {key: getattr(holder, key) for key in CONTENT_KEYS}
+
+
+def read_contents(folder: str | Path) -> dict[str, Any]:
+    """Every table (as :func:`read_text_frame`) and golden file (as :func:`read_records`) of a folder, by key.
+
+    Raises:
+        CriticalValidationError: A file or a column is missing, or a line or timestamp is invalid.
+    """
+    return {key: read_text_frame(folder, key) if key in COLUMNS else read_records(folder, key) for key in CONTENT_KEYS}
 
 
 # --------------------------------------------------------------------------- write

@@ -70,15 +70,7 @@ def stage_ingest(result: IngestResult, folder: Path) -> IngestRef:
     """
     report = {"kind": STAGED_KIND, "interval": result.interval, "partition_found": bool(result.partition_found),
               "records_read": int(result.records_read), "files_read": int(result.files_read)}  # fmt: skip
-    snapshot.write(folder, {
-        snapshot.DOCUMENTS: result.documents,
-        snapshot.TOMBSTONES: result.tombstones,
-        snapshot.QA: result.qa,
-        snapshot.QUARANTINE: result.quarantine,
-        snapshot.GOLDEN_RETRIEVAL: result.golden_retrieval,
-        snapshot.GOLDEN_QA: result.golden_qa,
-        snapshot.REPORT: report,
-    }, sort=False)  # fmt: skip
+    snapshot.write(folder, {**snapshot.contents_of(result), snapshot.REPORT: report}, sort=False)
     return IngestRef(
         interval=result.interval, path=str(folder), partition_found=bool(result.partition_found),
         documents=len(result.documents), tombstones=len(result.tombstones), qa=len(result.qa),
@@ -107,12 +99,7 @@ def load_ingest(folder: Path, interval: str) -> IngestResult:
     return IngestResult(
         interval=interval,
         partition_found=bool(report["partition_found"]),
-        documents=snapshot.read_text_frame(folder, snapshot.DOCUMENTS),
-        tombstones=snapshot.read_text_frame(folder, snapshot.TOMBSTONES),
-        qa=snapshot.read_text_frame(folder, snapshot.QA),
-        quarantine=snapshot.read_text_frame(folder, snapshot.QUARANTINE),
-        golden_retrieval=snapshot.read_records(folder, snapshot.GOLDEN_RETRIEVAL),
-        golden_qa=snapshot.read_records(folder, snapshot.GOLDEN_QA),
+        **snapshot.read_contents(folder),
         records_read=int(report["records_read"]),
         files_read=int(report["files_read"]),
     )

@@ -7,9 +7,10 @@ Two tiers:
 * **row level** -> the row goes to quarantine with a reason code and the run continues with the good rows.
 
 The checks are in :mod:`evertune.kb.expectations`; they run through a file Data Context under ``<work_dir>/gx``
-(created once, then re-used, :mod:`evertune.kb.gx_suite`) whose checkpoints update the Data Docs. Validation runs are keyed on the data interval, not the clock, so a re-run replaces the
-interval's results instead of adding new ones. :func:`write_validated` writes byte-identical files for the same
-input (through :mod:`evertune.data.snapshot`), because the data version (DVC) is keyed on their md5.
+(created once, then re-used, :mod:`evertune.kb.gx_suite`) whose checkpoints update the Data Docs. Validation
+runs are keyed on the data interval, not the clock, so a re-run replaces the interval's results instead of
+adding new ones. :func:`write_validated` writes byte-identical files for the same input (through
+:mod:`evertune.data.snapshot`), because the data version (DVC) is keyed on their md5.
 """
 
 from __future__ import annotations
@@ -133,12 +134,6 @@ def _collapse_exact_duplicates(
     return kept, sorted(dropped)
 
 
-def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
-
-
 def _rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return (
         [dict(zip(columns, values, strict=True)) for values in zip(*(frame[c].tolist() for c in columns), strict=True)]
@@ -178,7 +173,7 @@ def _document_frame(docs: list[dict[str, Any]]) -> pd.DataFrame:
     for row in docs:
         row["alpha_ratio"], row["stopword_ratio"] = text_ratios(row["text"])
         row["pii_scan"] = f"{row['title']}\n{row['text']}"
-    frame = _frame(docs, (*DOC_COLUMNS, "pii_scan"))
+    frame = snapshot.text_frame(docs, (*DOC_COLUMNS, "pii_scan"))
     frame.insert(len(DOC_COLUMNS), "alpha_ratio", pd.Series([r["alpha_ratio"] for r in docs], dtype="float64"))
     frame.insert(len(DOC_COLUMNS) + 1, "stopword_ratio",
                  pd.Series([r["stopword_ratio"] for r in docs], dtype="float64"))  # fmt: skip
@@ -188,7 +183,7 @@ def _document_frame(docs: list[dict[str, Any]]) -> pd.DataFrame:
 def _qa_frame(qa_rows: list[dict[str, Any]]) -> pd.DataFrame:
     for row in qa_rows:
         row["pii_scan"] = f"{row['question']}\n{row['answer']}"
-    return _frame(qa_rows, QA_COLUMNS + QA_HELPER_COLUMNS)
+    return snapshot.text_frame(qa_rows, QA_COLUMNS + QA_HELPER_COLUMNS)
 
 
 def _failed_checks(row: dict[str, Any], outcomes: list[dict[str, Any]]) -> list[str]:
@@ -354,9 +349,9 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
         )  # fmt: skip
     return ValidationResult(
         interval=interval,
-        documents=_frame(sorted(good_docs, key=lambda r: (r["doc_id"], r["record_ref"])), DOC_COLUMNS),
-        tombstones=_frame(_rows(ingested.tombstones, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
-        qa=_frame(sorted(good_qa, key=lambda r: (r["qa_id"], r["record_ref"])), QA_COLUMNS),
+        documents=snapshot.text_frame(sorted(good_docs, key=lambda r: (r["doc_id"], r["record_ref"])), DOC_COLUMNS),
+        tombstones=snapshot.text_frame(_rows(ingested.tombstones, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
+        qa=snapshot.text_frame(sorted(good_qa, key=lambda r: (r["qa_id"], r["record_ref"])), QA_COLUMNS),
         golden_retrieval=list(ingested.golden_retrieval),
         golden_qa=list(ingested.golden_qa),
         quarantine=quarantine,
@@ -380,15 +375,7 @@ def write_validated(result: ValidationResult, out_dir: Path) -> dict[str, str]:
         ``{key: path}`` for every key of :data:`evertune.data.snapshot.FILES`.
     """
     report = {k: v for k, v in result.report.items() if k not in VOLATILE_REPORT_KEYS}
-    return snapshot.write(out_dir, {
-        snapshot.DOCUMENTS: result.documents,
-        snapshot.TOMBSTONES: result.tombstones,
-        snapshot.QA: result.qa,
-        snapshot.QUARANTINE: result.quarantine,
-        snapshot.GOLDEN_RETRIEVAL: result.golden_retrieval,
-        snapshot.GOLDEN_QA: result.golden_qa,
-        snapshot.REPORT: report,
-    })  # fmt: skip
+    return snapshot.write(out_dir, {**snapshot.contents_of(result), snapshot.REPORT: report})
 
 
 def read_validated(out_dir: Path) -> ValidationResult:
@@ -407,15 +394,5 @@ def read_validated(out_dir: Path) -> ValidationResult:
     """
 
     report = snapshot.read_report(out_dir)
-    return ValidationResult(
-        interval=str(report.get("interval", "")),
-        documents=snapshot.read_text_frame(out_dir, snapshot.DOCUMENTS),
-        tombstones=snapshot.read_text_frame(out_dir, snapshot.TOMBSTONES),
-        qa=snapshot.read_text_frame(out_dir, snapshot.QA),
-        golden_retrieval=snapshot.read_records(out_dir, snapshot.GOLDEN_RETRIEVAL),
-        golden_qa=snapshot.read_records(out_dir, snapshot.GOLDEN_QA),
-        quarantine=snapshot.read_text_frame(out_dir, snapshot.QUARANTINE),
-        report=report,
-        counts=dict(report.get("counts", {})),
-        data_docs=None,
-    )
+    return ValidationResult(interval=str(report.get("interval", "")), **snapshot.read_contents(out_dir), report=report,
+                            counts=dict(report.get("counts", {})), data_docs=None)  # fmt: skip

@@ -132,8 +132,8 @@ def _ground(answer: str, article: _Article, question: str, min_support: float) -
 def check_grounding(answer: str, article: str, *, question: str = "", min_support: float = 0.2) -> Grounding:
     """Whether ``answer`` is backed by ``article``, the text of the document its QA row cites.
 
-    Words are compared after :func:`~evertune.tuning.metrics.normalize_answer`. The answer's *claim words* are its words that are neither
-    in the question nor function words. A claim word is *supported* when the article has it next to the same
+    Words are compared after :func:`~evertune.tuning.metrics.normalize_answer`. The answer's *claim words* are
+    its words that are neither in the question nor function words. A claim word is *supported* when the article has it next to the same
     neighbouring word as in the answer, so "$12 per user" is not backed by "$10 per user ... 12 characters".
     The answer is grounded when
 
