@@ -295,3 +295,26 @@ def test_text_ratios_separate_prose_from_garbage() -> None:
     assert text_ratios("zorbl vintak plemor quastif dranel")[1] == 0.0
     assert text_ratios("#$%^ 0x3f 1234 &&**")[0] < 0.2
     assert text_ratios("") == (0.0, 0.0)
+
+
+def test_refresh_steps_hand_over_a_typed_reference(
+    mixed_drop: Path, params: Params, evertune_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ingest_documents stages through the snapshot contract; validate_documents reads what its reference names."""
+    from evertune.errors import NothingToDo
+    from evertune.kb import refresh
+
+    monkeypatch.setenv("EVERTUNE_LANDING_URI", str(mixed_drop))
+    ref = refresh.ingest_documents(INTERVAL)
+    assert json.loads(json.dumps(ref)) == ref and Path(ref["path"]).is_dir()
+    assert not list(Path(ref["path"]).rglob("*.pkl"))
+    validated = refresh.validate_documents(INTERVAL, None, ref)
+    direct = validate_documents(ingest_partition(str(mixed_drop), INTERVAL, params), INTERVAL, params, get_settings())
+    assert validated["counts"] == direct.counts
+    out_ref = Path(validated["path"])
+    write_validated(direct, evertune_home / "direct")
+    for name in FILES.values():
+        assert (out_ref / name).read_bytes() == (evertune_home / "direct" / name).read_bytes(), name
+    assert refresh.validate_documents(INTERVAL)["counts"] == direct.counts  # without a reference: the staging folder
+    with pytest.raises(NothingToDo):
+        refresh.validate_documents("2026-11-05", None, ref)  # a reference to another interval's staging
