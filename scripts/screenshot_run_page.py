@@ -43,9 +43,7 @@ import httpx
 
 from evertune_airflow.run_pages import run_page_path
 from evertune_airflow.stack_client import AirflowClient
-from evertune_airflow.stack_control import up
 from evertune_airflow.stack_env import airflow_url
-from evertune_airflow.stack_processes import stop
 
 #: What a page of each DAG shows once it has a verdict (the default ``--expect``).
 DEFAULT_EXPECT = {"tune_model": ["Gate decision", "Metrics against the champion"],

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from evertune.config import Params, apply_overrides, load_params
+from evertune.data.snapshot import FILES
 from evertune.errors import CriticalValidationError
 from evertune.kb.ingest import DOC_COLUMNS, ingest_partition
-from evertune.kb.validation import OUTPUT_FILES, read_validated, validate_documents, write_validated
+from evertune.kb.validation import read_validated, validate_documents, write_validated
 from evertune.settings import Settings, get_settings
 
 INTERVAL = "2026-11-04"
@@ -160,8 +161,8 @@ def test_rerun_reuses_the_gx_context(mixed_drop: Path, params: Params, settings:
     write_validated(first, out_a)
     paths = write_validated(second, out_b)
     write_validated(second, out_a)  # overwriting in place gives the same bytes as well
-    assert set(paths) == set(OUTPUT_FILES)
-    for name in OUTPUT_FILES.values():
+    assert set(paths) == set(FILES)
+    for name in FILES.values():
         assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
     report = json.loads((out_a / "report.json").read_text())
     assert "data_docs" not in report and str(settings.home) not in (out_a / "report.json").read_text()
@@ -276,7 +277,7 @@ def test_pii_patterns(text: str, kinds: set[str]) -> None:
 
     import pandas as pd
 
-    from evertune.kb.validation import pii_patterns
+    from evertune.kb.expectations import pii_patterns
 
     patterns = pii_patterns(load_params().validation)
     found = {kind for kind, regex in patterns.items() if re.search(regex, text)}
@@ -287,10 +288,33 @@ def test_pii_patterns(text: str, kinds: set[str]) -> None:
 
 
 def test_text_ratios_separate_prose_from_garbage() -> None:
-    from evertune.kb.validation import text_ratios
+    from evertune.kb.expectations import text_ratios
 
     alpha, stop = text_ratios(body("billing"))
     assert alpha > 0.9 and stop > 0.25
     assert text_ratios("zorbl vintak plemor quastif dranel")[1] == 0.0
     assert text_ratios("#$%^ 0x3f 1234 &&**")[0] < 0.2
     assert text_ratios("") == (0.0, 0.0)
+
+
+def test_refresh_steps_hand_over_a_typed_reference(
+    mixed_drop: Path, params: Params, evertune_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ingest_documents stages through the snapshot contract; validate_documents reads what its reference names."""
+    from evertune.errors import NothingToDo
+    from evertune.kb import refresh
+
+    monkeypatch.setenv("EVERTUNE_LANDING_URI", str(mixed_drop))
+    ref = refresh.ingest_documents(INTERVAL)
+    assert json.loads(json.dumps(ref)) == ref and Path(ref["path"]).is_dir()
+    assert not list(Path(ref["path"]).rglob("*.pkl"))
+    validated = refresh.validate_documents(INTERVAL, None, ref)
+    direct = validate_documents(ingest_partition(str(mixed_drop), INTERVAL, params), INTERVAL, params, get_settings())
+    assert validated["counts"] == direct.counts
+    out_ref = Path(validated["path"])
+    write_validated(direct, evertune_home / "direct")
+    for name in FILES.values():
+        assert (out_ref / name).read_bytes() == (evertune_home / "direct" / name).read_bytes(), name
+    assert refresh.validate_documents(INTERVAL)["counts"] == direct.counts  # without a reference: the staging folder
+    with pytest.raises(NothingToDo):
+        refresh.validate_documents("2026-11-05", None, ref)  # a reference to another interval's staging

@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from evertune.config import Params, apply_overrides, load_params
-from evertune.errors import ConfigError
+from evertune.errors import ConfigError, NothingToDo
 from evertune.kb.ingest import (
     DOC_COLUMNS,
     QA_COLUMNS,
@@ -194,6 +194,28 @@ def test_ingest_is_deterministic(landing: Path, params: Params) -> None:
     assert first.quarantine.equals(second.quarantine)
     keys = list(zip(first.documents["doc_id"], first.documents["record_ref"], strict=True))
     assert keys == sorted(keys)
+
+
+def test_staged_ingest_reads_back_exactly(landing: Path, params: Params, tmp_path: Path) -> None:
+    """Ingest output crosses from the ingest task to the validate task as typed files, not a pickle."""
+    from evertune.kb.staging import IngestRef, load_ingest, stage_ingest
+
+    result = ingest_partition(str(landing), INTERVAL, params)
+    ref = stage_ingest(result, tmp_path / "staged")
+    assert json.loads(json.dumps(ref.to_dict())) == ref.to_dict()  # JSON-able (XCom, step summaries)
+    assert IngestRef.from_dict({**ref.to_dict(), "extra": 1}) == ref
+    assert (ref.documents, ref.tombstones, ref.qa, ref.quarantined) == (
+        len(result.documents), len(result.tombstones), len(result.qa), len(result.quarantine))
+    assert (ref.records_read, ref.files_read, ref.partition_found) == (result.records_read, result.files_read, True)
+    back = load_ingest(Path(ref.path), INTERVAL)
+    for name in ("documents", "tombstones", "qa", "quarantine"):
+        assert getattr(back, name).equals(getattr(result, name)), name
+    assert (back.golden_retrieval, back.golden_qa) == (result.golden_retrieval, result.golden_qa)
+    assert (back.records_read, back.files_read, back.partition_found) == (result.records_read, result.files_read, True)
+    with pytest.raises(NothingToDo, match="2026-11-04"):
+        load_ingest(Path(ref.path), "2026-11-04")
+    with pytest.raises(NothingToDo, match="run ingest_documents first"):
+        load_ingest(tmp_path / "never-staged", INTERVAL)
 
 
 def test_missing_partition_is_an_empty_result(tmp_path: Path, params: Params) -> None:

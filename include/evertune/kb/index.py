@@ -29,11 +29,12 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evertune.data import snapshot
+from evertune.data.doc_state import TOMBSTONE, UPSERT, DocEvent, resolve_doc_state
 from evertune.errors import ConfigError, CriticalValidationError
 from evertune.kb import indexes
 from evertune.kb.chunk_diff import chunk_row, diff_chunks, merge_chunks
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 DOCUMENT_COLUMNS = ("doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref")
 TOMBSTONE_COLUMNS = ("doc_id", "deleted_at", "reason")
 
-UPSERT, TOMBSTONE = 0, 1
 
 
 @dataclass
@@ -116,21 +116,12 @@ class SyncResult:
 
 
 def normalize_timestamp(value: Any, *, what: str) -> str:
-    """ISO 8601 in UTC with microseconds, so that string order is time order.
+    """ISO 8601 in UTC with microseconds, so that string order is time order (the stored form).
 
     Raises:
         CriticalValidationError: The value is not a timestamp.
     """
-    if isinstance(value, dt.datetime):
-        moment = value
-    else:
-        try:
-            moment = dt.datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            raise CriticalValidationError(f"{what}: not an ISO 8601 timestamp: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)  # the validated format is UTC
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    return snapshot.parse_timestamp(value, what=what).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 def _check_interval(interval: str) -> str:
@@ -140,25 +131,12 @@ def _check_interval(interval: str) -> str:
         raise ConfigError(f"interval must be a YYYY-MM-DD date, got {interval!r}") from None
 
 
-def _read_parquet(path: Path, columns: Sequence[str], *, required: bool) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        if required:
-            raise CriticalValidationError(f"validated folder lacks {path.name}: {path}")
-        return []
-    table = pq.read_table(path)
-    missing = [name for name in columns if name not in table.column_names]
-    if missing:
-        raise CriticalValidationError(f"{path} lacks column(s) {missing}")
-    return table.select(list(columns)).to_pylist()
-
-
 def read_validated(validated_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read ``documents.parquet`` and ``tombstones.parquet`` (optional) of one validated interval.
+    """Read the documents and (optional) tombstones of one validated interval through the snapshot contract.
 
     Returns:
-        ``(documents, tombstones)`` as lists of dicts, timestamps normalised to UTC.
+        ``(documents, tombstones)`` as lists of dicts (the columns of :data:`DOCUMENT_COLUMNS` and
+        :data:`TOMBSTONE_COLUMNS`), timestamps as :func:`normalize_timestamp` text.
 
     Raises:
         CriticalValidationError: The folder, the documents file or a column is missing, or a timestamp is invalid.
@@ -166,30 +144,24 @@ def read_validated(validated_dir: str | Path) -> tuple[list[dict[str, Any]], lis
     folder = Path(validated_dir)
     if not folder.is_dir():
         raise CriticalValidationError(f"validated folder not found: {folder}")
-    docs = _read_parquet(folder / "documents.parquet", DOCUMENT_COLUMNS, required=True)
-    tombs = _read_parquet(folder / "tombstones.parquet", TOMBSTONE_COLUMNS, required=False)
-    for doc in docs:
-        doc["updated_at"] = normalize_timestamp(doc["updated_at"], what=f"documents.parquet {doc['doc_id']}")
-    for tomb in tombs:
-        tomb["deleted_at"] = normalize_timestamp(tomb["deleted_at"], what=f"tombstones.parquet {tomb['doc_id']}")
-    return docs, tombs
+    docs = snapshot.read_table(folder, snapshot.DOCUMENTS, require=DOCUMENT_COLUMNS)
+    tombs = snapshot.read_table(folder, snapshot.TOMBSTONES, require=TOMBSTONE_COLUMNS, missing_ok=True)
+    docs_rows = docs.select(list(DOCUMENT_COLUMNS)).to_pylist()
+    tomb_rows = tombs.select(list(TOMBSTONE_COLUMNS)).to_pylist()
+    for doc in docs_rows:
+        doc["updated_at"] = normalize_timestamp(doc["updated_at"], what=f"document {doc['doc_id']}")
+    for tomb in tomb_rows:
+        tomb["deleted_at"] = normalize_timestamp(tomb["deleted_at"], what=f"tombstone {tomb['doc_id']}")
+    return docs_rows, tomb_rows
 
 
 # ------------------------------------------------------------------------------------------ planning
 
 
-def _event_key(row: dict[str, Any]) -> tuple[str, int, str]:
-    return (row["updated_at"], TOMBSTONE if row["deleted"] else UPSERT, row["interval"])
-
-
-def _latest_per_doc(rows: Iterable[dict[str, Any]], sort_key: Any) -> dict[str, dict[str, Any]]:
-    """Keep the greatest row per doc_id (dedupes the source on its key)."""
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        current = best.get(row["doc_id"])
-        if current is None or sort_key(row) > sort_key(current):
-            best[row["doc_id"]] = row
-    return best
+def _event_key(row: dict[str, Any]) -> tuple[dt.datetime, int, str]:
+    """The :attr:`~evertune.data.DocEvent.key` of a stored docstate row."""
+    moment = snapshot.parse_timestamp(row["updated_at"], what=f"docstate {row['doc_id']}")
+    return (moment, TOMBSTONE if row["deleted"] else UPSERT, row["interval"])
 
 
 @dataclass
@@ -217,41 +189,32 @@ def plan_documents(
     Returns:
         The plan: winning upserts, the doc ids in scope and the docstate rows to write.
     """
-    events: dict[str, dict[str, Any]] = {}
-    doc_events = _latest_per_doc(
-        ({**doc, "interval": interval, "deleted": False} for doc in docs),
-        lambda row: (row["updated_at"], row["content_hash"]),
-    )
-    tomb_events = _latest_per_doc(
-        ({"doc_id": t["doc_id"], "updated_at": t["deleted_at"], "interval": interval, "deleted": True} for t in tombs),
-        lambda row: row["updated_at"],
-    )
-    for source in (doc_events, tomb_events):
-        for doc_id, event in source.items():
-            if doc_id not in events or _event_key(event) > _event_key(events[doc_id]):
-                events[doc_id] = event
+    events = [DocEvent.upsert(doc, interval) for doc in docs]
+    events += [DocEvent.tombstone(tomb, interval) for tomb in tombs]
+    winners = {doc_id: resolved.winner for doc_id, resolved in resolve_doc_state(events).items()}
 
     plan = _Plan(upserts={}, scope=[], state_rows=[])
-    for doc_id in sorted(events):
-        event = events[doc_id]
+    for doc_id in sorted(winners):
+        event = winners[doc_id]
         current = state.get(doc_id)
-        if current is not None and _event_key(current) > _event_key(event):
+        # The stored state loses ties: re-applying the same event (a re-run of the interval) re-applies it.
+        if current is not None and _event_key(current) > event.key:
             plan.docs_skipped_older += 1
             continue
         plan.scope.append(doc_id)
-        if not event["deleted"]:
-            plan.upserts[doc_id] = event
+        if not event.deleted:
+            plan.upserts[doc_id] = {**event.row, "interval": interval, "deleted": False}
         new_state = {
             "doc_id": doc_id,
-            "updated_at": event["updated_at"],
+            "updated_at": normalize_timestamp(event.at, what=doc_id),
             "interval": interval,
-            "content_hash": "" if event["deleted"] else event["content_hash"],
-            "deleted": bool(event["deleted"]),
+            "content_hash": event.content_hash,
+            "deleted": event.deleted,
         }
-        same_event = current is not None and _event_key(current) == _event_key(event)
+        same_event = current is not None and _event_key(current) == event.key
         if same_event and current.get("content_hash") == new_state["content_hash"]:
             plan.docs_unchanged += 1  # a re-run: re-applied (self-healing) but not counted as a change
-        elif event["deleted"]:
+        elif event.deleted:
             plan.docs_deleted += 1
         else:
             plan.docs_upserted += 1

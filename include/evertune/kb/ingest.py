@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from evertune.data.snapshot import DOC_COLUMNS, QA_COLUMNS, TOMBSTONE_COLUMNS
 from evertune.errors import ConfigError, TransientError
 from evertune.kb import quarantine as q
 from evertune.kb.parsing import html_to_text, markdown_to_text, normalize_text, parse_front_matter
 from evertune.kb.quarantine import QuarantineRecord
 from evertune.kb.records import (
-    DOC_ID_RE,
     Reject,
     decode_bytes,
     docs_line,
@@ -41,13 +41,6 @@ if TYPE_CHECKING:
 
     from evertune.config import Params
 
-#: Columns of the normalised document record, in file order.
-DOC_COLUMNS: tuple[str, ...] = (
-    "doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref",
-)  # fmt: skip
-TOMBSTONE_COLUMNS: tuple[str, ...] = ("doc_id", "deleted_at", "reason", "record_ref")
-QA_COLUMNS: tuple[str, ...] = ("qa_id", "question", "answer", "doc_id", "fact_key", "record_ref")
-
 _INTERVAL_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CHUNK = 1 << 16
 
@@ -63,9 +56,10 @@ class IngestResult:
     Attributes:
         interval: The data interval date ``YYYY-MM-DD``.
         partition_found: False when ``<landing>/ds=<interval>/`` does not exist (not an error here).
-        documents: One row per readable document (:data:`DOC_COLUMNS`), sorted by (doc_id, record_ref).
-        tombstones: Deletions (:data:`TOMBSTONE_COLUMNS`), sorted by (doc_id, record_ref).
-        qa: Training QA pairs (:data:`QA_COLUMNS`), sorted by (qa_id, record_ref).
+        documents: One row per readable document (``snapshot.DOC_COLUMNS``, all strings), sorted by
+            (doc_id, record_ref).
+        tombstones: Deletions (``snapshot.TOMBSTONE_COLUMNS``), sorted by (doc_id, record_ref).
+        qa: Training QA pairs (``snapshot.QA_COLUMNS``), sorted by (qa_id, record_ref).
         quarantine: Ingest-stage quarantine rows (``quarantine.QUARANTINE_COLUMNS``).
         golden_retrieval: Golden retrieval queries, sorted by query_id.
         golden_qa: Golden QA pairs (never trained on), sorted by qa_id.

@@ -6,7 +6,8 @@ idempotent: re-running one, or a whole day, gives the same state.
 
 Where the data sits between steps:
 
-* ``ingest_documents`` -> ``$EVERTUNE_WORK_DIR/refresh/ds=<interval>/ingested.pkl`` (staging, not versioned);
+* ``ingest_documents`` -> ``$EVERTUNE_WORK_DIR/refresh/ds=<interval>/ingested/`` (staging in the snapshot layout,
+  not versioned); it returns an :class:`~evertune.kb.staging.IngestRef` (path + counts) as a dict;
 * ``validate_documents`` -> ``<data-repo>/validated/ds=<interval>/`` (byte-deterministic files);
 * ``version_snapshot`` -> DVC md5 + git tag ``validated/<interval>`` in the data repo, pushed to the remote;
 * ``sync_index`` -> a new LanceDB table version (the candidate);
@@ -17,11 +18,11 @@ Where the data sits between steps:
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
 from evertune.config import Params, apply_overrides, load_params
+from evertune.data import snapshot
 from evertune.data.versioning import DataRepo, validated_folder, validated_key
 from evertune.errors import NothingToDo
 from evertune.settings import Settings, get_settings
@@ -45,60 +46,60 @@ def validated_dir(settings: Settings, interval: str) -> Path:
     return settings.data_repo / validated_folder(interval)
 
 
+def staged_ingest_dir(settings: Settings, interval: str) -> Path:
+    """Where :func:`ingest_documents` stages one interval's ingest result."""
+    return staging_dir(settings, interval) / "ingested"
+
+
 def ingest_documents(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the interval's landing partition into staging.
+    """Read the interval's landing partition into staging (the snapshot layout, see :mod:`evertune.kb.staging`).
 
     Args:
         interval: The data interval date.
         overrides: Per-run overrides of ``params.yaml`` (dotted keys).
 
     Returns:
-        Counts of documents, tombstones, QA pairs and quarantined inputs, and whether the partition exists.
+        The :class:`~evertune.kb.staging.IngestRef` as a dict: ``interval``, ``path`` of the staged folder,
+        ``partition_found`` and the counts of documents, tombstones, QA pairs, quarantined inputs, records and
+        files read.
 
     Raises:
         NothingToDo: No partition landed for the interval and ``ingest.missing_partition`` is ``skip``.
     """
     from evertune.kb.ingest import ingest_partition
+    from evertune.kb.staging import stage_ingest
 
     params, settings = _context(overrides)
     result = ingest_partition(settings.landing_uri, interval, params)
     if not result.partition_found and params.ingest.missing_partition == "skip":
         raise NothingToDo(f"no landing partition for ds={interval} under {settings.landing_uri}: nothing to refresh")
-    folder = staging_dir(settings, interval)
-    folder.mkdir(parents=True, exist_ok=True)
-    # Staging between two tasks of the same run and code version: a pickle keeps the frames exact.
-    tmp = folder / "ingested.pkl.tmp"
-    tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-    tmp.replace(folder / "ingested.pkl")
-    summary = {
-        "interval": interval,
-        "partition_found": result.partition_found,
-        "documents": len(result.documents),
-        "tombstones": len(result.tombstones),
-        "qa": len(result.qa),
-        "quarantined": len(result.quarantine),
-        "records_read": result.records_read,
-    }
+    summary = stage_ingest(result, staged_ingest_dir(settings, interval)).to_dict()
     log.info("ingested %s", summary)
     return summary
 
 
-def validate_documents(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def validate_documents(
+    interval: str, overrides: dict[str, Any] | None = None, ingested: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Validate the staged drop with Great Expectations and write the validated snapshot.
+
+    Args:
+        interval: The data interval date.
+        overrides: Per-run overrides of ``params.yaml``.
+        ingested: What :func:`ingest_documents` returned (its ``path`` is read); default the interval's
+            staging folder.
 
     Raises:
         CriticalValidationError: Wrong schema, an empty drop, or too large a quarantined share.
         NothingToDo: Ingestion has not run for this interval.
     """
+    from evertune.kb.staging import IngestRef, load_ingest
     from evertune.kb.validation import validate_documents as run_suite
     from evertune.kb.validation import write_validated
 
     params, settings = _context(overrides)
-    staged = staging_dir(settings, interval) / "ingested.pkl"
-    if not staged.is_file():
-        raise NothingToDo(f"no staged ingest for {interval}: run ingest_documents first")
-    ingested = pickle.loads(staged.read_bytes())  # noqa: S301 - our own staging file
-    result = run_suite(ingested, interval, params, settings)
+    folder = Path(IngestRef.from_dict(ingested).path) if ingested else staged_ingest_dir(settings, interval)
+    result = run_suite(load_ingest(folder, interval), interval, params, settings)
     out = validated_dir(settings, interval)
     write_validated(result, out)
     reasons = result.report.get("quarantine_by_reason") or result.report.get("counts_by_reason") or {}
@@ -138,7 +139,7 @@ def evaluate_retrieval(interval: str, overrides: dict[str, Any] | None, synced: 
     from evertune.kb.retrieval import evaluate_retrieval as score
 
     params, settings = _context(overrides)
-    golden = validated_dir(settings, interval) / "golden_retrieval.jsonl"
+    golden = snapshot.path_of(validated_dir(settings, interval), snapshot.GOLDEN_RETRIEVAL)
     evaluation = score(synced["table_name"], synced["version"], golden, params, settings)
     log.info("retrieval candidate=%s published=%s", evaluation.get("candidate"), evaluation.get("published"))
     return evaluation

@@ -6,28 +6,29 @@ Two tiers:
   report: wrong schema, an empty drop, or too large a quarantined share;
 * **row level** -> the row goes to quarantine with a reason code and the run continues with the good rows.
 
-The suites run through a file Data Context under ``<work_dir>/gx`` (created once, then re-used) whose checkpoints
-update the Data Docs. Validation runs are keyed on the data interval, not the clock, so a re-run replaces the
-interval's results instead of adding new ones. :func:`write_validated` writes byte-identical files for the same
-input, because the data version (DVC) is keyed on their md5.
+The checks are in :mod:`evertune.kb.expectations`; they run through a file Data Context under ``<work_dir>/gx``
+(created once, then re-used, :mod:`evertune.kb.gx_suite`) whose checkpoints update the Data Docs. Validation
+runs are keyed on the data interval, not the clock, so a re-run replaces the interval's results instead of
+adding new ones. :func:`write_validated` writes byte-identical files for the same input (through
+:mod:`evertune.data.snapshot`), because the data version (DVC) is keyed on their md5.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import json
 import logging
-import os
-import re
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evertune.data import snapshot
+from evertune.data.snapshot import DOC_COLUMNS, QA_COLUMNS, TOMBSTONE_COLUMNS
 from evertune.errors import CriticalValidationError
 from evertune.kb import quarantine as q
-from evertune.kb.ingest import DOC_COLUMNS, DOC_ID_RE, QA_COLUMNS, TOMBSTONE_COLUMNS, IngestResult
+from evertune.kb.expectations import doc_failure_detail, document_checks, qa_checks, qa_failure_detail, text_ratios
+from evertune.kb.gx_suite import DOCS_SUITE, QA_SUITE, data_docs_url, gx_context, gx_lock, run_suite
+from evertune.kb.ingest import IngestResult
 from evertune.kb.quarantine import QUARANTINE_COLUMNS, QuarantineRecord, count_by_reason, quarantine_frame
 
 if TYPE_CHECKING:
@@ -38,124 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Files written by :func:`write_validated`, by key.
-OUTPUT_FILES: dict[str, str] = {
-    "documents": "documents.parquet",
-    "tombstones": "tombstones.parquet",
-    "qa": "qa.parquet",
-    "quarantine": "quarantine.parquet",
-    "golden_retrieval": "golden_retrieval.jsonl",
-    "golden_qa": "golden_qa.jsonl",
-    "report": "report.json",
-}
-#: Report keys that depend on the machine, not on the data; kept out of ``report.json``.
+#: Report keys that depend on the machine, not on the data; kept out of the stored report.
 VOLATILE_REPORT_KEYS = frozenset({"data_docs"})
-
-GX_DATASOURCE = "evertune_kb"
-DOCS_SUITE = "kb_documents"
-QA_SUITE = "kb_qa"
-_GX_ROW_KEY = "record_ref"
-
-# A small list of English function words: prose is full of them, word salad and non-language residue is not.
-STOPWORDS: frozenset[str] = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below between
-    both but by can could did do does doing down during each few for from further had has have having he her here
-    hers him his how i if in into is it its itself just me more most my no nor not now of off on once only or other
-    our ours out over own same she should so some such than that the their theirs them then there these they this
-    those through to too under until up very was we were what when where which while who whom why will with would
-    you your yours""".split()
-)
-_WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
-
-# PII patterns use explicit ASCII classes so pandas (RE2 or Python re) and Python agree on what they match.
-_PHONE_RE = (
-    r"(?<![0-9A-Za-z.])(?:\+[0-9]{1,3}[ .-]?)?"  # optional country code
-    r"(?:\([0-9]{2,4}\)|[0-9]{2,4})[ .-][0-9]{3,4}[ .-][0-9]{3,4}(?![0-9A-Za-z]|\.[0-9])"  # area, exchange, line
-)
-_CARD_RE = r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"
-_EMPTY_RE = r"^\s*$"
-
-
-def email_regex(allowed_domains: list[str]) -> str:
-    """The e-mail PII pattern, skipping addresses at ``allowed_domains`` (and their subdomains)."""
-    allowed = "|".join(re.escape(domain.lower().strip(".")) for domain in allowed_domains if domain.strip("."))
-    skip = f"(?!(?:[A-Za-z0-9-]+\\.)*(?:{allowed})(?![A-Za-z0-9-]|\\.[A-Za-z0-9]))" if allowed else ""
-    return f"[A-Za-z0-9._%+-]+@{skip}[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{{2,}}"
-
-
-def pii_patterns(vparams: ValidateParams) -> dict[str, str]:
-    """PII regexes by kind: ``email``, ``phone``, ``card``."""
-    return {"email": email_regex(vparams.pii_allowed_email_domains), "phone": _PHONE_RE, "card": _CARD_RE}
-
-
-def text_ratios(text: str) -> tuple[float, float]:
-    """Share of letters among non-space characters, and share of English stopwords among words.
-
-    Args:
-        text: Plain text.
-
-    Returns:
-        ``(alpha_ratio, stopword_ratio)``, each in [0, 1] (0 for empty text).
-    """
-    visible = [ch for ch in text if not ch.isspace()]
-    alpha = sum(ch.isalpha() for ch in visible) / len(visible) if visible else 0.0
-    words = _WORD_RE.findall(text.lower())
-    stop = sum(word in STOPWORDS for word in words) / len(words) if words else 0.0
-    return round(alpha, 6), round(stop, 6)
-
-
-@dataclass(frozen=True)
-class _Check:
-    """One expectation and the quarantine reason of the rows it rejects."""
-
-    check: str
-    reason: str
-    expectation: str
-    kwargs: dict[str, Any]
-
-
-def document_checks(vparams: ValidateParams) -> list[_Check]:
-    """The row-level expectations for documents, in priority order (a row's first failure is its reason)."""
-    prefixes = "|".join(re.escape(prefix) for prefix in vparams.allowed_url_prefixes)
-    checks = [
-        _Check("doc_id_format", q.INVALID_DOC_ID, "ExpectColumnValuesToMatchRegex",
-               {"column": "doc_id", "regex": f"^{DOC_ID_RE.pattern}$"}),
-        _Check("text_not_empty", q.EMPTY_TEXT, "ExpectColumnValuesToNotMatchRegex",
-               {"column": "text", "regex": _EMPTY_RE}),
-        _Check("text_length", f"{q.TEXT_TOO_SHORT}|{q.TEXT_TOO_LONG}", "ExpectColumnValueLengthsToBeBetween",
-               {"column": "text", "min_value": vparams.min_text_chars, "max_value": vparams.max_text_chars}),
-        _Check("alpha_ratio", q.GARBAGE_TEXT, "ExpectColumnValuesToBeBetween",
-               {"column": "alpha_ratio", "min_value": vparams.min_alpha_ratio, "max_value": 1.0}),
-        _Check("stopword_ratio", q.GARBAGE_TEXT, "ExpectColumnValuesToBeBetween",
-               {"column": "stopword_ratio", "min_value": vparams.min_stopword_ratio, "max_value": 1.0}),
-        _Check("source_allowed", q.DISALLOWED_SOURCE, "ExpectColumnValuesToBeInSet",
-               {"column": "source", "value_set": sorted(vparams.allowed_sources)}),
-        _Check("url_allowed", q.DISALLOWED_URL, "ExpectColumnValuesToMatchRegex",
-               {"column": "url", "regex": f"^(?:{prefixes})\\S*$" if prefixes else "(?!)"}),
-        _Check("doc_id_unique", q.DUPLICATE_DOC_ID, "ExpectColumnValuesToBeUnique", {"column": "doc_id"}),
-    ]  # fmt: skip
-    for kind, regex in pii_patterns(vparams).items():
-        checks.append(_Check(f"pii_{kind}", q.PII_DETECTED, "ExpectColumnValuesToNotMatchRegex",
-                             {"column": "pii_scan", "regex": regex}))  # fmt: skip
-    return checks
-
-
-def qa_checks(vparams: ValidateParams) -> list[_Check]:
-    """The row-level expectations for training QA pairs, in priority order."""
-    checks = [
-        _Check("question_not_empty", q.EMPTY_TEXT, "ExpectColumnValuesToNotMatchRegex",
-               {"column": "question", "regex": _EMPTY_RE}),
-        _Check("answer_not_empty", q.EMPTY_TEXT, "ExpectColumnValuesToNotMatchRegex",
-               {"column": "answer", "regex": _EMPTY_RE}),
-        _Check("doc_id_format", q.INVALID_DOC_ID, "ExpectColumnValuesToMatchRegex",
-               {"column": "doc_id", "regex": f"^{DOC_ID_RE.pattern}$"}),
-        _Check("qa_id_unique", q.DUPLICATE_QA_ID, "ExpectColumnValuesToBeUnique", {"column": "qa_id"}),
-    ]  # fmt: skip
-    for kind, regex in pii_patterns(vparams).items():
-        checks.append(_Check(f"pii_{kind}", q.PII_DETECTED, "ExpectColumnValuesToNotMatchRegex",
-                             {"column": "pii_scan", "regex": regex}))  # fmt: skip
-    return checks
-
 
 DOC_HELPER_COLUMNS = ("alpha_ratio", "stopword_ratio", "pii_scan")
 QA_HELPER_COLUMNS = ("pii_scan",)
@@ -167,9 +52,9 @@ class ValidationResult:
 
     Attributes:
         interval: The data interval date.
-        documents: Good documents (``ingest.DOC_COLUMNS``), sorted by (doc_id, record_ref).
-        tombstones: Deletions (``ingest.TOMBSTONE_COLUMNS``).
-        qa: Good training QA pairs (``ingest.QA_COLUMNS``).
+        documents: Good documents (``snapshot.DOC_COLUMNS``, all strings), sorted by (doc_id, record_ref).
+        tombstones: Deletions (``snapshot.TOMBSTONE_COLUMNS``).
+        qa: Good training QA pairs (``snapshot.QA_COLUMNS``).
         golden_retrieval: Golden retrieval queries.
         golden_qa: Golden QA pairs.
         quarantine: Every quarantined row, ingest and validate stage (``quarantine.QUARANTINE_COLUMNS``).
@@ -228,233 +113,7 @@ def _critical(message: str, report: dict[str, Any], problems: list[str]) -> Crit
     return CriticalValidationError(readable, report)
 
 
-# --------------------------------------------------------------------------- Great Expectations
-
-
-@contextlib.contextmanager
-def _gx_lock(work_dir: Path) -> Iterator[None]:
-    # Concurrent runs (backfills) share one Data Context: serialise get-or-create and the Data Docs build.
-    import fcntl
-
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with open(work_dir / "gx.lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _gx_context(work_dir: Path):
-    import great_expectations as gx
-
-    # GX keeps its project in <project_root_dir>/gx: that is <work_dir>/gx.
-    context = gx.get_context(mode="file", project_root_dir=str(work_dir))
-    with contextlib.suppress(AttributeError, TypeError):
-        if context.variables.progress_bars is None or context.variables.progress_bars.globally:
-            from great_expectations.data_context.types.base import ProgressBarsConfig
-
-            context.variables.progress_bars = ProgressBarsConfig(globally=False)
-            context.variables.save()
-    return context
-
-
-def _gx_checkpoint(context: Any, suite_name: str, checks: list[_Check], columns: list[str]):
-    """Get-or-create the datasource, asset and batch definition; create or update suite, definition, checkpoint."""
-    import great_expectations as gx
-    from great_expectations.exceptions import DataContextError
-
-    try:
-        source = context.data_sources.get(GX_DATASOURCE)
-    except (LookupError, DataContextError):
-        source = context.data_sources.add_pandas(GX_DATASOURCE)
-    try:
-        asset = source.get_asset(suite_name)
-    except LookupError:
-        asset = source.add_dataframe_asset(name=suite_name)
-    try:
-        batch_definition = asset.get_batch_definition("whole")
-    except LookupError:
-        batch_definition = asset.add_batch_definition_whole_dataframe("whole")
-
-    expectations = [gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True,
-                                                                 meta={"check": "schema", "reason": ""})]  # fmt: skip
-    for check in checks:
-        expectation_class = getattr(gx.expectations, check.expectation)
-        expectations.append(expectation_class(**check.kwargs, meta={"check": check.check, "reason": check.reason}))
-    suite = _get_or_update_suite(context, gx.ExpectationSuite(name=suite_name, expectations=expectations))
-
-    definition_name = f"{suite_name}_whole"
-    try:
-        definition = context.validation_definitions.get(definition_name)
-        reuse = definition.suite.name == suite.name and definition.batch_definition.name == batch_definition.name
-    except (LookupError, DataContextError):
-        reuse = False
-    if not reuse:
-        definition = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=definition_name, data=batch_definition, suite=suite)
-        )
-    # COMPLETE + the row key tells which rows failed; the values are left out (they may be PII).
-    result_format = {
-        "result_format": "COMPLETE",
-        "unexpected_index_column_names": [_GX_ROW_KEY],
-        "exclude_unexpected_values": True,
-        "partial_unexpected_count": 0,
-    }
-    checkpoint_name = f"{suite_name}_checkpoint"
-    try:
-        checkpoint = context.checkpoints.get(checkpoint_name)
-        reuse = (
-            [vd.name for vd in checkpoint.validation_definitions] == [definition_name]
-            and [type(a).__name__ for a in checkpoint.actions] == ["UpdateDataDocsAction"]
-            and checkpoint.result_format == result_format
-        )
-    except (LookupError, DataContextError):
-        reuse = False
-    if not reuse:
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=checkpoint_name,
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
-                result_format=result_format,
-            )
-        )
-    return checkpoint
-
-
-def _expectation_key(expectation: Any) -> str:
-    config = expectation.configuration.to_json_dict()
-    return json.dumps(
-        {k: v for k, v in config.items() if k not in ("id", "rendered_content")}, sort_keys=True, default=str
-    )
-
-
-def _get_or_update_suite(context: Any, wanted: Any) -> Any:
-    """Return the stored suite when it already holds exactly ``wanted``'s expectations; else store ``wanted``.
-
-    Unchanged expectations keep their stored ids (GX's own ``add_or_update`` compares ids too, so it never
-    matches a freshly built expectation).
-    """
-    from great_expectations.exceptions import DataContextError
-
-    try:
-        stored = context.suites.get(wanted.name)
-    except (LookupError, DataContextError):
-        return context.suites.add(wanted)
-    stored_ids = {_expectation_key(e): e.id for e in stored.expectations}
-    wanted_keys = [_expectation_key(e) for e in wanted.expectations]
-    if wanted_keys == [_expectation_key(e) for e in stored.expectations]:
-        return stored
-    for expectation, key in zip(wanted.expectations, wanted_keys, strict=True):
-        expectation.id = stored_ids.get(key)
-    return context.suites.add_or_update(wanted)
-
-
-def _failed_refs(result: dict[str, Any]) -> set[str]:
-    refs: set[str] = set()
-    for item in result.get("unexpected_index_list") or []:
-        value = item.get(_GX_ROW_KEY) if isinstance(item, dict) else None
-        if isinstance(value, list):
-            refs.update(str(v) for v in value)
-        elif value is not None:
-            refs.add(str(value))
-    return refs
-
-
-def _run_suite(
-    context: Any, suite_name: str, checks: list[_Check], frame: pd.DataFrame, interval: str
-) -> list[dict[str, Any]]:
-    """Run one suite on ``frame``; return per-expectation outcomes with the failing record refs."""
-    from great_expectations.core.run_identifier import RunIdentifier
-
-    checkpoint = _gx_checkpoint(context, suite_name, checks, list(frame.columns))
-    # Keyed on the interval, not the clock: a re-run overwrites the interval's stored results.
-    run_time = dt.datetime.combine(dt.date.fromisoformat(interval), dt.time(), tzinfo=dt.UTC)
-    outcome = checkpoint.run(batch_parameters={"dataframe": frame}, run_id=RunIdentifier(f"kb-{interval}", run_time))
-    outcomes: list[dict[str, Any]] = []
-    for run_result in outcome.run_results.values():
-        for result in run_result.to_json_dict()["results"]:
-            config = result["expectation_config"]
-            meta = config.get("meta") or {}
-            if (result.get("exception_info") or {}).get("raised_exception"):
-                message = result["exception_info"].get("exception_message", "unknown error")
-                raise CriticalValidationError(
-                    f"expectation {meta.get('check')} of suite {suite_name} could not run: {message}",
-                    {"suite": suite_name, "check": meta.get("check"), "error": message},
-                )
-            details = result.get("result") or {}
-            failed = _failed_refs(details)
-            unexpected = int(details.get("unexpected_count") or 0)
-            if unexpected != len(failed) and meta.get("check") != "schema":
-                raise RuntimeError(
-                    f"GX reported {unexpected} failures of {meta.get('check')} but named {len(failed)} rows"
-                )
-            outcomes.append({
-                "suite": suite_name,
-                "check": meta.get("check", ""),
-                "reason": meta.get("reason", ""),
-                "expectation": config["type"],
-                "column": config.get("kwargs", {}).get("column", ""),
-                "success": bool(result["success"]),
-                "unexpected_count": unexpected,
-                "failed_refs": failed,
-            })  # fmt: skip
-    # GX does not keep the suite's order; the check order is the reason priority, so restore it.
-    order = {"schema": -1} | {check.check: i for i, check in enumerate(checks)}
-    return sorted(outcomes, key=lambda o: order.get(o["check"], len(order)))
-
-
-def _data_docs_url(context: Any) -> str | None:
-    sites = context.get_docs_sites_urls()
-    return str(sites[0]["site_url"]) if sites else None
-
-
 # --------------------------------------------------------------------------- row-level mapping
-
-
-def _doc_failure_detail(check: str, row: dict[str, Any], vparams: ValidateParams, copies: int) -> tuple[str, str]:
-    """Reason and readable detail of one failed document check (never echoing PII)."""
-    text = row["text"]
-    if check == "doc_id_format":
-        return q.INVALID_DOC_ID, f"doc_id {row['doc_id'][:90]!r} does not match [a-z0-9][a-z0-9-]{{1,79}}"
-    if check == "text_not_empty":
-        return q.EMPTY_TEXT, "text is empty"
-    if check == "text_length":
-        reason = q.TEXT_TOO_SHORT if len(text) < vparams.min_text_chars else q.TEXT_TOO_LONG
-        return reason, f"text has {len(text)} characters; allowed {vparams.min_text_chars}..{vparams.max_text_chars}"
-    if check == "alpha_ratio":
-        return (
-            q.GARBAGE_TEXT,
-            f"only {row['alpha_ratio']:.0%} of visible characters are letters (min {vparams.min_alpha_ratio:.0%})",
-        )
-    if check == "stopword_ratio":
-        return q.GARBAGE_TEXT, (f"only {row['stopword_ratio']:.0%} of words are common English words "
-                                f"(min {vparams.min_stopword_ratio:.0%}): not natural language")  # fmt: skip
-    if check == "source_allowed":
-        return q.DISALLOWED_SOURCE, f"source {row['source'][:60]!r} is not in validate.allowed_sources"
-    if check == "url_allowed":
-        return q.DISALLOWED_URL, f"url {row['url'][:100]!r} does not start with one of validate.allowed_url_prefixes"
-    if check == "doc_id_unique":
-        return (
-            q.DUPLICATE_DOC_ID,
-            f"doc_id {row['doc_id']!r} appears {copies} times in this drop with different content",
-        )
-    if check.startswith("pii_"):
-        return q.PII_DETECTED, f"possible {check.removeprefix('pii_')} in title or text"
-    raise ValueError(f"unknown check {check!r}")
-
-
-def _qa_failure_detail(check: str, row: dict[str, Any]) -> tuple[str, str]:
-    if check in ("question_not_empty", "answer_not_empty"):
-        return q.EMPTY_TEXT, f"{check.removesuffix('_not_empty')} is empty"
-    if check == "doc_id_format":
-        return q.INVALID_DOC_ID, f"doc_id {row['doc_id'][:90]!r} does not match [a-z0-9][a-z0-9-]{{1,79}}"
-    if check == "qa_id_unique":
-        return q.DUPLICATE_QA_ID, f"qa_id {row['qa_id'][:90]!r} appears more than once with different content"
-    if check.startswith("pii_"):
-        return q.PII_DETECTED, f"possible {check.removeprefix('pii_')} in question or answer"
-    raise ValueError(f"unknown check {check!r}")
 
 
 def _collapse_exact_duplicates(
@@ -475,12 +134,6 @@ def _collapse_exact_duplicates(
     return kept, sorted(dropped)
 
 
-def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
-
-
 def _rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return (
         [dict(zip(columns, values, strict=True)) for values in zip(*(frame[c].tolist() for c in columns), strict=True)]
@@ -490,6 +143,147 @@ def _rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> list[dict[str, str]]
 
 
 # --------------------------------------------------------------------------- the validator
+
+
+def _check_drop(ingested: IngestResult, interval: str, vparams: ValidateParams, report: dict[str, Any]) -> None:
+    """Raise the critical failures that need no suite: a wrong schema, or an empty drop when that is required."""
+    problems = check_schema(ingested)
+    if problems:
+        raise _critical(f"validation of {interval} failed: the ingested data has the wrong schema", report, problems)
+    if not vparams.require_nonempty_drop or (
+        ingested.partition_found and (len(ingested.documents) or len(ingested.tombstones))
+    ):
+        return
+    quarantined = len(ingested.quarantine)
+    if not ingested.partition_found:
+        why = "the landing partition does not exist"
+    elif quarantined:
+        why = f"the drop holds no readable documents or tombstones ({quarantined} records quarantined)"
+    else:
+        why = "the drop holds no documents and no tombstones"
+    report["counts"] = {"records_read": ingested.records_read, "quarantined_ingest": quarantined}
+    report["quarantine_by_reason"] = count_by_reason(ingested.quarantine)
+    raise _critical(f"validation of {interval} failed: empty drop", report, [why + " (validate.require_nonempty_drop)"])
+
+
+def _document_frame(docs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Add the helper columns the document checks read (ratios, PII scan text) and build the suite's frame."""
+    import pandas as pd
+
+    for row in docs:
+        row["alpha_ratio"], row["stopword_ratio"] = text_ratios(row["text"])
+        row["pii_scan"] = f"{row['title']}\n{row['text']}"
+    frame = snapshot.text_frame(docs, (*DOC_COLUMNS, "pii_scan"))
+    frame.insert(len(DOC_COLUMNS), "alpha_ratio", pd.Series([r["alpha_ratio"] for r in docs], dtype="float64"))
+    frame.insert(len(DOC_COLUMNS) + 1, "stopword_ratio",
+                 pd.Series([r["stopword_ratio"] for r in docs], dtype="float64"))  # fmt: skip
+    return frame
+
+
+def _qa_frame(qa_rows: list[dict[str, Any]]) -> pd.DataFrame:
+    for row in qa_rows:
+        row["pii_scan"] = f"{row['question']}\n{row['answer']}"
+    return snapshot.text_frame(qa_rows, QA_COLUMNS + QA_HELPER_COLUMNS)
+
+
+def _failed_checks(row: dict[str, Any], outcomes: list[dict[str, Any]]) -> list[str]:
+    return [o["check"] for o in outcomes if row["record_ref"] in o["failed_refs"]]
+
+
+def _quarantined(interval: str, row: dict[str, Any], failures: list[tuple[str, str]]) -> QuarantineRecord:
+    """The quarantine record of a row: its first failure's reason, every failure's detail (once each)."""
+    detail = "; ".join(dict.fromkeys(d for _, d in failures))
+    return QuarantineRecord(interval, row["record_ref"], row["doc_id"], "validate", failures[0][0], detail)
+
+
+def _flag_pii(row: dict[str, Any], failed_checks: list[str]) -> None:
+    metadata = json.loads(row["metadata"])
+    metadata.update(pii=True, pii_kinds=sorted(c.removeprefix("pii_") for c in failed_checks))
+    row["metadata"] = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sort_out_documents(
+    docs: list[dict[str, Any]], outcomes: list[dict[str, Any]], vparams: ValidateParams, interval: str
+) -> tuple[list[dict[str, Any]], list[QuarantineRecord], int]:
+    """Split documents into good rows and quarantine records by their failed checks.
+
+    With ``validate.pii_action: flag`` a document whose only failures are PII is kept, flagged in its metadata.
+
+    Returns:
+        ``(good rows, quarantine records, number of PII-flagged documents)``.
+    """
+    copies = Counter(r["doc_id"] for r in docs)
+    good, quarantined, pii_flagged = [], [], 0
+    for row in docs:
+        failed = _failed_checks(row, outcomes)
+        failures = [doc_failure_detail(c, row, vparams, copies[row["doc_id"]]) for c in failed]
+        if failures and all(reason == q.PII_DETECTED for reason, _ in failures) and vparams.pii_action == "flag":
+            _flag_pii(row, failed)
+            pii_flagged += 1
+            failures = []
+        if failures:
+            quarantined.append(_quarantined(interval, row, failures))
+        else:
+            good.append(row)
+    return good, quarantined, pii_flagged
+
+
+def sort_out_qa(
+    qa_rows: list[dict[str, Any]], outcomes: list[dict[str, Any]], interval: str
+) -> tuple[list[dict[str, Any]], list[QuarantineRecord]]:
+    """Split QA pairs into good rows and quarantine records (PII in a QA pair is always quarantined)."""
+    good, quarantined = [], []
+    for row in qa_rows:
+        failures = [qa_failure_detail(c, row) for c in _failed_checks(row, outcomes)]
+        if failures:
+            quarantined.append(_quarantined(interval, row, failures))
+        else:
+            good.append(row)
+    return good, quarantined
+
+
+@dataclass(frozen=True)
+class _Tally:
+    """What the validator kept and dropped, for the report's counts."""
+
+    docs: list[dict[str, Any]]
+    qa: list[dict[str, Any]]
+    dropped_docs: list[str]
+    dropped_qa: list[str]
+    pii_flagged: int
+    quarantined_ingest: int
+    quarantined_validate: int
+
+
+def _counts(ingested: IngestResult, tally: _Tally) -> dict[str, int]:
+    return {
+        "records_read": int(ingested.records_read),
+        "files_read": int(ingested.files_read),
+        "documents_read": len(ingested.documents),
+        "documents_valid": len(tally.docs),
+        "documents_exact_duplicates_dropped": len(tally.dropped_docs),
+        "documents_pii_flagged": tally.pii_flagged,
+        "tombstones": len(ingested.tombstones),
+        "qa_read": len(ingested.qa),
+        "qa_valid": len(tally.qa),
+        "qa_exact_duplicates_dropped": len(tally.dropped_qa),
+        "golden_retrieval": len(ingested.golden_retrieval),
+        "golden_qa": len(ingested.golden_qa),
+        "quarantined": tally.quarantined_ingest + tally.quarantined_validate,
+        "quarantined_ingest": tally.quarantined_ingest,
+        "quarantined_validate": tally.quarantined_validate,
+    }
+
+
+def _run_suites(
+    settings: Settings, vparams: ValidateParams, doc_frame: pd.DataFrame, qa_frame: pd.DataFrame, interval: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Run both suites under the Data Context lock; return document outcomes, QA outcomes and the Data Docs URL."""
+    with gx_lock(settings.work_dir):
+        context = gx_context(settings.work_dir)
+        doc_outcomes = run_suite(context, DOCS_SUITE, document_checks(vparams), doc_frame, interval)
+        qa_outcomes = run_suite(context, QA_SUITE, qa_checks(vparams), qa_frame, interval)
+        return doc_outcomes, qa_outcomes, data_docs_url(context)
 
 
 def validate_documents(ingested: IngestResult, interval: str, params: Params, settings: Settings) -> ValidationResult:
@@ -512,110 +306,28 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
 
     vparams = params.validation
     check_interval(interval)
-    ingest_quarantine = _rows(ingested.quarantine, QUARANTINE_COLUMNS)
-    report: dict[str, Any] = {
-        "interval": interval,
-        "partition_found": bool(ingested.partition_found),
-        "params_hash": params.section_hash("ingest", "validate"),
-        "status": "ok",
-        "critical": [],
-    }
-
-    problems = check_schema(ingested)
-    if problems:
-        raise _critical(f"validation of {interval} failed: the ingested data has the wrong schema", report, problems)
-    if vparams.require_nonempty_drop and (
-        not ingested.partition_found or (len(ingested.documents) == 0 and len(ingested.tombstones) == 0)
-    ):
-        if not ingested.partition_found:
-            why = "the landing partition does not exist"
-        elif ingest_quarantine:
-            why = f"the drop holds no readable documents or tombstones ({len(ingest_quarantine)} records quarantined)"
-        else:
-            why = "the drop holds no documents and no tombstones"
-        report["counts"] = {"records_read": ingested.records_read, "quarantined_ingest": len(ingest_quarantine)}
-        report["quarantine_by_reason"] = count_by_reason(ingested.quarantine)
-        raise _critical(
-            f"validation of {interval} failed: empty drop", report, [why + " (validate.require_nonempty_drop)"]
-        )
+    report: dict[str, Any] = {"interval": interval, "partition_found": bool(ingested.partition_found),
+                              "params_hash": params.section_hash("ingest", "validate"), "status": "ok",
+                              "critical": []}  # fmt: skip
+    _check_drop(ingested, interval, vparams, report)
 
     # Exact duplicates (same doc_id and content) keep one copy; copies that differ are conflicts (quarantined by GX).
     docs, dropped_docs = _collapse_exact_duplicates(_rows(ingested.documents, DOC_COLUMNS), "doc_id", ("content_hash",))
     qa_rows, dropped_qa = _collapse_exact_duplicates(
         _rows(ingested.qa, QA_COLUMNS), "qa_id", ("question", "answer", "doc_id", "fact_key")
     )
-    for row in docs:
-        row["alpha_ratio"], row["stopword_ratio"] = text_ratios(row["text"])
-        row["pii_scan"] = f"{row['title']}\n{row['text']}"
-    for row in qa_rows:
-        row["pii_scan"] = f"{row['question']}\n{row['answer']}"
-
-    import pandas as pd
-
-    doc_frame = _frame(docs, (*DOC_COLUMNS, "pii_scan"))
-    doc_frame.insert(len(DOC_COLUMNS), "alpha_ratio", pd.Series([r["alpha_ratio"] for r in docs], dtype="float64"))
-    doc_frame.insert(
-        len(DOC_COLUMNS) + 1, "stopword_ratio", pd.Series([r["stopword_ratio"] for r in docs], dtype="float64")
+    doc_outcomes, qa_outcomes, data_docs = _run_suites(
+        settings, vparams, _document_frame(docs), _qa_frame(qa_rows), interval
     )
-    qa_frame = _frame(qa_rows, QA_COLUMNS + QA_HELPER_COLUMNS)
-
-    with _gx_lock(settings.work_dir):
-        context = _gx_context(settings.work_dir)
-        doc_outcomes = _run_suite(context, DOCS_SUITE, document_checks(vparams), doc_frame, interval)
-        qa_outcomes = _run_suite(context, QA_SUITE, qa_checks(vparams), qa_frame, interval)
-        data_docs = _data_docs_url(context)
-
     # Map failures back to rows: a row's reason is its first failed check in suite order; details list all.
-    validate_quarantine: list[QuarantineRecord] = []
-    copies = pd.Series([r["doc_id"] for r in docs], dtype="str").value_counts().to_dict() if docs else {}
-    good_docs, pii_flagged = [], 0
-    for row in docs:
-        failed_checks = [o["check"] for o in doc_outcomes if row["record_ref"] in o["failed_refs"]]
-        failures = [_doc_failure_detail(c, row, vparams, copies.get(row["doc_id"], 1)) for c in failed_checks]
-        if failures and all(reason == q.PII_DETECTED for reason, _ in failures) and vparams.pii_action == "flag":
-            metadata = json.loads(row["metadata"])
-            metadata.update(pii=True, pii_kinds=sorted(c.removeprefix("pii_") for c in failed_checks))
-            row["metadata"] = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            pii_flagged += 1
-            failures = []
-        if failures:
-            detail = "; ".join(dict.fromkeys(d for _, d in failures))
-            validate_quarantine.append(
-                QuarantineRecord(interval, row["record_ref"], row["doc_id"], "validate", failures[0][0], detail)
-            )
-        else:
-            good_docs.append(row)
-    good_qa = []
-    for row in qa_rows:
-        failures = [_qa_failure_detail(o["check"], row) for o in qa_outcomes if row["record_ref"] in o["failed_refs"]]
-        if failures:
-            detail = "; ".join(dict.fromkeys(d for _, d in failures))
-            validate_quarantine.append(
-                QuarantineRecord(interval, row["record_ref"], row["doc_id"], "validate", failures[0][0], detail)
-            )
-        else:
-            good_qa.append(row)
-
-    quarantine = quarantine_frame([*ingest_quarantine, *validate_quarantine])
-    total_quarantined = len(quarantine)
-    fraction = total_quarantined / ingested.records_read if ingested.records_read else 0.0
-    counts = {
-        "records_read": int(ingested.records_read),
-        "files_read": int(ingested.files_read),
-        "documents_read": len(ingested.documents),
-        "documents_valid": len(good_docs),
-        "documents_exact_duplicates_dropped": len(dropped_docs),
-        "documents_pii_flagged": pii_flagged,
-        "tombstones": len(ingested.tombstones),
-        "qa_read": len(ingested.qa),
-        "qa_valid": len(good_qa),
-        "qa_exact_duplicates_dropped": len(dropped_qa),
-        "golden_retrieval": len(ingested.golden_retrieval),
-        "golden_qa": len(ingested.golden_qa),
-        "quarantined": total_quarantined,
-        "quarantined_ingest": len(ingest_quarantine),
-        "quarantined_validate": len(validate_quarantine),
-    }
+    good_docs, doc_quarantine, pii_flagged = sort_out_documents(docs, doc_outcomes, vparams, interval)
+    good_qa, qa_quarantine = sort_out_qa(qa_rows, qa_outcomes, interval)
+    ingest_quarantine = _rows(ingested.quarantine, QUARANTINE_COLUMNS)
+    quarantine = quarantine_frame([*ingest_quarantine, *doc_quarantine, *qa_quarantine])
+    tally = _Tally(good_docs, good_qa, dropped_docs, dropped_qa, pii_flagged, len(ingest_quarantine),
+                   len(doc_quarantine) + len(qa_quarantine))  # fmt: skip
+    counts = _counts(ingested, tally)
+    fraction = len(quarantine) / ingested.records_read if ingested.records_read else 0.0
     report.update(
         counts=counts,
         quarantine_fraction=round(fraction, 6),
@@ -626,21 +338,20 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
         data_docs=data_docs,
     )
     log.info("validated %s: %d/%d documents good, %d quarantined (%.1f%%), data docs %s",
-             interval, len(good_docs), len(docs), total_quarantined, 100 * fraction, data_docs)  # fmt: skip
+             interval, len(good_docs), len(docs), len(quarantine), 100 * fraction, data_docs)  # fmt: skip
     if fraction > vparams.max_quarantine_fraction:
         raise _critical(
             f"validation of {interval} failed: too much quarantined",
             report,
-            [(f"{total_quarantined} of {ingested.records_read} records quarantined ({fraction:.1%}) > "
+            [(f"{len(quarantine)} of {ingested.records_read} records quarantined ({fraction:.1%}) > "
               f"validate.max_quarantine_fraction {vparams.max_quarantine_fraction:.1%}; "
               f"by reason: {report['quarantine_by_reason']}")],
         )  # fmt: skip
-
     return ValidationResult(
         interval=interval,
-        documents=_frame(sorted(good_docs, key=lambda r: (r["doc_id"], r["record_ref"])), DOC_COLUMNS),
-        tombstones=_frame(_rows(ingested.tombstones, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
-        qa=_frame(sorted(good_qa, key=lambda r: (r["qa_id"], r["record_ref"])), QA_COLUMNS),
+        documents=snapshot.text_frame(sorted(good_docs, key=lambda r: (r["doc_id"], r["record_ref"])), DOC_COLUMNS),
+        tombstones=snapshot.text_frame(_rows(ingested.tombstones, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
+        qa=snapshot.text_frame(sorted(good_qa, key=lambda r: (r["qa_id"], r["record_ref"])), QA_COLUMNS),
         golden_retrieval=list(ingested.golden_retrieval),
         golden_qa=list(ingested.golden_qa),
         quarantine=quarantine,
@@ -653,73 +364,24 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
 # --------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _parquet_bytes(frame: pd.DataFrame, columns: tuple[str, ...]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema([pa.field(col, pa.string(), nullable=False) for col in columns])
-    arrays = [
-        pa.array([str(v) for v in frame[col].tolist()] if len(frame) else [], type=pa.string()) for col in columns
-    ]
-    table = pa.Table.from_arrays(arrays, schema=schema)
-    sink = pa.BufferOutputStream()
-    # Fixed writer settings (and no pandas metadata) so equal rows give equal bytes.
-    pq.write_table(table, sink, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
-                   version="2.6", data_page_version="1.0", row_group_size=64 * 1024)  # fmt: skip
-    return sink.getvalue().to_pybytes()
-
-
-def _jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(
-        json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n" for row in rows
-    ).encode("utf-8")
-
-
 def write_validated(result: ValidationResult, out_dir: Path) -> dict[str, str]:
-    """Write the validated drop as byte-deterministic files (same input -> same bytes -> same DVC version).
+    """Write the validated drop through the snapshot contract (same input -> same bytes -> same DVC version).
 
     Args:
         result: The validation result.
         out_dir: Folder to write into (created if missing); existing files of the same names are replaced.
 
     Returns:
-        ``{key: path}`` for the keys of :data:`OUTPUT_FILES`.
+        ``{key: path}`` for every key of :data:`evertune.data.snapshot.FILES`.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key_docs = sorted(_rows(result.documents, DOC_COLUMNS), key=lambda r: (r["doc_id"], r["record_ref"]))
-    key_tomb = sorted(
-        _rows(result.tombstones, TOMBSTONE_COLUMNS), key=lambda r: (r["doc_id"], r["deleted_at"], r["record_ref"])
-    )
-    key_qa = sorted(_rows(result.qa, QA_COLUMNS), key=lambda r: (r["qa_id"], r["record_ref"]))
     report = {k: v for k, v in result.report.items() if k not in VOLATILE_REPORT_KEYS}
-    payloads = {
-        "documents": _parquet_bytes(_frame(key_docs, DOC_COLUMNS), DOC_COLUMNS),
-        "tombstones": _parquet_bytes(_frame(key_tomb, TOMBSTONE_COLUMNS), TOMBSTONE_COLUMNS),
-        "qa": _parquet_bytes(_frame(key_qa, QA_COLUMNS), QA_COLUMNS),
-        "quarantine": _parquet_bytes(
-            quarantine_frame(_rows(result.quarantine, QUARANTINE_COLUMNS)), QUARANTINE_COLUMNS
-        ),
-        "golden_retrieval": _jsonl_bytes(sorted(result.golden_retrieval, key=lambda r: (r["query_id"], r["query"]))),
-        "golden_qa": _jsonl_bytes(sorted(result.golden_qa, key=lambda r: (r["qa_id"], r["question"]))),
-        "report": (json.dumps(report, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-    }
-    paths: dict[str, str] = {}
-    for key, data in payloads.items():
-        path = out_dir / OUTPUT_FILES[key]
-        _write_atomic(path, data)
-        paths[key] = str(path)
-    return paths
+    return snapshot.write(out_dir, {**snapshot.contents_of(result), snapshot.REPORT: report})
 
 
 def read_validated(out_dir: Path) -> ValidationResult:
     """Read back what :func:`write_validated` wrote (``data_docs`` is not stored, so it is ``None``).
+
+    Tables come back as all-string DataFrames, timestamps in the ISO form ingestion gives them.
 
     Args:
         out_dir: The folder written by :func:`write_validated`.
@@ -728,30 +390,9 @@ def read_validated(out_dir: Path) -> ValidationResult:
         The :class:`ValidationResult`.
 
     Raises:
-        FileNotFoundError: A file is missing.
+        CriticalValidationError: A file or a column is missing.
     """
-    import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
-
-    def table(key: str, columns: tuple[str, ...]) -> pd.DataFrame:
-        data = pq.read_table(out_dir / OUTPUT_FILES[key], columns=list(columns))
-        return _frame(data.to_pylist(), columns)
-
-    def jsonl(key: str) -> list[dict[str, Any]]:
-        text = (out_dir / OUTPUT_FILES[key]).read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    report = json.loads((out_dir / OUTPUT_FILES["report"]).read_text(encoding="utf-8"))
-    return ValidationResult(
-        interval=str(report.get("interval", "")),
-        documents=table("documents", DOC_COLUMNS),
-        tombstones=table("tombstones", TOMBSTONE_COLUMNS),
-        qa=table("qa", QA_COLUMNS),
-        golden_retrieval=jsonl("golden_retrieval"),
-        golden_qa=jsonl("golden_qa"),
-        quarantine=table("quarantine", QUARANTINE_COLUMNS),
-        report=report,
-        counts=dict(report.get("counts", {})),
-        data_docs=None,
-    )
+    report = snapshot.read_report(out_dir)
+    return ValidationResult(interval=str(report.get("interval", "")), **snapshot.read_contents(out_dir), report=report,
+                            counts=dict(report.get("counts", {})), data_docs=None)  # fmt: skip

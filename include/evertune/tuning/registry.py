@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.config import training_params_hash
-from evertune.errors import ConfigError
+from evertune.errors import ConfigError, NothingToDo
 from evertune.tuning.pyfunc_model import log_answer_model
 
 # Versions registered before the pyfunc code moved to ``pyfunc_model`` hold a cloudpickled model class that calls

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from evertune.config import Params, apply_overrides, load_params
+from evertune.data import snapshot
 from evertune.data.versioning import DataRepo
 from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-GOLDEN_FILE = "golden_qa.jsonl"
 REJECTIONS_FILE = "rejections.jsonl"
 
 
@@ -130,13 +130,8 @@ def build_dataset(
             is written or versioned, and the rejection is appended to :func:`rejections_path`.
     """
     from evertune.data.versioning import validated_folder
-    from evertune.tuning.dataset import (
-        build_sft_dataset,
-        collect_deleted_doc_ids,
-        current_documents,
-        select_interval_dirs,
-        write_sft_dataset,
-    )
+    from evertune.tuning.dataset import build_sft_dataset, write_sft_dataset
+    from evertune.tuning.history import collect_deleted_doc_ids, current_documents, select_interval_dirs
 
     params, settings = _context(overrides)
     as_of = resolve_as_of(as_of, settings)
@@ -159,7 +154,8 @@ def build_dataset(
     folder = dataset_folder(as_of)
     written = write_sft_dataset(dataset, settings.data_repo / folder)
     # The golden set of the newest interval is frozen with the dataset; the builder never trains on it.
-    shutil.copyfile(settings.data_repo / validated_folder(as_of) / GOLDEN_FILE, written.path / GOLDEN_FILE)
+    shutil.copyfile(snapshot.path_of(settings.data_repo / validated_folder(as_of), snapshot.GOLDEN_QA),
+                    snapshot.path_of(written.path, snapshot.GOLDEN_QA))
     version = DataRepo(settings).version_folder(folder, f"sft/{as_of}", f"SFT dataset as of {as_of}")
     summary = {
         "as_of": as_of,
@@ -345,7 +341,7 @@ def evaluate_candidate(
 
     params, settings = _context(overrides)
     configure_mlflow(params, settings)
-    golden = [json.loads(line) for line in (Path(dataset["path"]) / GOLDEN_FILE).read_text().splitlines() if line]
+    golden = snapshot.read_records(dataset["path"], snapshot.GOLDEN_QA)
     questions = [item["question"] for item in golden]
     references = [item["answer"] for item in golden]
     # Both models see the same retrieved contexts, from the KB version pinned at training time.
