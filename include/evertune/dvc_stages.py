@@ -1,7 +1,10 @@
 """Generate ``dvc.yaml`` from the step registry: one stage per step, with complete deps, params and receipts.
 
 * ``demo_data`` writes the demo landing zone;
-* every ``refresh`` step is a ``foreach`` stage over the intervals (``ingest_documents@2026-11-03``...);
+* every ``refresh`` step is a ``foreach`` stage over the intervals (``ingest_documents@2026-11-03``...); a
+  ``serial`` step (``sync_index``) also depends on the previous interval's last receipt, so that ``dvc repro``
+  folds the days into the index in order, as the DAG does (the first interval's extra dependency is its own
+  upstream receipt);
 * every ``tune`` step is one stage for ``tune_as_of``.
 
 A stage's ``deps`` are its code (the ``include/evertune`` modules its callable can import, found statically by
@@ -41,7 +44,8 @@ HEADER = """\
 #
 # `dvc repro` runs the same steps as the Airflow tasks (`python -m evertune refresh|tune <step>`), reading the
 # same params.yaml, with state in the default .evertune/ (leave EVERTUNE_HOME unset). One stage per step; the
-# refresh steps run once per interval (`dvc repro publish_index@2026-11-03`). Outputs are the steps' receipts:
+# refresh steps run once per interval (`dvc repro publish_index@2026-11-03`); sync_index waits for the previous
+# interval's publish_index (sync_index_after), so days fold into the index in order. Outputs are the receipts:
 # the data itself lives in stores DVC cannot track as outputs (the data repository, LanceDB, MLflow).
 # Other days: `evertune dvc-yaml --intervals 2026-11-01 2026-11-02 --out dvc.yaml`.
 """
@@ -158,7 +162,14 @@ def build_dvc_yaml(intervals: tuple[str, ...], tune_as_of: str) -> dict[str, Any
         },
     }
     refresh = steps_of(REFRESH)
+    chains: list[dict[str, Any]] = []
     for step in refresh:
+        if step.serial:
+            first = _receipt(upstream_steps(step)[0], intervals[0])
+            previous = [_receipt(refresh[-1], day) for day in intervals[:-1]]
+            chains.append({f"{step.task_id}_after": dict(zip(intervals, [first, *previous], strict=True))})
+            stages[step.task_id] = {"foreach": f"${{{step.task_id}_after}}", "do": _stage(step, "${key}", ["${item}"])}
+            continue
         inputs = [f"{HOME}/landing/ds=${{item}}"] if not step.upstream else []
         stages[step.task_id] = {"foreach": "${intervals}", "do": _stage(step, "${item}", inputs)}
     window = [day for day in intervals if day <= tune_as_of]
@@ -168,7 +179,7 @@ def build_dvc_yaml(intervals: tuple[str, ...], tune_as_of: str) -> dict[str, Any
         # The first step reads the versioned intervals; training pins (and evaluation reads) the published index.
         inputs = versions if not step.upstream else published if step.name == "train" else []
         stages[step.task_id] = _stage(step, "${tune_as_of}", inputs)
-    return {"vars": [{"intervals": list(intervals)}, {"tune_as_of": tune_as_of}], "stages": stages}
+    return {"vars": [{"intervals": list(intervals)}, *chains, {"tune_as_of": tune_as_of}], "stages": stages}
 
 
 def render_dvc_yaml(intervals: tuple[str, ...] = DEFAULT_INTERVALS, tune_as_of: str | None = None) -> str:

@@ -59,6 +59,8 @@ class Step:
         params: ``params.yaml`` sections the step reads (DVC ``params``).
         resources: Non-Python files the step reads, relative to the repository (DVC ``deps``).
         summary: What the step does, in one sentence (the task's documentation).
+        serial: Its runs over intervals form a chain: each waits for the previous interval's last step. The
+            knowledge base is a fold over days (the DAG runs one interval at a time, in order).
     """
 
     pipeline: str
@@ -70,6 +72,7 @@ class Step:
     params: tuple[str, ...] = ()
     resources: tuple[str, ...] = ()
     summary: str = ""
+    serial: bool = False
 
     def load(self) -> Callable[..., dict[str, Any]]:
         """Import and return the step's callable."""
@@ -95,7 +98,7 @@ STEPS: tuple[Step, ...] = (
          summary="Version the validated snapshot with DVC and push it to the remote."),
     Step(REFRESH, "sync", "sync_index", f"{_KB}:sync_index", "synced", ("version",),
          params=("chunk", "embed", "index"),
-         summary="Embed only new or changed chunks and merge them into the LanceDB table."),
+         summary="Embed only new or changed chunks and merge them into the LanceDB table.", serial=True),
     Step(REFRESH, "evaluate", "evaluate_retrieval", f"{_KB}:evaluate_retrieval", "evaluation", ("sync",),
          params=("embed", "index", "retrieval"),
          summary="Score the candidate table version on the golden queries, next to the published one."),

@@ -116,7 +116,7 @@ def run_steps(
     for index, step in enumerate(selected):
         try:
             upstream = [_upstream_summary(source, done, work_dir, key) for source in upstream_steps(step)]
-            skipped = [source.name for source, summary in zip(step.upstream, upstream, strict=True)
+            skipped = [name for name, summary in zip(step.upstream, upstream, strict=True)
                        if SKIPPED in summary]
             if skipped:
                 raise NothingToDo(f"upstream step {skipped[0]} was skipped")
