@@ -21,6 +21,7 @@ The paths assume the default locations (``EVERTUNE_HOME`` and ``EVERTUNE_WORK_DI
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,13 @@ def _module_file(module: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+@functools.cache
+def _module_imports(path: Path, package: str, entry: str | None) -> frozenset[str]:
+    """The ``evertune`` imports of one module, or of one of its functions (cached: stages share modules)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return frozenset(_imports(_entry_nodes(tree, entry) if entry else list(tree.body), package))
 
 
 def _imports(nodes: list[ast.AST], package: str) -> set[str]:
@@ -120,11 +128,9 @@ def code_deps(target: str, runners: tuple[str, ...] = ()) -> list[str]:
         reached.add(path)
         if entry is None:
             complete.add(path)
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        nodes = _entry_nodes(tree, entry) if entry else list(tree.body)
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        pending += [(found, None) for found in sorted(_imports(nodes, package) | set(parents))]
+        pending += [(found, None) for found in sorted(_module_imports(path, package, entry) | set(parents))]
     deps = set()
     for path in reached:
         folder = path.parent

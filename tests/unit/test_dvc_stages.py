@@ -106,3 +106,43 @@ def test_code_deps_follow_the_entry_function_and_what_it_imports(
     # A package with data files counts as its folder; a whole module is followed when no function is named.
     assert "include/evertune/prompts" in code_deps("evertune.uses_prompts")
     assert "include/evertune/unrelated.py" in code_deps("evertune.steps")
+
+
+def _substitute(value, names: dict[str, str]):
+    if isinstance(value, dict):
+        return {_substitute(k, names): _substitute(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    if not isinstance(value, str):
+        return value
+    for name, text in names.items():
+        value = value.replace(f"${{{name}}}", text)
+    return value
+
+
+def _expanded_stages() -> dict[str, dict]:
+    """Stage name -> stage as DVC resolves the committed dvc.yaml (foreach items substituted)."""
+    document = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    variables = {k: v for entry in document["vars"] for k, v in entry.items()}
+    resolved = {}
+    for name, stage in document["stages"].items():
+        if "foreach" not in stage:
+            resolved[name] = _substitute(stage, {"tune_as_of": variables["tune_as_of"]})
+            continue
+        items = variables[stage["foreach"][2:-1]]
+        pairs = items.items() if isinstance(items, dict) else ((item, item) for item in items)
+        for key, item in pairs:
+            resolved[f"{name}@{key}"] = _substitute(stage["do"], {"item": item, "key": key})
+    return resolved
+
+
+def test_committed_dvc_lock_matches_the_stages() -> None:
+    """Every locked stage is a stage of dvc.yaml with the same command and receipt (code hashes move on)."""
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    stages = _expanded_stages()
+    assert lock, "dvc.lock has no stage"
+    for name, locked in lock.items():
+        assert name in stages, f"dvc.lock has {name}, which dvc.yaml no longer defines"
+        assert locked["cmd"] == stages[name]["cmd"], name
+        assert [out["path"] for out in locked["outs"]] == [next(iter(out)) for out in stages[name]["outs"]], name
+        assert {dep["path"] for dep in locked["deps"]} == set(stages[name]["deps"]), name
