@@ -5,7 +5,8 @@
   ``serial`` step (``sync_index``) also depends on the previous interval's last receipt, so that ``dvc repro``
   folds the days into the index in order, as the DAG does (the first interval's extra dependency is its own
   upstream receipt);
-* every ``tune`` step is one stage for ``tune_as_of``.
+* every ``tune`` step is one stage for ``tune_as_of``; its ``window`` steps' receipts of every interval up to
+  ``tune_as_of`` are deps too (the versioned snapshots for the dataset, the published index for training).
 
 A stage's ``deps`` are its code (the ``include/evertune`` modules its callable can import, found statically by
 :func:`code_deps`; plus the step's declared resources), the receipts of its upstream steps and, for the first
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from evertune.pipeline import REFRESH, TUNE, Step, steps_of, upstream_steps
+from evertune.pipeline import REFRESH, TUNE, Step, step_named, steps_of, upstream_steps
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = REPO_ROOT / "include"
@@ -179,11 +180,8 @@ def build_dvc_yaml(intervals: tuple[str, ...], tune_as_of: str) -> dict[str, Any
         inputs = [f"{HOME}/landing/ds=${{item}}"] if not step.upstream else []
         stages[step.task_id] = {"foreach": "${intervals}", "do": _stage(step, "${item}", inputs)}
     window = [day for day in intervals if day <= tune_as_of]
-    versions = [_receipt(step, day) for day in window for step in refresh if step.name == "version"]
-    published = [_receipt(step, day) for day in window for step in refresh if step.name == "publish"]
     for step in steps_of(TUNE):
-        # The first step reads the versioned intervals; training pins (and evaluation reads) the published index.
-        inputs = versions if not step.upstream else published if step.name == "train" else []
+        inputs = [_receipt(step_named(REFRESH, name), day) for name in step.window for day in window]
         stages[step.task_id] = _stage(step, "${tune_as_of}", inputs)
     return {"vars": [{"intervals": list(intervals)}, *chains, {"tune_as_of": tune_as_of}], "stages": stages}
 

@@ -59,6 +59,8 @@ class Step:
         params: ``params.yaml`` sections the step reads (DVC ``params``).
         resources: Non-Python files the step reads, relative to the repository (DVC ``deps``).
         summary: What the step does, in one sentence (the task's documentation).
+        window: For a ``tune`` step: the ``refresh`` steps whose results of every interval up to ``as_of`` it
+            reads (through the data repository and the index, so only DVC sees them: ``deps``).
         serial: Its runs over intervals form a chain: each waits for the previous interval's last step. The
             knowledge base is a fold over days (the DAG runs one interval at a time, in order).
     """
@@ -72,6 +74,7 @@ class Step:
     params: tuple[str, ...] = ()
     resources: tuple[str, ...] = ()
     summary: str = ""
+    window: tuple[str, ...] = ()
     serial: bool = False
 
     def load(self) -> Callable[..., dict[str, Any]]:
@@ -106,13 +109,13 @@ STEPS: tuple[Step, ...] = (
          params=("index", "retrieval"),
          summary="Move the ``production`` tag to the candidate if retrieval quality holds."),
     Step(TUNE, "dataset", "build_dataset", f"{_TUNING}:build_dataset", "dataset",
-         params=("dataset",),
+         params=("dataset",), window=("version",),
          summary="Assemble, dedupe, ground-check and version the SFT dataset of the window; freeze the golden set."),
     Step(TUNE, "drift", "check_drift", f"{_TUNING}:check_drift", "drift", ("dataset",),
          params=("project", "drift", "embed", "register"),
          summary="Compare the new training data with the champion's; log statistics to MLflow."),
     Step(TUNE, "train", "train", f"{_TUNING}:train_candidate", "trained", ("dataset", "drift"),
-         params=("project", "dataset", "index", "base_model", "train", "lora", "register"),
+         params=("project", "dataset", "index", "base_model", "train", "lora", "register"), window=("publish",),
          summary="LoRA SFT with TRL; skipped when this exact candidate is already registered."),
     Step(TUNE, "evaluate", "evaluate", f"{_TUNING}:evaluate_candidate", "evaluation", ("dataset", "train"),
          params=("project", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register"),

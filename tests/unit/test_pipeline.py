@@ -32,6 +32,8 @@ def test_declared_params_and_resources_exist() -> None:
         for resource in step.resources:
             assert (REPO / resource).exists(), resource
         assert step.summary, step.task_id
+        for name in step.window:
+            assert step.pipeline == TUNE and pipeline.step_named(REFRESH, name), (step.task_id, name)
 
 
 def _all_inputs(step: Step) -> dict[str, object]:
