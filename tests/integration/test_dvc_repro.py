@@ -73,7 +73,7 @@ def test_a_changed_knob_invalidates_only_the_stages_that_read_it(scratch: dict) 
     assert "\n  k: 5\n" in text
     params.write_text(text.replace("\n  k: 5\n", "\n  k: 6\n"))
     try:
-        status = dvc(scratch, "status", TARGET)
+        status = dvc(scratch, "status", "--with-deps", TARGET)
     finally:
         params.write_text(text)
     changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith("\t")
