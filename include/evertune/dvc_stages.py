@@ -106,7 +106,8 @@ def code_deps(target: str, runners: tuple[str, ...] = ()) -> list[str]:
 
     Starts from ``module:function`` (only that function, the module functions it names and the module's
     top-level imports) and follows every import of every reached module, function-level ones included, plus the
-    parent packages. A package that ships data files (prompt templates) counts as its whole folder.
+    parent packages. A reached package's data files and plain folders (prompt templates, the demo catalogue,
+    the local metric scripts) count too.
 
     Args:
         target: ``module:function``, or a bare module name for all of it.
@@ -132,13 +133,22 @@ def code_deps(target: str, runners: tuple[str, ...] = ()) -> list[str]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
         pending += [(found, None) for found in sorted(_module_imports(path, package, entry) | set(parents))]
-    deps = set()
+    deps = set(reached)
     for path in reached:
-        folder = path.parent
-        data_files = path.name == "__init__.py" and any(
-            p.is_file() and p.suffix not in {".py", ".pyc"} for p in folder.iterdir())
-        deps.add(folder if data_files else path)
+        if path.name == "__init__.py":
+            deps |= _package_data(path.parent)
     return sorted(str(p.relative_to(REPO_ROOT)) for p in deps)
+
+
+def _package_data(folder: Path) -> set[Path]:
+    """What a package folder holds besides Python modules and subpackages: data files and plain folders."""
+    found = set()
+    for entry in folder.iterdir():
+        if entry.name == "__pycache__" or entry.suffix in {".py", ".pyc"}:
+            continue
+        if entry.is_file() or (entry.is_dir() and not (entry / "__init__.py").is_file()):
+            found.add(entry)
+    return found
 
 
 def _receipt(step: Step, key: str) -> str:
@@ -149,8 +159,8 @@ def _stage(step: Step, key: str, inputs: list[str]) -> dict[str, Any]:
     option = f"--interval {key}" if step.pipeline == REFRESH else f"--as-of {key}"
     stage: dict[str, Any] = {
         "cmd": f"python -m evertune {step.pipeline} {step.name} {option}",
-        "deps": [*inputs, *(_receipt(source, key) for source in upstream_steps(step)),
-                 *code_deps(step.target, RUNNERS), *step.resources],
+        "deps": list(dict.fromkeys([*inputs, *(_receipt(source, key) for source in upstream_steps(step)),
+                                    *code_deps(step.target, RUNNERS), *step.resources])),
     }
     if step.params:
         stage["params"] = list(step.params)

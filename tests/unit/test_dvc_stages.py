@@ -95,6 +95,7 @@ def test_code_deps_follow_the_entry_function_and_what_it_imports(
         "evertune/unrelated.py": "",
         "evertune/prompts/__init__.py": "",
         "evertune/prompts/v1.jinja": "{{ question }}",
+        "evertune/prompts/__pycache__/x.pyc": "",
         "evertune/uses_prompts.py": "from evertune.prompts import load\n",
     })
     monkeypatch.setattr(dvc_stages, "REPO_ROOT", tmp_path)
@@ -103,8 +104,8 @@ def test_code_deps_follow_the_entry_function_and_what_it_imports(
         "include/evertune/__init__.py", "include/evertune/base.py", "include/evertune/deeper.py",
         "include/evertune/heavy.py", "include/evertune/steps.py",
     ]
-    # A package with data files counts as its folder; a whole module is followed when no function is named.
-    assert "include/evertune/prompts" in code_deps("evertune.uses_prompts")
+    # A package's data files count; a whole module is followed when no function is named.
+    assert "include/evertune/prompts/v1.jinja" in code_deps("evertune.uses_prompts")
     assert "include/evertune/unrelated.py" in code_deps("evertune.steps")
 
 
