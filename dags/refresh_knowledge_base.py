@@ -23,13 +23,13 @@ Per-run overrides of ``params.yaml`` go in the ``overrides`` Param as dotted key
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from evertune_airflow.assets import KB_INDEX, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, DVC_POOL, LANCEDB_WRITER_POOL
-from evertune_airflow.errors import interval_of, task_states
 from evertune_airflow.notifiers import failure_notifier
+from evertune_airflow.tasks import evertune_task, kb_index_extra, validated_data_extra
 
 
 @dag(
@@ -52,70 +52,19 @@ from evertune_airflow.notifiers import failure_notifier
     doc_md=__doc__,
 )
 def refresh_knowledge_base():
-    # Context values (data_interval_start, params) are injected by name; nothing is read at parse time.
-    @task
-    def ingest_documents(data_interval_start=None, params=None) -> dict:
-        """Read the interval's landing partition; unreadable input becomes quarantine records."""
-        from evertune.kb import refresh
-
-        with task_states():
-            return refresh.ingest_documents(interval_of(data_interval_start), params["overrides"])
-
+    # Each task is one registry step (evertune.pipeline); context values are read when the task runs.
+    ingested = evertune_task("ingest_documents")()
     # Critical validation failures raise AirflowFailException (never retried); row-level ones are quarantined.
-    @task(retries=0)
-    def validate_documents(ingested: dict, data_interval_start=None, params=None) -> dict:
-        """Run the Great Expectations suite, quarantine bad rows, write the validated snapshot."""
-        from evertune.kb import refresh
-
-        with task_states():
-            return refresh.validate_documents(interval_of(data_interval_start), params["overrides"])
-
-    @task(pool=DVC_POOL, outlets=[VALIDATED_DATA])
-    def version_snapshot(validated: dict, data_interval_start=None, outlet_events=None) -> dict:
-        """Version the validated snapshot with DVC and push it to the remote."""
-        from evertune.kb import refresh
-
-        interval = interval_of(data_interval_start)
-        with task_states():
-            version = refresh.version_snapshot(interval)
-        outlet_events[VALIDATED_DATA].extra = {"interval": interval, **version, "counts": validated.get("counts", {})}
-        return version
-
-    @task(pool=LANCEDB_WRITER_POOL)
-    def sync_index(version: dict, data_interval_start=None, params=None) -> dict:
-        """Embed only new or changed chunks and merge them into the LanceDB table."""
-        from evertune.kb import refresh
-
-        with task_states():
-            return refresh.sync_index(interval_of(data_interval_start), params["overrides"])
-
-    @task
-    def evaluate_retrieval(synced: dict, data_interval_start=None, params=None) -> dict:
-        """Score the candidate table version on the golden queries, next to the published one."""
-        from evertune.kb import refresh
-
-        with task_states():
-            return refresh.evaluate_retrieval(interval_of(data_interval_start), params["overrides"], synced)
-
+    validated = evertune_task("validate_documents", retries=0)(ingested)
+    version = evertune_task("version_snapshot", pool=DVC_POOL, outlets={VALIDATED_DATA: validated_data_extra})(
+        validated
+    )
+    synced = evertune_task("sync_index", pool=LANCEDB_WRITER_POOL)(version)
+    evaluation = evertune_task("evaluate_retrieval")(synced)
     # A failed quality gate is a decision, not a glitch: no retries.
-    @task(pool=LANCEDB_WRITER_POOL, outlets=[KB_INDEX], retries=0)
-    def publish_index(
-        synced: dict, evaluation: dict, version: dict, data_interval_start=None, params=None, outlet_events=None
-    ) -> dict:
-        """Move the ``production`` tag to the candidate if retrieval quality holds."""
-        from evertune.kb import refresh
-
-        with task_states():
-            published = refresh.publish_index(
-                interval_of(data_interval_start), params["overrides"], synced, evaluation, version
-            )
-        outlet_events[KB_INDEX].extra = published
-        return published
-
-    validated = validate_documents(ingest_documents())
-    version = version_snapshot(validated)
-    synced = sync_index(version)
-    publish_index(synced, evaluate_retrieval(synced), version)
+    evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, outlets={KB_INDEX: kb_index_extra}, retries=0)(
+        synced, evaluation, version
+    )
 
 
 refresh_knowledge_base()

@@ -1,9 +1,10 @@
 """Map evertune's domain exceptions to Airflow task states.
 
-Used inside task bodies::
+:func:`evertune_airflow.tasks.evertune_task` wraps every step call in :func:`task_states`; a hand-written task
+body does the same::
 
     with task_states():
-        return refresh.ingest_documents(...)
+        return call_step(step, context, upstream)
 """
 
 from __future__ import annotations

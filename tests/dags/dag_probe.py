@@ -31,7 +31,8 @@ def main(path: str) -> None:
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
             "tasks": {
-                t.task_id: {"retries": t.retries, "pool": t.pool, "queue": t.queue, "owner": t.owner}
+                t.task_id: {"retries": t.retries, "pool": t.pool, "queue": t.queue, "owner": t.owner,
+                            "upstream": sorted(t.upstream_task_ids)}
                 for t in dag.tasks
             },
         }

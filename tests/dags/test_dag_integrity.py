@@ -72,6 +72,21 @@ def test_dag_policy(probes: dict[str, dict], stem: str) -> None:
         assert "_" in task_id or task_id.isidentifier(), task_id
 
 
+#: Which DAG runs which pipeline of the step registry.
+PIPELINE_DAGS = {"refresh": "refresh_knowledge_base", "tune": "tune_model"}
+
+
+@pytest.mark.parametrize(("pipeline", "dag_id"), sorted(PIPELINE_DAGS.items()))
+def test_dag_runs_every_registry_step_with_its_upstream(probes: dict[str, dict], pipeline: str, dag_id: str) -> None:
+    from evertune.pipeline import steps_of, upstream_steps
+
+    tasks = probes[dag_id]["dags"][dag_id]["tasks"]
+    for step in steps_of(pipeline):
+        assert step.task_id in tasks, f"{dag_id} lacks the registry step {step.task_id}"
+        expected = sorted(source.task_id for source in upstream_steps(step))
+        assert tasks[step.task_id]["upstream"] == expected, step.task_id
+
+
 def test_probe_detects_heavy_imports(tmp_path: Path) -> None:
     """The heavy-import check can fail: a DAG importing mlflow at top level is caught."""
     bad = tmp_path / "bad_dag.py"

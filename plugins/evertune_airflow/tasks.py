@@ -1,0 +1,128 @@
+"""Airflow tasks built from the step registry (:mod:`evertune.pipeline`): one factory for every step.
+
+A DAG file says only how a step is wired::
+
+    validated = evertune_task("validate_documents", retries=0)(ingested)
+
+The factory gives every task the same body: map domain errors to task states (:func:`task_states`), build the
+pipeline's context from the Airflow context (the data interval for ``refresh``; ``as_of``, the DAG and run ids
+for ``tune``; the ``overrides`` Param for both), import the step's callable and call it with the upstream
+summaries (:func:`evertune.pipeline.call_step`). Outlet assets can carry an extra built from the step's result.
+
+Parsing a DAG imports only the registry: the step's module is imported when the task runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from airflow.sdk import Asset, task
+
+from evertune.pipeline import REFRESH, TUNE, Step, call_step, step_for_task, step_inputs, upstream_steps
+from evertune_airflow.errors import interval_of, task_states
+
+#: Builds an asset event's extra from the step's result and its inputs (context and upstream summaries by name).
+ExtraBuilder = Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]]
+
+
+def refresh_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``refresh`` pipeline's context: the data interval's date and the ``overrides`` Param."""
+    return {"interval": interval_of(context.get("data_interval_start")), "overrides": context["params"]["overrides"]}
+
+
+def tune_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``tune`` pipeline's context: the ``as_of`` and ``overrides`` Params, the DAG and run ids."""
+    dag_run = context["dag_run"]
+    return {"as_of": context["params"]["as_of"], "overrides": context["params"]["overrides"],
+            "dag_id": dag_run.dag_id, "dag_run_id": context["run_id"]}
+
+
+CONTEXT_BUILDERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    REFRESH: refresh_context,
+    TUNE: tune_context,
+}
+
+
+def validated_data_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``validated_data``: the interval, the data version fields and the validation counts."""
+    return {"interval": inputs["interval"], **result, "counts": inputs["validated"].get("counts", {})}
+
+
+def kb_index_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kb_index``: the publish summary as it is."""
+    return result
+
+
+def champion_model_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``champion_model``: the model name and version, whether it was promoted, the previous champion."""
+    promotion = result["promotion"]
+    return {"model_name": promotion["model_name"], "version": promotion["version"],
+            "promoted": promotion["promoted"], "previous_version": promotion["previous_champion"]}
+
+
+def check_wiring(step: Step, upstream: tuple[Any, ...]) -> None:
+    """Fail DAG parsing when a task is wired to other tasks than its registry upstream, in another order.
+
+    Raises:
+        ValueError: The upstream task ids differ from the registry's.
+    """
+    expected = [source.task_id for source in upstream_steps(step)]
+    given = [getattr(getattr(arg, "operator", None), "task_id", repr(arg)) for arg in upstream]
+    if given != expected:
+        raise ValueError(f"{step.task_id} must be called with the results of {expected} (evertune.pipeline), "
+                         f"got {given}")
+
+
+def evertune_task(
+    task_id: str, *, outlets: Mapping[Asset, ExtraBuilder | None] | None = None, **task_kwargs: Any
+) -> Callable[..., Any]:
+    """The Airflow task of one registry step; call the result with the upstream tasks' results.
+
+    Args:
+        task_id: The step's task id (:attr:`evertune.pipeline.Step.task_id`).
+        outlets: Assets the task updates, each with the builder of its event extra (``None``: no extra).
+        **task_kwargs: Anything else ``@task`` takes: pool, queue, retries, callbacks, timeouts.
+
+    Returns:
+        ``wire(*upstream)``: checks the upstream against the registry and adds the task to the DAG.
+    """
+    step = step_for_task(task_id)
+    extras = dict(outlets or {})
+    build_context = CONTEXT_BUILDERS[step.pipeline]
+
+    def body(*upstream: dict, **context: Any) -> dict:
+        with task_states():
+            step_context = build_context(context)
+            result = call_step(step, step_context, upstream)
+        inputs = step_inputs(step, step_context, upstream)
+        for asset, builder in extras.items():
+            if builder is not None:
+                context["outlet_events"][asset].extra = builder(result, inputs)
+        return result
+
+    body.__name__ = body.__qualname__ = step.task_id
+    body.__doc__ = step.summary
+    if extras:
+        task_kwargs["outlets"] = list(extras)
+    decorated = task(task_id=step.task_id, **task_kwargs)(body)
+
+    def wire(*upstream: Any) -> Any:
+        check_wiring(step, upstream)
+        return decorated(*upstream)
+
+    return wire
+
+
+def notify_outcome(outcome: dict[str, Any], context: Mapping[str, Any]) -> str:
+    """Send a gate rejection (or a hold for approval) through the notifier; a promotion is only logged."""
+    from evertune_airflow.notifiers import EvertuneNotifier
+
+    version = outcome["candidate"]["version"]
+    if outcome["decision"] != "promote":
+        EvertuneNotifier(
+            title=f"gate {outcome['decision']}: challenger v{version} did not take champion",
+            details=outcome["reasons"],
+        ).notify(context)
+        return f"{outcome['decision']} notified for v{version}"
+    return f"promoted v{version}"
