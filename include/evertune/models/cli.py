@@ -59,6 +59,12 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     digest = embedder.verify_embedder(embed_path, params.embed.sha256)
     check = f"sha256 {digest} verified" if digest else "sha256 not checked (embed.sha256 is null or a hub id)"
     print(f"embedder:    {embed_path}  [{check}, {time.perf_counter() - started:.1f} s]")
+    started = time.perf_counter()
+    exported = embedder.ensure_backend_artifact(params.embed, settings.models_dir, force=args.force)
+    if exported is not None:
+        folder, artifact_sha, built = exported
+        state = "exported" if built else "already current"
+        print(f"  {params.embed.backend}:  {folder}  [{state}, sha256 {artifact_sha}, {time.perf_counter() - started:.1f} s]")
 
     if not args.no_tiny:
         started = time.perf_counter()
