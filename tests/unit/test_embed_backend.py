@@ -14,6 +14,7 @@ from evertune.kb.table import META_EMBEDDER_ID, check_table_identity, expected_m
 from evertune.models.embedder import embedder_id, onnx_folder, sha256_file
 from evertune.models.folders import write_marker
 from evertune.models.onnx_export import (
+    EXPORT_VERSION,
     ONNX_FILE,
     artifact_is_current,
     detect_quantization_isa,
@@ -97,7 +98,7 @@ def _fake_export(folder: Path, backend: str = "onnx", source_sha: str = SHA) -> 
     (folder / ONNX_FILE).write_bytes(b"not really onnx" * 100)
     write_marker(
         folder,
-        {"kind": "onnx-export", "export_version": 1, "backend": backend, "source_sha256": source_sha,
+        {"kind": "onnx-export", "export_version": EXPORT_VERSION, "backend": backend, "source_sha256": source_sha,
          "artifact_sha256": sha256_file(folder / ONNX_FILE)},
     )  # fmt: skip
     return folder

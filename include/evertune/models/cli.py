@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bootstrap`` sub-command."""
     parser = subparsers.add_parser(
         "bootstrap",
-        help="convert the base LLM if needed, verify the embedder, build the tiny test model",
+        help="convert the base LLM if needed, verify the embedder (export it for an ONNX embed.backend), "
+        "build the tiny test model",
         description="Prepare the base LLM, the embedder and the tiny test model. A second run only checks them.",
     )
     parser.add_argument("--params", default=None, help="params file (default: $EVERTUNE_PARAMS or ./params.yaml)")

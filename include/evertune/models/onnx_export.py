@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 #: Bump when the export recipe changes so existing exports are rebuilt.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 ONNX_FILE = "model.onnx"
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -131,9 +131,9 @@ def _export(source: str, target: Path, backend: str) -> dict[str, Any]:
     if backend == "onnx":
         return {"opset": OPSET}
     isa = detect_quantization_isa()
-    quantize_dynamic_int8(fp32, target)
+    weights = quantize_dynamic_int8(fp32, target, isa)
     fp32.unlink()
-    return {"opset": OPSET, "quantization": {"isa": isa, "mode": "dynamic", "weights": "QUInt8", "per_channel": True}}
+    return {"opset": OPSET, "quantization": {"isa": isa, "mode": "dynamic", "weights": weights, "per_channel": True}}
 
 
 def export_fp32_onnx(source: str, target: Path) -> None:
@@ -179,25 +179,31 @@ def export_fp32_onnx(source: str, target: Path) -> None:
         raise BootstrapError(f"cannot export {source} to ONNX: {exc}") from exc
 
 
-def quantize_dynamic_int8(fp32: Path, target: Path) -> None:
-    """Dynamic int8 quantization with optimum's ``AutoQuantizationConfig`` CPU settings (dynamic mode).
+def quantize_dynamic_int8(fp32: Path, target: Path, isa: str = "avx2") -> str:
+    """Dynamic int8 quantization with the settings of optimum's ``AutoQuantizationConfig.<isa>(is_static=False)``.
 
-    Every ISA config (``avx2``, ``avx512``, ``avx512_vnni``, ``arm64``) is the same in dynamic mode: QUInt8
-    activations (asymmetric), QUInt8 weights (symmetric), per channel, full range, all integer-op kernels.
+    All four configs quantize activations to QUInt8 (asymmetric) and weights symmetrically, per channel, full
+    range, on every integer-op kernel; weights are QUInt8 for ``avx2``/``avx512`` and QInt8 for
+    ``avx512_vnni``/``arm64``.
+
+    Returns:
+        The weight type used (``QUInt8`` or ``QInt8``).
     """
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "run pre-processing" hint
+    weights = QuantType.QInt8 if isa in {"avx512_vnni", "arm64"} else QuantType.QUInt8
     quantize_dynamic(
         str(fp32),
         str(target),
         per_channel=True,
         reduce_range=False,
-        weight_type=QuantType.QUInt8,
+        weight_type=weights,
         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
     )
+    return weights.name
 
 
 def verify_onnx_artifact(folder: Path) -> str:
