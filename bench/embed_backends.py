@@ -16,11 +16,13 @@ Method (one process, the shared machine's load recorded at every measurement):
    bootstrap over queries. Also: overlap of each backend's top-10 with torch's, and the mean cosine of its
    vectors with torch's.
 
+``embed.backend: openvino`` (the fp32 artifact compiled by OpenVINO) is measured too when ``openvino`` is installed.
 ``encode()`` already sorts inputs by length before batching (sentence-transformers), for every backend alike.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
@@ -144,6 +146,19 @@ def _onnx_model(source: str, folder: Path):
     return make
 
 
+def _openvino_model(source: str, folder: Path):
+    from evertune.models.onnx_export import ONNX_FILE, OpenVinoSession, swap_encoder
+
+    def make(setting: dict[str, Any]) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(source, device="cpu")
+        swap_encoder(model, OpenVinoSession(folder / ONNX_FILE, threads=setting["threads"], hint=setting["hint"]))
+        return model
+
+    return make
+
+
 def _prepare(cfg: dict[str, Any], params: Any) -> tuple[Any, list[str], int, str, dict[str, Path]]:
     from bench.corpus import make_corpus
     from bench.kb_throughput import chunk_texts
@@ -155,7 +170,8 @@ def _prepare(cfg: dict[str, Any], params: Any) -> tuple[Any, list[str], int, str
     n_tokens = sum(len(ids) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"])
     models_dir = common.work_root() / "embed_backends_models"
     folders = {}
-    for backend in ("onnx", "onnx-int8"):
+    backends = ("onnx", "onnx-int8") + (("openvino",) if importlib.util.find_spec("openvino") else ())
+    for backend in backends:
         started = time.perf_counter()
         folder, sha, built = ensure_backend_artifact(params.embed.model_copy(update={"backend": backend}), models_dir)
         print(f"{backend}: {folder.name} sha256 {sha[:16]}... ({'exported' if built else 'reused'} "
@@ -182,6 +198,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     makers = {"torch": _torch_model(model)}
     grids = {"torch": [{"threads": t, "batch": b} for t in threads for b in batches]}
     for backend, folder in folders.items():
+        if backend == "openvino":
+            makers[backend] = _openvino_model(source, folder)
+            grids[backend] = [{"threads": t, "hint": h, "batch": 64} for t in threads for h in ("LATENCY", "THROUGHPUT")]
+            continue
         makers[backend] = _onnx_model(source, folder)
         grids[backend] = [{"threads": t, "level": lv, "batch": b}
                           for t in threads for lv in ("basic", "all") for b in (32, 128)]  # fmt: skip

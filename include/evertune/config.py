@@ -89,9 +89,10 @@ class EmbedParams(_Section):
     normalize: bool = True
     device: str = "cpu"
     # torch: sentence-transformers on PyTorch. onnx / onnx-int8: the same model exported once to ONNX (fp32, or
-    # dynamically int8-quantized for this CPU) by ``evertune bootstrap`` and run on ONNX Runtime. The backend is
-    # part of the embedder identity (evertune.models.embedder.embedder_id): another backend means a new table.
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    # dynamically int8-quantized for this CPU) by ``evertune bootstrap`` and run on ONNX Runtime; openvino: the
+    # fp32 export compiled by OpenVINO (optional extra ``openvino``). The backend is part of the embedder
+    # identity (evertune.models.embedder.embedder_id): another backend means a new table.
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino"] = "torch"
 
 
 class IndexParams(_Section):

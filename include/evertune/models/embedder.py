@@ -135,7 +135,7 @@ def load_embedder(params: EmbedParams, models_dir: Path | None = None) -> Senten
     verify_embedder(path, params.sha256)
     if params.backend == "torch":
         return _load(path, params.device)
-    return _load_onnx(path, str(onnx_folder(params, models_dir)))
+    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend)
 
 
 @lru_cache(maxsize=2)
@@ -145,18 +145,18 @@ def _load(path: str, device: str) -> SentenceTransformer:
     return SentenceTransformer(path, device=device)
 
 
-def _load_onnx(path: str, folder: str) -> SentenceTransformer:
+def _load_onnx(path: str, folder: str, backend: str) -> SentenceTransformer:
     from evertune.models.onnx_export import verify_onnx_artifact
 
     verify_onnx_artifact(Path(folder))  # every load: a changed file fails even if a session is cached
-    return _load_onnx_cached(path, folder)
+    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime")
 
 
 @lru_cache(maxsize=2)
-def _load_onnx_cached(path: str, folder: str) -> SentenceTransformer:
+def _load_onnx_cached(path: str, folder: str, runtime: str) -> SentenceTransformer:
     from evertune.models.onnx_export import load_onnx_embedder
 
-    return load_onnx_embedder(path, Path(folder))
+    return load_onnx_embedder(path, Path(folder), runtime=runtime)
 
 
 @contextmanager

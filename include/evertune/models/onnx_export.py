@@ -18,6 +18,7 @@ installed together. This module therefore does what that backend does, with ``to
 
 from __future__ import annotations
 
+import importlib
 import platform
 import time
 from pathlib import Path
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 #: Bump when the export recipe changes so existing exports are rebuilt.
 EXPORT_VERSION = 2
 ONNX_FILE = "model.onnx"
-ONNX_BACKENDS = ("onnx", "onnx-int8")
+#: Backends that run an exported artifact: ``openvino`` compiles the same fp32 graph as ``onnx`` with OpenVINO.
+ONNX_BACKENDS = ("onnx", "onnx-int8", "openvino")
+#: Backends whose artifact is the plain fp32 export.
+FP32_BACKENDS = ("onnx", "openvino")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OPSET = 17
 
@@ -122,13 +126,14 @@ def ensure_onnx_export(
 
 
 def _export(source: str, target: Path, backend: str) -> dict[str, Any]:
+    runtime = "openvino" if backend == "openvino" else "onnxruntime"
     try:
-        import onnxruntime  # noqa: F401 -- fail early with a clear message when the runtime is missing
+        importlib.import_module(runtime)  # fail early with a clear message when the runtime is missing
     except ImportError as exc:
-        raise BootstrapError(f"embed.backend {backend!r} needs onnx and onnxruntime installed: {exc}") from exc
-    fp32 = target if backend == "onnx" else target.with_name("fp32.onnx")
+        raise BootstrapError(f"embed.backend {backend!r} needs onnx and {runtime} installed: {exc}") from exc
+    fp32 = target if backend in FP32_BACKENDS else target.with_name("fp32.onnx")
     export_fp32_onnx(source, fp32)
-    if backend == "onnx":
+    if backend in FP32_BACKENDS:
         return {"opset": OPSET}
     isa = detect_quantization_isa()
     weights = quantize_dynamic_int8(fp32, target, isa)
@@ -243,7 +248,28 @@ def ort_session(path: Path, *, threads: int = 0, level: str = "all") -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def load_onnx_embedder(source: str, folder: Path, *, threads: int = 0, level: str = "all") -> SentenceTransformer:
+class OpenVinoSession:
+    """The ``run(None, feeds)`` of an ONNX Runtime session, on an OpenVINO CPU compilation of the same file.
+
+    OpenVINO's CPU plugin picks its own inference precision (bf16 on CPUs with AMX / AVX-512 BF16).
+    """
+
+    def __init__(self, path: Path, *, threads: int = 0, hint: str = "THROUGHPUT") -> None:
+        import openvino
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+
+    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
+        """Run the graph; returns ``[last_hidden_state]``."""
+        return [self.compiled(feeds)[self.compiled.output(0)]]
+
+
+def load_onnx_embedder(
+    source: str, folder: Path, *, threads: int = 0, level: str = "all", runtime: str = "onnxruntime"
+) -> SentenceTransformer:
     """A ``SentenceTransformer`` whose encoder runs the verified ONNX artifact in ``folder``.
 
     Tokenizer, pooling, normalisation and ``encode()`` stay sentence-transformers' own, so the vectors differ
@@ -253,7 +279,9 @@ def load_onnx_embedder(source: str, folder: Path, *, threads: int = 0, level: st
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(source, device="cpu")
-    swap_encoder(model, ort_session(Path(folder) / ONNX_FILE, threads=threads, level=level))
+    path = Path(folder) / ONNX_FILE
+    session = OpenVinoSession(path, threads=threads) if runtime == "openvino" else None
+    swap_encoder(model, session or ort_session(path, threads=threads, level=level))
     return model
 
 
