@@ -32,7 +32,7 @@ from typing import Any
 
 from bench import common
 
-FULL = {"n_docs": 1000, "sweep_chunks": 96, "rounds": 2, "queries": 1000, "boot": 2000}
+FULL = {"n_docs": 400, "sweep_chunks": 48, "rounds": 2, "queries": 1000, "boot": 2000}
 QUICK = {"n_docs": 60, "sweep_chunks": 32, "rounds": 1, "queries": 50, "boot": 200}
 K = 5
 TARGET, STRETCH = 1.5, 2.0
