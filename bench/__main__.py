@@ -1,4 +1,4 @@
-"""``python -m bench [kb_throughput|kb_incremental|kb_query|train ...] [--quick]``: run benchmarks.
+"""``python -m bench [kb_throughput|kb_incremental|kb_query|train|embed_backends ...] [--quick]``: run benchmarks.
 
 Without a name every benchmark runs, in the order below (``kb_query`` then reuses the table that
 ``kb_incremental`` built). ``--quick`` shrinks each one to a smoke run of well under a minute of work.
@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "train")
+BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "train", "embed_backends")
 
 
 def main(argv: list[str] | None = None) -> int:

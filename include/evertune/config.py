@@ -88,6 +88,11 @@ class EmbedParams(_Section):
     batch_size: int = Field(64, ge=1, le=4096)
     normalize: bool = True
     device: str = "cpu"
+    # torch: sentence-transformers on PyTorch. onnx / onnx-int8: the same model exported once to ONNX (fp32, or
+    # dynamically int8-quantized for this CPU) by ``evertune bootstrap`` and run on ONNX Runtime; openvino: the
+    # fp32 export compiled by OpenVINO (optional extra ``openvino``). The backend is part of the embedder
+    # identity (evertune.models.embedder.embedder_id): another backend means a new table.
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino"] = "torch"
 
 
 class IndexParams(_Section):

@@ -4,7 +4,9 @@ Chunks (a sync) and queries (search and evaluation) go through :func:`embed_text
 settings, so their vectors always match. Queries run with one intra-op thread
 (:data:`evertune.models.embedder.QUERY_THREADS`), scoped to the call: a one-text encode gains little from
 more threads, and on a busy host they stall each other and whatever else the process runs (generation in
-the same server). A sync's batch embedding keeps the process's thread setting.
+the same server). A sync's batch embedding keeps the process's thread setting. With an ONNX
+``embed.backend`` the encoder runs on an ONNX Runtime session whose intra-op thread count is fixed when the
+session is created (:func:`evertune.models.onnx_export.ort_session`), so the torch setting does not apply.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``bootstrap`` sub-command."""
     parser = subparsers.add_parser(
         "bootstrap",
-        help="convert the base LLM if needed, verify the embedder, build the tiny test model",
+        help="convert the base LLM if needed, verify the embedder (export it for an ONNX embed.backend), "
+        "build the tiny test model",
         description="Prepare the base LLM, the embedder and the tiny test model. A second run only checks them.",
     )
     parser.add_argument("--params", default=None, help="params file (default: $EVERTUNE_PARAMS or ./params.yaml)")
@@ -59,6 +60,12 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     digest = embedder.verify_embedder(embed_path, params.embed.sha256)
     check = f"sha256 {digest} verified" if digest else "sha256 not checked (embed.sha256 is null or a hub id)"
     print(f"embedder:    {embed_path}  [{check}, {time.perf_counter() - started:.1f} s]")
+    started = time.perf_counter()
+    exported = embedder.ensure_backend_artifact(params.embed, settings.models_dir, force=args.force)
+    if exported is not None:
+        folder, artifact_sha, built = exported
+        state = "exported" if built else "already current"
+        print(f"  {params.embed.backend}:  {folder}  [{state}, sha256 {artifact_sha}, {time.perf_counter() - started:.1f} s]")
 
     if not args.no_tiny:
         started = time.perf_counter()

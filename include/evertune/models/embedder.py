@@ -75,12 +75,18 @@ def verify_embedder(path: str, expected_sha256: str | None) -> str | None:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise BootstrapError(f"embedder weights not found: {weights}")
-    actual = _cached_sha256(str(weights), weights.stat().st_size, weights.stat().st_mtime_ns)
+    actual = cached_sha256(weights)
     if actual != expected_sha256:
         raise BootstrapError(
             f"embedder weights {weights} have sha256 {actual}, expected {expected_sha256} (embed.sha256)"
         )
     return actual
+
+
+def cached_sha256(path: Path) -> str:
+    """The sha256 of a file, computed once per (path, size, mtime) in this process."""
+    stat = path.stat()
+    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=8)
@@ -90,24 +96,46 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def embedder_id(params: EmbedParams) -> str:
-    """A short, stable identifier of the embedder (used in table names and chunk ids)."""
+    """A short, stable identifier of the embedder (used in table names and chunk ids).
+
+    The backend is part of it (``...-onnx``, ``...-onnx-int8``), so vectors of another backend go to another
+    table; ``torch`` adds nothing, so its identifier is the one tables were created with before backends.
+    """
     name = params.model.removeprefix("package:").rstrip("/").split("/")[-1]
     suffix = (params.sha256 or hashlib.sha256(params.model.encode()).hexdigest())[:8]
-    return f"{name}-{suffix}"
+    backend = "" if params.backend == "torch" else f"-{params.backend}"
+    return f"{name}-{suffix}{backend}"
 
 
-def load_embedder(params: EmbedParams) -> SentenceTransformer:
-    """Load the configured embedder offline, after checking its weights.
+def onnx_folder(params: EmbedParams, models_dir: Path | None = None) -> Path:
+    """Where ``evertune bootstrap`` puts the ONNX export of this embedder and backend."""
+    from evertune.models.onnx_export import export_folder
+
+    if models_dir is None:
+        from evertune.settings import get_settings
+
+        models_dir = get_settings().models_dir
+    return export_folder(models_dir, embedder_id(params.model_copy(update={"backend": "torch"})), params.backend)
+
+
+def load_embedder(params: EmbedParams, models_dir: Path | None = None) -> SentenceTransformer:
+    """Load the configured embedder offline, after checking its weights (and for ONNX, the exported artifact).
 
     Args:
         params: The ``embed`` section of ``params.yaml``.
+        models_dir: Where ONNX exports live; defaults to ``settings.models_dir``.
 
     Returns:
-        A ready ``SentenceTransformer`` on ``params.device``.
+        A ready ``SentenceTransformer`` on ``params.device`` (ONNX backends: on CPU, encoder on ONNX Runtime).
+
+    Raises:
+        BootstrapError: The weights fail their pin, or the ONNX export is missing or fails its sha256.
     """
     path = resolve_embedder(params.model)
     verify_embedder(path, params.sha256)
-    return _load(path, params.device)
+    if params.backend == "torch":
+        return _load(path, params.device)
+    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend)
 
 
 @lru_cache(maxsize=2)
@@ -115,6 +143,20 @@ def _load(path: str, device: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(path, device=device)
+
+
+def _load_onnx(path: str, folder: str, backend: str) -> SentenceTransformer:
+    from evertune.models.onnx_export import verify_onnx_artifact
+
+    verify_onnx_artifact(Path(folder))  # every load: a changed file fails even if a session is cached
+    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime")
+
+
+@lru_cache(maxsize=2)
+def _load_onnx_cached(path: str, folder: str, runtime: str) -> SentenceTransformer:
+    from evertune.models.onnx_export import load_onnx_embedder
+
+    return load_onnx_embedder(path, Path(folder), runtime=runtime)
 
 
 @contextmanager
@@ -135,3 +177,31 @@ def intra_op_threads(threads: int) -> Iterator[None]:
     finally:
         if previous != threads:
             torch.set_num_threads(previous)
+
+
+def ensure_backend_artifact(
+    params: EmbedParams, models_dir: Path, *, force: bool = False
+) -> tuple[Path, str, bool] | None:
+    """Export the embedder for its ONNX backend once (``evertune bootstrap``); nothing to do for ``torch``.
+
+    Args:
+        params: The ``embed`` section; its weights are verified against ``embed.sha256`` first.
+        models_dir: ``settings.models_dir``.
+        force: Export again even if the existing artifact is current.
+
+    Returns:
+        ``None`` for ``torch``, else ``(folder, artifact sha256, built)``.
+
+    Raises:
+        BootstrapError: The weights fail their pin, or the export fails.
+    """
+    if params.backend == "torch":
+        return None
+    from evertune.models.onnx_export import ensure_onnx_export, verify_onnx_artifact
+
+    path = resolve_embedder(params.model)
+    if not Path(path).is_dir():
+        raise BootstrapError(f"embed.backend {params.backend!r} exports a local embedder; {path!r} is not a folder")
+    source_sha = verify_embedder(path, params.sha256) or cached_sha256(Path(path) / WEIGHTS_FILE)
+    folder, built = ensure_onnx_export(path, source_sha, onnx_folder(params, models_dir), params.backend, force=force)
+    return folder, verify_onnx_artifact(folder), built
