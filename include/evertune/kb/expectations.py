@@ -44,8 +44,10 @@ _CODE_LINE_RE = re.compile(
     r"|^[\"']?[\w-]*[_.][\w.-]*[\"']?\s*[:=]"  # config keys with _ or . (``ca_file: ...``, ``a.b = 3``)
     r"|(?:[\w.-]+=\S+.*){2}"  # two or more key=value pairs (log and env lines)
 )
-#: A prose line has at least this many words; shorter lines are headings, labels and table cells.
+#: A prose line has at least this many words (space-separated, with a letter: ``fjord_up`` is one word);
+#: shorter lines are headings, labels and table cells.
 MIN_PROSE_LINE_WORDS = 4
+_LINE_WORD_RE = re.compile(r"\S*[^\W\d_]\S*")
 #: Below this many prose words a text is measured as a whole (a page of nothing but a table or code).
 MIN_PROSE_WORDS = 20
 
@@ -63,7 +65,7 @@ def prose_text(text: str) -> str:
     return "\n".join(
         line
         for line in lines
-        if len(_WORD_RE.findall(line)) >= MIN_PROSE_LINE_WORDS
+        if len(_LINE_WORD_RE.findall(line)) >= MIN_PROSE_LINE_WORDS
         and not _TABLE_ROW_RE.search(line)
         and not _CODE_LINE_RE.search(line)
     )
