@@ -105,14 +105,14 @@ def test_flag_mode_keeps_hostile_documents_marked(hostile_landing: Path, setting
 
 def test_clean_corpus_and_reference_tables_lose_nothing(tmp_path: Path, settings: Settings) -> None:
     landing = _landing(tmp_path, DATA / "corpus", DATA / "reference-tables")
-    for action in ("quarantine", "flag"):
-        ingested, result = _validate(landing, _params(injection_action=action, pii_action=action), settings)
-        assert len(ingested.documents) == 38
-        assert result.quarantine.empty, result.quarantine[["record_ref", "reason", "detail"]].to_dict("records")
-        counts = result.report["counts"]
-        assert counts["documents_valid"] == 38
-        assert counts["documents_injection_flagged"] == counts["documents_pii_flagged"] == 0
-        assert not any(json.loads(m).keys() & {"injection", "pii"} for m in result.documents["metadata"])
+    # Flag mode: a finding would keep the page, flagged, so "nothing quarantined, nothing flagged" covers both modes.
+    ingested, result = _validate(landing, _params(injection_action="flag", pii_action="flag"), settings)
+    assert len(ingested.documents) == 38
+    assert result.quarantine.empty, result.quarantine[["record_ref", "reason", "detail"]].to_dict("records")
+    counts = result.report["counts"]
+    assert counts["documents_valid"] == 38
+    assert counts["documents_injection_flagged"] == counts["documents_pii_flagged"] == 0
+    assert not any(json.loads(m).keys() & {"injection", "pii"} for m in result.documents["metadata"])
 
 
 PII_DOCS = [
