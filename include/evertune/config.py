@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,6 +62,12 @@ class ValidateParams(_Section):
     max_quarantine_fraction: float = Field(0.25, ge=0.0, le=1.0)
     require_nonempty_drop: bool = True
     pii_action: Literal["quarantine", "flag"] = "quarantine"
+    # Regions for national-format phone numbers (ISO 3166 alpha-2); "+" numbers are recognised for any country.
+    pii_phone_regions: list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]] = Field(
+        ["US", "GB", "DE", "FR"], min_length=1
+    )
+    # A document with prompt-injection text: quarantined (reason prompt_injection) or kept, flagged in metadata.
+    injection_action: Literal["quarantine", "flag"] = "quarantine"
 
     @model_validator(mode="after")
     def _bounds(self) -> ValidateParams:

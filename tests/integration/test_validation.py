@@ -70,7 +70,8 @@ BAD_DOCS = {
     "bad-source": (doc("bad-source", source="scraped-forum"), "disallowed_source"),
     "bad-url": (doc("bad-url", url="http://evil.example/phish"), "disallowed_url"),
     "has-email": (doc("has-email", text=body("mail") + " Write to jane.doe@gmail.com for help."), "pii_detected"),
-    "has-phone": (doc("has-phone", text=body("phone") + " Call me at +1 (555) 123-4567 today."), "pii_detected"),
+    # a real-format number (area code 415); find_pii parses numbers, so "+1 (555) 123-4567" is no longer one
+    "has-phone": (doc("has-phone", text=body("phone") + " Call me at +1 (415) 555-0132 today."), "pii_detected"),
     "has-card": (doc("has-card", text=body("card") + " My card is 4111 1111 1111 1111 thanks."), "pii_detected"),
 }
 
@@ -268,23 +269,26 @@ def test_wrong_schema_is_critical(mixed_drop: Path, params: Params, settings: Se
         ("Ask support@nimbusnotes.example or help@eu.nimbusnotes.example.", set()),
         ("Spoofed: x@nimbusnotes.example.evil.com", {"email"}),
         ("Call 555-123-4567 or +44 20 7946 0958", {"phone"}),
-        ("Card 4111-1111-1111-1111 expires", {"card", "phone"}),
+        # the regex checks also took the card for a phone number; find_pii parses numbers
+        ("Card 4111-1111-1111-1111 expires", {"card"}),
         ("Updated 2026-11-03T08:00:00+00:00, version 3.14.159, port 8080, 1,250 notes, IP 192.168.100.200", set()),
     ],
 )
-def test_pii_patterns(text: str, kinds: set[str]) -> None:
+def test_pii_codes(text: str, kinds: set[str]) -> None:
+    """The ``pii`` helper column (find_pii codes) and the GX regex of each PII check agree on every kind."""
     import re
 
     import pandas as pd
 
-    from evertune.kb.expectations import pii_patterns
+    from evertune.kb.expectations import pii_checks, safety_codes
 
-    patterns = pii_patterns(load_params().validation)
-    found = {kind for kind, regex in patterns.items() if re.search(regex, text)}
-    assert found == kinds
-    # GX's pandas engine evaluates the same regexes through str.contains: it must agree with Python's re
-    column = pd.Series([text]).astype(str)
-    assert {kind for kind, regex in patterns.items() if bool(column.str.contains(regex).iloc[0])} == kinds
+    injection, pii = safety_codes(text, load_params().validation)
+    assert injection == "" and set(filter(None, pii.split(","))) == kinds
+    # GX's pandas engine evaluates the checks' regexes through str.contains: it must agree with Python's re
+    column = pd.Series([pii]).astype(str)
+    regexes = {c.check.removeprefix("pii_"): c.kwargs["regex"] for c in pii_checks()}
+    assert {kind for kind, regex in regexes.items() if bool(column.str.contains(regex).iloc[0])} == kinds
+    assert {kind for kind, regex in regexes.items() if re.search(regex, pii)} == kinds
 
 
 def test_text_ratios_separate_prose_from_garbage() -> None:

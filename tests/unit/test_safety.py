@@ -216,6 +216,7 @@ def test_fold_pattern_folds_literals_and_moves_word_starts_out_of_the_regex() ->
         ("2147483647", False),  # one run of digits, no cue
         ("0 .. 2147483647", False),
         ("32768-65535", False),
+        ("0-2147483647", False),  # a range in a parameter table (tests/data/reference-tables)
         ("02110-1301", False),
         ("93.186.135.91", False),
         ("1 2 3 4 5 6 7 8 9 0 1", False),
@@ -259,6 +260,7 @@ def test_real_phone_numbers_are_flagged(text: str) -> None:
         "Nodes 10.20.0.11:5433, 10.20.0.12:8443 and 192.168.40.12; IPv6 fd00:20::11.",
         "| 412,880 | 468,301 | +13.4 % |\n| 1.42 | 1.18 | -16.9 % |",
         "statement_timeout | 0 (off) | 0 .. 2147483647 ms | no |",
+        "| statement_timeout | 0 | ms | 0-2147483647 | 0 = none |",
         "ports 5433 8443 7946 6433 must be open",
         "1073741824 bytes; epoch ms 1764576000000; 18,442 files",
         "order ORD-2026-0001187, build 4.4.0-rc1+20270302.5, plan_hash=0x9c1e44f2",

@@ -3,7 +3,8 @@
 :func:`document_checks` and :func:`qa_checks` list the checks in priority order (a row's first failure is its
 quarantine reason); :func:`doc_failure_detail` and :func:`qa_failure_detail` turn a failed check into the
 reason code and a readable detail that never echoes the value (it may be PII). The helper columns the checks
-read (``alpha_ratio``, ``stopword_ratio``, ``pii_scan``) come from :func:`text_ratios` and the title/text.
+read come from :func:`text_ratios` (``alpha_ratio``, ``stopword_ratio``, measured on the prose lines) and
+:func:`safety_codes` (``injection``, ``pii``: the codes of :mod:`evertune.kb.safety`'s findings, ``""`` when clean).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from evertune.kb import quarantine as q
+from evertune.kb import safety
 from evertune.kb.gx_suite import Check
 from evertune.kb.records import DOC_ID_RE
 
@@ -28,30 +30,60 @@ STOPWORDS: frozenset[str] = frozenset(
     you your yours""".split()
 )
 _WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
-
-# PII patterns use explicit ASCII classes so pandas (RE2 or Python re) and Python agree on what they match.
-_PHONE_RE = (
-    r"(?<![0-9A-Za-z.])(?:\+[0-9]{1,3}[ .-]?)?"  # optional country code
-    r"(?:\([0-9]{2,4}\)|[0-9]{2,4})[ .-][0-9]{3,4}[ .-][0-9]{3,4}(?![0-9A-Za-z]|\.[0-9])"  # area, exchange, line
-)
-_CARD_RE = r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"
 _EMPTY_RE = r"^\s*$"
 
+#: The PII kinds of :func:`evertune.kb.safety.find_pii`, one check each (in this order) over the ``pii`` column.
+PII_KINDS: tuple[str, ...] = ("email", "phone", "card")
 
-def email_regex(allowed_domains: list[str]) -> str:
-    """The e-mail PII pattern, skipping addresses at ``allowed_domains`` (and their subdomains)."""
-    allowed = "|".join(re.escape(domain.lower().strip(".")) for domain in allowed_domains if domain.strip("."))
-    skip = f"(?!(?:[A-Za-z0-9-]+\\.)*(?:{allowed})(?![A-Za-z0-9-]|\\.[A-Za-z0-9]))" if allowed else ""
-    return f"[A-Za-z0-9._%+-]+@{skip}[A-Za-z0-9-]+(?:\\.[A-Za-z0-9-]+)*\\.[A-Za-z]{{2,}}"
+# Lines that are structure, not prose: table rows (Markdown pipes), and code, shell and config lines as ingestion
+# leaves them (fences and indentation are gone, so the line itself must tell).
+_TABLE_ROW_RE = re.compile(r"^\|.*\|$|(?:\s\|\s.*){2}")
+_CODE_LINE_RE = re.compile(
+    r"^(?:[$#%>] |>>> |[{}\[\]()<]|</?[A-Za-z])"  # shell prompts, brackets and tags at the start
+    r"|[{\[(;\\]$"  # an opening bracket, a statement end or a continuation at the end
+    r"|^[\"']?[\w-]*[_.][\w.-]*[\"']?\s*[:=]"  # config keys with _ or . (``ca_file: ...``, ``a.b = 3``)
+    r"|(?:[\w.-]+=\S+.*){2}"  # two or more key=value pairs (log and env lines)
+)
+#: A prose line has at least this many words (space-separated, with a letter: ``fjord_up`` is one word);
+#: shorter lines are headings, labels and table cells.
+MIN_PROSE_LINE_WORDS = 4
+_LINE_WORD_RE = re.compile(r"\S*[^\W\d_]\S*")
+#: Below this many prose words a text is measured as a whole (a page of nothing but a table or code).
+MIN_PROSE_WORDS = 20
 
 
-def pii_patterns(vparams: ValidateParams) -> dict[str, str]:
-    """PII regexes by kind: ``email``, ``phone``, ``card``."""
-    return {"email": email_regex(vparams.pii_allowed_email_domains), "phone": _PHONE_RE, "card": _CARD_RE}
+def prose_text(text: str) -> str:
+    """The prose lines of a text: lines of words, not table rows, code or config lines, headings or cells.
+
+    Args:
+        text: Ingested plain text (one source line per line).
+
+    Returns:
+        The prose lines joined by newlines; ``""`` when there are none.
+    """
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(
+        line
+        for line in lines
+        if len(_LINE_WORD_RE.findall(line)) >= MIN_PROSE_LINE_WORDS
+        and not _TABLE_ROW_RE.search(line)
+        and not _CODE_LINE_RE.search(line)
+    )
+
+
+def _ratios(text: str) -> tuple[float, float]:
+    visible = [ch for ch in text if not ch.isspace()]
+    alpha = sum(ch.isalpha() for ch in visible) / len(visible) if visible else 0.0
+    words = _WORD_RE.findall(text.lower())
+    stop = sum(word in STOPWORDS for word in words) / len(words) if words else 0.0
+    return round(alpha, 6), round(stop, 6)
 
 
 def text_ratios(text: str) -> tuple[float, float]:
-    """Share of letters among non-space characters, and share of English stopwords among words.
+    """Share of letters among non-space characters, and share of English stopwords among words, on the prose.
+
+    Measured on :func:`prose_text`, so reference tables and code blocks do not make a real page look like
+    garbage; a text with fewer than :data:`MIN_PROSE_WORDS` prose words is measured as a whole.
 
     Args:
         text: Plain text.
@@ -59,11 +91,35 @@ def text_ratios(text: str) -> tuple[float, float]:
     Returns:
         ``(alpha_ratio, stopword_ratio)``, each in [0, 1] (0 for empty text).
     """
-    visible = [ch for ch in text if not ch.isspace()]
-    alpha = sum(ch.isalpha() for ch in visible) / len(visible) if visible else 0.0
-    words = _WORD_RE.findall(text.lower())
-    stop = sum(word in STOPWORDS for word in words) / len(words) if words else 0.0
-    return round(alpha, 6), round(stop, 6)
+    prose = prose_text(text)
+    return _ratios(prose if len(_WORD_RE.findall(prose)) >= MIN_PROSE_WORDS else text)
+
+
+def safety_codes(text: str, vparams: ValidateParams) -> tuple[str, str]:
+    """The ``injection`` and ``pii`` helper column values of one text (codes only, never the text).
+
+    Args:
+        text: ``title + "\\n" + text`` of a document, or ``question + "\\n" + answer`` of a QA pair.
+        vparams: ``validate`` params (allowed e-mail domains, phone regions).
+
+    Returns:
+        ``(injection codes, pii codes)``, each sorted and comma-separated, ``""`` when clean.
+    """
+    return (
+        safety.codes(safety.find_injection(text)),
+        safety.codes(safety.find_pii(text, vparams.pii_allowed_email_domains, vparams.pii_phone_regions)),
+    )
+
+
+#: The injection check: a row fails when its ``injection`` column names any code (clean rows hold ``""``).
+INJECTION_CHECK = Check("injection", q.PROMPT_INJECTION, "ExpectColumnValuesToMatchRegex",
+                        {"column": "injection", "regex": "^$"})  # fmt: skip
+
+
+def pii_checks() -> list[Check]:
+    """One check per PII kind over the ``pii`` column (a row fails when the column names the kind)."""
+    return [Check(f"pii_{kind}", q.PII_DETECTED, "ExpectColumnValuesToNotMatchRegex",
+                  {"column": "pii", "regex": f"(?:^|,){kind}(?:,|$)"}) for kind in PII_KINDS]  # fmt: skip
 
 
 def document_checks(vparams: ValidateParams) -> list[Check]:
@@ -76,6 +132,7 @@ def document_checks(vparams: ValidateParams) -> list[Check]:
                {"column": "text", "regex": _EMPTY_RE}),
         Check("text_length", f"{q.TEXT_TOO_SHORT}|{q.TEXT_TOO_LONG}", "ExpectColumnValueLengthsToBeBetween",
                {"column": "text", "min_value": vparams.min_text_chars, "max_value": vparams.max_text_chars}),
+        INJECTION_CHECK,
         Check("alpha_ratio", q.GARBAGE_TEXT, "ExpectColumnValuesToBeBetween",
                {"column": "alpha_ratio", "min_value": vparams.min_alpha_ratio, "max_value": 1.0}),
         Check("stopword_ratio", q.GARBAGE_TEXT, "ExpectColumnValuesToBeBetween",
@@ -86,10 +143,7 @@ def document_checks(vparams: ValidateParams) -> list[Check]:
                {"column": "url", "regex": f"^(?:{prefixes})\\S*$" if prefixes else "(?!)"}),
         Check("doc_id_unique", q.DUPLICATE_DOC_ID, "ExpectColumnValuesToBeUnique", {"column": "doc_id"}),
     ]  # fmt: skip
-    for kind, regex in pii_patterns(vparams).items():
-        checks.append(Check(f"pii_{kind}", q.PII_DETECTED, "ExpectColumnValuesToNotMatchRegex",
-                             {"column": "pii_scan", "regex": regex}))  # fmt: skip
-    return checks
+    return [*checks, *pii_checks()]
 
 
 def qa_checks(vparams: ValidateParams) -> list[Check]:
@@ -99,18 +153,20 @@ def qa_checks(vparams: ValidateParams) -> list[Check]:
                {"column": "question", "regex": _EMPTY_RE}),
         Check("answer_not_empty", q.EMPTY_TEXT, "ExpectColumnValuesToNotMatchRegex",
                {"column": "answer", "regex": _EMPTY_RE}),
+        INJECTION_CHECK,
         Check("doc_id_format", q.INVALID_DOC_ID, "ExpectColumnValuesToMatchRegex",
                {"column": "doc_id", "regex": f"^{DOC_ID_RE.pattern}$"}),
         Check("qa_id_unique", q.DUPLICATE_QA_ID, "ExpectColumnValuesToBeUnique", {"column": "qa_id"}),
     ]  # fmt: skip
-    for kind, regex in pii_patterns(vparams).items():
-        checks.append(Check(f"pii_{kind}", q.PII_DETECTED, "ExpectColumnValuesToNotMatchRegex",
-                             {"column": "pii_scan", "regex": regex}))  # fmt: skip
-    return checks
-
+    return [*checks, *pii_checks()]
 
 
 # --------------------------------------------------------------------------- failure details
+
+
+def _codes(row: dict[str, Any]) -> str:
+    """The injection codes of a row for a detail: detector codes only, never the text."""
+    return row.get("injection") or "unknown"
 
 
 def doc_failure_detail(check: str, row: dict[str, Any], vparams: ValidateParams, copies: int) -> tuple[str, str]:
@@ -140,6 +196,8 @@ def doc_failure_detail(check: str, row: dict[str, Any], vparams: ValidateParams,
             q.DUPLICATE_DOC_ID,
             f"doc_id {row['doc_id']!r} appears {copies} times in this drop with different content",
         )
+    if check == "injection":
+        return q.PROMPT_INJECTION, f"instruction-like text aimed at a model in title or text ({_codes(row)})"
     if check.startswith("pii_"):
         return q.PII_DETECTED, f"possible {check.removeprefix('pii_')} in title or text"
     raise ValueError(f"unknown check {check!r}")
@@ -153,6 +211,8 @@ def qa_failure_detail(check: str, row: dict[str, Any]) -> tuple[str, str]:
         return q.INVALID_DOC_ID, f"doc_id {row['doc_id'][:90]!r} does not match [a-z0-9][a-z0-9-]{{1,79}}"
     if check == "qa_id_unique":
         return q.DUPLICATE_QA_ID, f"qa_id {row['qa_id'][:90]!r} appears more than once with different content"
+    if check == "injection":
+        return q.PROMPT_INJECTION, f"instruction-like text aimed at a model in question or answer ({_codes(row)})"
     if check.startswith("pii_"):
         return q.PII_DETECTED, f"possible {check.removeprefix('pii_')} in question or answer"
     raise ValueError(f"unknown check {check!r}")

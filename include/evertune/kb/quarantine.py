@@ -36,6 +36,7 @@ DISALLOWED_URL = "disallowed_url"
 DUPLICATE_DOC_ID = "duplicate_doc_id"
 DUPLICATE_QA_ID = "duplicate_qa_id"
 PII_DETECTED = "pii_detected"
+PROMPT_INJECTION = "prompt_injection"
 
 INGEST_REASONS: frozenset[str] = frozenset(
     {
@@ -46,7 +47,7 @@ INGEST_REASONS: frozenset[str] = frozenset(
 VALIDATE_REASONS: frozenset[str] = frozenset(
     {
         EMPTY_TEXT, TEXT_TOO_SHORT, TEXT_TOO_LONG, GARBAGE_TEXT, DISALLOWED_SOURCE, DISALLOWED_URL,
-        DUPLICATE_DOC_ID, DUPLICATE_QA_ID, PII_DETECTED, INVALID_DOC_ID,
+        DUPLICATE_DOC_ID, DUPLICATE_QA_ID, PII_DETECTED, PROMPT_INJECTION, INVALID_DOC_ID,
     }
 )  # fmt: skip
 

@@ -322,8 +322,8 @@ def _phone_plausible(text: str, start: int, raw: str) -> bool:
     (``2023-2025``); ``..`` ranges; aligned table columns (double spaces); US ZIP+4 codes. International numbers
     (``+...``) are then kept. National numbers are also rejected when dotted like decimals, versions or IPv4
     (or dotted and spaced at once: ``169.729 16900.540``), when two or more groups are single digits
-    (``1 2 3 4 5``), when written as two groups not starting with a trunk ``0`` or ``(`` (ranges such as
-    ``32768-65535``), and, written as one run of digits (``2147483647``), unless a cue such as "call" or "phone"
+    (``1 2 3 4 5``), when written as two groups not starting with a trunk ``0`` or ``(``, or whose first group is
+    a lone digit (ranges such as ``32768-65535`` and ``0-2147483647``), and, written as one run of digits (``2147483647``), unless a cue such as "call" or "phone"
     comes just before.
 
     Args:
@@ -342,7 +342,7 @@ def _phone_plausible(text: str, start: int, raw: str) -> bool:
     ipv4_like = len(sizes) == 4 and max(sizes) <= 3
     if "." in raw and (len(sizes) < 3 or min(sizes) < 2 or ipv4_like or re.search(r"\s", raw.strip())):
         return False
-    if sum(size == 1 for size in sizes) >= 2 or len(sizes) == 2 and not raw.startswith(("0", "(")):
+    if sum(size == 1 for size in sizes) >= 2 or len(sizes) == 2 and (sizes[0] == 1 or not raw.startswith(("0", "("))):
         return False
     if len(sizes) == 1:
         return bool(_PHONE_CUE_RE.search(text[max(0, start - 40) : start]))

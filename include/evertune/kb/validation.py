@@ -26,7 +26,14 @@ from evertune.data import snapshot
 from evertune.data.snapshot import DOC_COLUMNS, QA_COLUMNS, TOMBSTONE_COLUMNS
 from evertune.errors import CriticalValidationError
 from evertune.kb import quarantine as q
-from evertune.kb.expectations import doc_failure_detail, document_checks, qa_checks, qa_failure_detail, text_ratios
+from evertune.kb.expectations import (
+    doc_failure_detail,
+    document_checks,
+    qa_checks,
+    qa_failure_detail,
+    safety_codes,
+    text_ratios,
+)
 from evertune.kb.gx_suite import DOCS_SUITE, QA_SUITE, data_docs_url, gx_context, gx_lock, run_suite
 from evertune.kb.ingest import IngestResult
 from evertune.kb.quarantine import QUARANTINE_COLUMNS, QuarantineRecord, count_by_reason, quarantine_frame
@@ -42,8 +49,10 @@ log = logging.getLogger(__name__)
 #: Report keys that depend on the machine, not on the data; kept out of the stored report.
 VOLATILE_REPORT_KEYS = frozenset({"data_docs"})
 
-DOC_HELPER_COLUMNS = ("alpha_ratio", "stopword_ratio", "pii_scan")
-QA_HELPER_COLUMNS = ("pii_scan",)
+#: Helper columns with the codes of the safety detectors (``""`` when clean), for documents and QA pairs.
+SAFETY_COLUMNS = ("injection", "pii")
+DOC_HELPER_COLUMNS = ("alpha_ratio", "stopword_ratio", *SAFETY_COLUMNS)
+QA_HELPER_COLUMNS = SAFETY_COLUMNS
 
 
 @dataclass
@@ -166,23 +175,24 @@ def _check_drop(ingested: IngestResult, interval: str, vparams: ValidateParams, 
     raise _critical(f"validation of {interval} failed: empty drop", report, [why + " (validate.require_nonempty_drop)"])
 
 
-def _document_frame(docs: list[dict[str, Any]]) -> pd.DataFrame:
-    """Add the helper columns the document checks read (ratios, PII scan text) and build the suite's frame."""
+def _document_frame(docs: list[dict[str, Any]], vparams: ValidateParams) -> pd.DataFrame:
+    """Add the helper columns the document checks read (ratios, safety codes) and build the suite's frame."""
     import pandas as pd
 
     for row in docs:
         row["alpha_ratio"], row["stopword_ratio"] = text_ratios(row["text"])
-        row["pii_scan"] = f"{row['title']}\n{row['text']}"
-    frame = snapshot.text_frame(docs, (*DOC_COLUMNS, "pii_scan"))
+        row["injection"], row["pii"] = safety_codes(f"{row['title']}\n{row['text']}", vparams)
+    frame = snapshot.text_frame(docs, (*DOC_COLUMNS, *SAFETY_COLUMNS))
     frame.insert(len(DOC_COLUMNS), "alpha_ratio", pd.Series([r["alpha_ratio"] for r in docs], dtype="float64"))
     frame.insert(len(DOC_COLUMNS) + 1, "stopword_ratio",
                  pd.Series([r["stopword_ratio"] for r in docs], dtype="float64"))  # fmt: skip
     return frame
 
 
-def _qa_frame(qa_rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _qa_frame(qa_rows: list[dict[str, Any]], vparams: ValidateParams) -> pd.DataFrame:
+    """Add the safety code columns over question + answer and build the QA suite's frame."""
     for row in qa_rows:
-        row["pii_scan"] = f"{row['question']}\n{row['answer']}"
+        row["injection"], row["pii"] = safety_codes(f"{row['question']}\n{row['answer']}", vparams)
     return snapshot.text_frame(qa_rows, QA_COLUMNS + QA_HELPER_COLUMNS)
 
 
@@ -196,10 +206,32 @@ def _quarantined(interval: str, row: dict[str, Any], failures: list[tuple[str, s
     return QuarantineRecord(interval, row["record_ref"], row["doc_id"], "validate", failures[0][0], detail)
 
 
-def _flag_pii(row: dict[str, Any], failed_checks: list[str]) -> None:
+def _set_metadata(row: dict[str, Any], **fields: Any) -> None:
     metadata = json.loads(row["metadata"])
-    metadata.update(pii=True, pii_kinds=sorted(c.removeprefix("pii_") for c in failed_checks))
+    metadata.update(fields)
     row["metadata"] = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def flaggable_reasons(vparams: ValidateParams) -> frozenset[str]:
+    """The document quarantine reasons that ``validate.*_action: flag`` turns into a metadata flag instead."""
+    return frozenset(reason for reason, action in ((q.PII_DETECTED, vparams.pii_action),
+                                                   (q.PROMPT_INJECTION, vparams.injection_action))
+                     if action == "flag")  # fmt: skip
+
+
+def flag_document(row: dict[str, Any], failed_checks: list[str]) -> None:
+    """Record flagged findings in a kept document's metadata.
+
+    PII sets ``pii: true`` and ``pii_kinds`` (from the failed ``pii_<kind>`` checks); injection sets
+    ``injection: true`` and ``injection_kinds`` (the detector codes of the row's ``injection`` column).
+    """
+    fields: dict[str, Any] = {}
+    pii_kinds = sorted(c.removeprefix("pii_") for c in failed_checks if c.startswith("pii_"))
+    if pii_kinds:
+        fields.update(pii=True, pii_kinds=pii_kinds)
+    if "injection" in failed_checks:
+        fields.update(injection=True, injection_kinds=[c for c in str(row.get("injection", "")).split(",") if c])
+    _set_metadata(row, **fields)
 
 
 def sort_out_documents(
@@ -207,21 +239,27 @@ def sort_out_documents(
 ) -> tuple[list[dict[str, Any]], list[QuarantineRecord], int]:
     """Split documents into good rows and quarantine records by their failed checks.
 
-    With ``validate.pii_action: flag`` a document whose only failures are PII is kept, flagged in its metadata.
+    With ``validate.pii_action: flag`` (``validate.injection_action: flag``) a document whose only failures are
+    PII (prompt injection, or both when both are flagged) is kept, flagged in its metadata. A quarantined row's
+    reason is its first failure that flagging would not have forgiven, so a flagged-only finding never hides a
+    real one; the detail lists every failure.
 
     Returns:
-        ``(good rows, quarantine records, number of PII-flagged documents)``.
+        ``(good rows, quarantine records, number of PII-flagged documents)``; the injection-flagged good rows are
+        those whose ``injection`` column is not empty.
     """
     copies = Counter(r["doc_id"] for r in docs)
+    flaggable = flaggable_reasons(vparams)
     good, quarantined, pii_flagged = [], [], 0
     for row in docs:
         failed = _failed_checks(row, outcomes)
         failures = [doc_failure_detail(c, row, vparams, copies[row["doc_id"]]) for c in failed]
-        if failures and all(reason == q.PII_DETECTED for reason, _ in failures) and vparams.pii_action == "flag":
-            _flag_pii(row, failed)
-            pii_flagged += 1
+        if failures and all(reason in flaggable for reason, _ in failures):
+            flag_document(row, failed)
+            pii_flagged += any(c.startswith("pii_") for c in failed)
             failures = []
         if failures:
+            failures.sort(key=lambda failure: failure[0] in flaggable)  # stable: check order otherwise
             quarantined.append(_quarantined(interval, row, failures))
         else:
             good.append(row)
@@ -231,7 +269,7 @@ def sort_out_documents(
 def sort_out_qa(
     qa_rows: list[dict[str, Any]], outcomes: list[dict[str, Any]], interval: str
 ) -> tuple[list[dict[str, Any]], list[QuarantineRecord]]:
-    """Split QA pairs into good rows and quarantine records (PII in a QA pair is always quarantined)."""
+    """Split QA pairs into good rows and quarantine records (PII or injection in a QA pair: always quarantined)."""
     good, quarantined = [], []
     for row in qa_rows:
         failures = [qa_failure_detail(c, row) for c in _failed_checks(row, outcomes)]
@@ -251,6 +289,7 @@ class _Tally:
     dropped_docs: list[str]
     dropped_qa: list[str]
     pii_flagged: int
+    injection_flagged: int
     quarantined_ingest: int
     quarantined_validate: int
 
@@ -263,6 +302,7 @@ def _counts(ingested: IngestResult, tally: _Tally) -> dict[str, int]:
         "documents_valid": len(tally.docs),
         "documents_exact_duplicates_dropped": len(tally.dropped_docs),
         "documents_pii_flagged": tally.pii_flagged,
+        "documents_injection_flagged": tally.injection_flagged,
         "tombstones": len(ingested.tombstones),
         "qa_read": len(ingested.qa),
         "qa_valid": len(tally.qa),
@@ -317,15 +357,16 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
         _rows(ingested.qa, QA_COLUMNS), "qa_id", ("question", "answer", "doc_id", "fact_key")
     )
     doc_outcomes, qa_outcomes, data_docs = _run_suites(
-        settings, vparams, _document_frame(docs), _qa_frame(qa_rows), interval
+        settings, vparams, _document_frame(docs, vparams), _qa_frame(qa_rows, vparams), interval
     )
     # Map failures back to rows: a row's reason is its first failed check in suite order; details list all.
     good_docs, doc_quarantine, pii_flagged = sort_out_documents(docs, doc_outcomes, vparams, interval)
+    injection_flagged = sum(bool(row.get("injection")) for row in good_docs)
     good_qa, qa_quarantine = sort_out_qa(qa_rows, qa_outcomes, interval)
     ingest_quarantine = _rows(ingested.quarantine, QUARANTINE_COLUMNS)
     quarantine = quarantine_frame([*ingest_quarantine, *doc_quarantine, *qa_quarantine])
-    tally = _Tally(good_docs, good_qa, dropped_docs, dropped_qa, pii_flagged, len(ingest_quarantine),
-                   len(doc_quarantine) + len(qa_quarantine))  # fmt: skip
+    tally = _Tally(good_docs, good_qa, dropped_docs, dropped_qa, pii_flagged, injection_flagged,
+                   len(ingest_quarantine), len(doc_quarantine) + len(qa_quarantine))  # fmt: skip
     counts = _counts(ingested, tally)
     fraction = len(quarantine) / ingested.records_read if ingested.records_read else 0.0
     report.update(

@@ -9,7 +9,9 @@ measures is what users are served. A prompt is::
 
 rendered with the tokenizer's own chat template. Retrieved chunks are kept best-first within
 ``evaluate.max_context_chars``; when the rendered prompt would not leave room for ``max_new_tokens`` inside
-``train.max_length`` tokens, the lowest-ranked chunks are dropped first.
+``train.max_length`` tokens, the lowest-ranked chunks are dropped first. A chunk with instruction-like text
+(re-scanned by :func:`evertune.kb.safety.find_injection`, or flagged at validation) is shown wrapped as untrusted
+data (:func:`guard_context`), never unmarked.
 
 ``retrieve`` is any ``Callable[[str], list[dict]]`` returning chunks (``title``, ``text``, ``doc_id``) best
 first; ``None`` means the real published index (:func:`kb_retriever`), :func:`no_retrieval` means no context.
@@ -17,15 +19,18 @@ first; ``None`` means the real published index (:func:`kb_retriever`), :func:`no
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from evertune.config import Params
+    from evertune.kb.safety import Finding
     from evertune.settings import Settings
 
 Chunk = Mapping[str, Any]
@@ -140,6 +145,66 @@ def select_contexts(chunks: Sequence[Chunk], max_chars: int) -> list[dict[str, A
     return kept
 
 
+#: Shown instead of a retrieved chunk's title when the title itself holds flagged text (it moves into the wrapper).
+FLAGGED_TITLE = "(flagged document)"
+
+
+@lru_cache(maxsize=4096)  # the same chunks come back for many questions
+def _injection_findings(text: str) -> tuple[Finding, ...]:
+    from evertune.kb.safety import find_injection
+
+    return tuple(find_injection(text))
+
+
+def _flagged_in_metadata(chunk: Chunk) -> tuple[Finding, ...]:
+    """Findings recorded at validation (``metadata.injection``, kept under ``validate.injection_action: flag``)."""
+    from evertune.kb.safety import INJECTION, Finding
+
+    raw = chunk.get("metadata")
+    try:
+        metadata = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return ()
+    if not isinstance(metadata, Mapping) or not metadata.get("injection"):
+        return ()
+    kinds = [str(kind) for kind in metadata.get("injection_kinds") or ["flagged_at_validation"]]
+    return tuple(Finding(INJECTION, kind, 0, 0, "flagged at validation") for kind in kinds)
+
+
+def guard_context(shown: Chunk, scanned: Chunk | None = None) -> dict[str, Any]:
+    """Mark a retrieved chunk's flagged text before it goes into a prompt.
+
+    The chunk's title and shown text (``body``, else ``text``) of ``scanned`` (the whole retrieved chunk; default
+    ``shown``) are re-scanned with :func:`evertune.kb.safety.find_injection`, and a ``metadata`` field that says
+    ``injection: true`` (a document kept under ``validate.injection_action: flag``) counts too. A clean chunk is
+    returned unchanged (as a copy). A flagged one has its shown text wrapped by
+    :func:`evertune.kb.safety.mark_untrusted` (a note that it is data, not instructions, chat tokens defused);
+    a flagged title is replaced by :data:`FLAGGED_TITLE` and moved inside the wrapper.
+
+    Args:
+        shown: The chunk as it will be shown (perhaps cut to the context budget).
+        scanned: The chunk as retrieved, scanned in full so that a cut cannot hide a payload.
+
+    Returns:
+        The chunk to render.
+    """
+    from evertune.kb.safety import mark_untrusted
+
+    scanned = shown if scanned is None else scanned
+    field = "body" if shown.get("body") else "text"
+    title = str(shown.get("title") or "")
+    in_title = _injection_findings(str(scanned.get("title") or ""))
+    findings = (*in_title, *_injection_findings(str(scanned.get(field) or "")), *_flagged_in_metadata(scanned))
+    guarded = dict(shown)
+    if not findings:
+        return guarded
+    text = str(shown.get(field) or "")
+    if in_title:
+        text, guarded["title"] = f"{title}\n{text}", FLAGGED_TITLE
+    guarded[field] = mark_untrusted(text, findings)
+    return guarded
+
+
 def build_messages(question: str, contexts: Sequence[Chunk], spec: AnswerSpec) -> list[dict[str, str]]:
     """The chat messages (system + user) for one question."""
     from evertune.tuning.prompts import render_template
@@ -175,7 +240,9 @@ def render_prompt(
         The prompt; lowest-ranked chunks were dropped until it fits ``spec.max_length - answer_tokens`` tokens
         (a prompt without any context is returned even if it is longer).
     """
-    contexts = select_contexts(chunks, spec.max_context_chars)
+    # Flagged text never enters a prompt unmarked; the scan sees each chunk whole, before any cut.
+    contexts = [guard_context(kept, whole) for kept, whole in zip(select_contexts(chunks, spec.max_context_chars),
+                                                                  chunks, strict=False)]  # fmt: skip
     budget = spec.max_length - (spec.max_new_tokens if answer_tokens is None else answer_tokens)
     while True:
         text = _chat_text(tokenizer, build_messages(question, contexts, spec))
