@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from evertune.data.snapshot import DOC_COLUMNS, QA_COLUMNS, TOMBSTONE_COLUMNS
 from evertune.errors import ConfigError, TransientError
+from evertune.kb import golden
 from evertune.kb import quarantine as q
 from evertune.kb.parsing import html_to_text, markdown_to_text, normalize_text, parse_front_matter
 from evertune.kb.quarantine import QuarantineRecord
@@ -29,8 +30,6 @@ from evertune.kb.records import (
     decode_bytes,
     docs_line,
     document,
-    golden_qa_line,
-    golden_retrieval_line,
     qa_line,
     reject_json_constant,
     tombstone_line,
@@ -61,8 +60,10 @@ class IngestResult:
         tombstones: Deletions (``snapshot.TOMBSTONE_COLUMNS``), sorted by (doc_id, record_ref).
         qa: Training QA pairs (``snapshot.QA_COLUMNS``), sorted by (qa_id, record_ref).
         quarantine: Ingest-stage quarantine rows (``quarantine.QUARANTINE_COLUMNS``).
-        golden_retrieval: Golden retrieval queries, sorted by query_id.
-        golden_qa: Golden QA pairs (never trained on), sorted by qa_id.
+        golden_retrieval: Lines of the golden retrieval drop (:func:`evertune.kb.golden.retrieval_line`: items,
+            with ``"draft": true`` when set, and retire lines), sorted by (query_id, query, line).
+        golden_qa: Lines of the golden QA drop (never trained on; items and retire lines), sorted by
+            (qa_id, question, line).
         records_read: Input records seen: one per file plus one per non-blank JSONL line (the denominator of
             the quarantined share).
         files_read: Files looked at (the manifest excluded).
@@ -227,8 +228,8 @@ class _PartitionReader:
             "docs.jsonl": docs_line if "jsonl" in self.formats else None,
             "tombstones.jsonl": tombstone_line,
             "qa.jsonl": qa_line,
-            "golden/retrieval.jsonl": golden_retrieval_line,
-            "golden/qa.jsonl": golden_qa_line,
+            golden.RETRIEVAL.landing_path: golden.retrieval_line,
+            golden.QA.landing_path: golden.qa_line,
         }
         suffix = posixpath.splitext(entry.rel)[1].lower()
         if entry.rel in jsonl_handlers and jsonl_handlers[entry.rel] is not None:
@@ -288,8 +289,8 @@ class _PartitionReader:
             docs_line: self.documents,
             tombstone_line: self.tombstones,
             qa_line: self.qa,
-            golden_retrieval_line: self.golden_retrieval,
-            golden_qa_line: self.golden_qa,
+            golden.retrieval_line: self.golden_retrieval,
+            golden.qa_line: self.golden_qa,
         }[handler]
         try:
             for number, raw in _iter_lines(self.fs, entry.path, self.max_bytes):
@@ -328,6 +329,15 @@ def _frame(rows: list[dict[str, str]], columns: tuple[str, ...]) -> pd.DataFrame
     import pandas as pd
 
     return pd.DataFrame({col: pd.Series([row[col] for row in rows], dtype="str") for col in columns})
+
+
+def _golden_order(kind: golden.GoldenKind, text_field: str) -> Any:
+    """Sort key of golden lines: id, text (``""`` on a retire line), then the canonical line (order-free bytes)."""
+
+    def key(row: dict[str, Any]) -> tuple[str, str, bytes]:
+        return (row[kind.id_field], str(row.get(text_field, "")), golden.canonical_jsonl([row]))
+
+    return key
 
 
 def check_interval(interval: str) -> str:
@@ -387,8 +397,8 @@ def ingest_partition(landing_uri: str, interval: str, params: Params) -> IngestR
     reader.documents.sort(key=lambda r: (r["doc_id"], r["record_ref"]))
     reader.tombstones.sort(key=lambda r: (r["doc_id"], r["record_ref"]))
     reader.qa.sort(key=lambda r: (r["qa_id"], r["record_ref"]))
-    reader.golden_retrieval.sort(key=lambda r: (r["query_id"], r["query"]))
-    reader.golden_qa.sort(key=lambda r: (r["qa_id"], r["question"]))
+    reader.golden_retrieval.sort(key=_golden_order(golden.RETRIEVAL, "query"))
+    reader.golden_qa.sort(key=_golden_order(golden.QA, "question"))
     return IngestResult(
         interval=interval,
         partition_found=found,

@@ -163,6 +163,8 @@ def _metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
         "published_recall_at_k": live.get("recall_at_k"),
         "published_mrr": live.get("mrr"),
         "golden_sha256": evaluation.get("golden_sha256"),
+        "golden_version": evaluation.get("golden_version"),
+        "golden_unreviewed_drafts": bool((evaluation.get("golden") or {}).get("unreviewed_drafts")),
     }
 
 

@@ -11,7 +11,7 @@ Where the data sits between steps:
 * ``validate_documents`` -> ``<data-repo>/validated/ds=<interval>/`` (byte-deterministic files);
 * ``version_snapshot`` -> DVC md5 + git tag ``validated/<interval>`` in the data repo, pushed to the remote;
 * ``sync_index`` -> a new LanceDB table version (the candidate);
-* ``evaluate_retrieval`` -> metrics of the candidate and of the published version;
+* ``evaluate_retrieval`` -> metrics of the candidate and of the published version on the carried golden set;
 * ``publish_index`` -> the ``production`` tag moves, or ``QualityGateFailed`` leaves it where it was.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from evertune.config import Params, apply_overrides, load_params
-from evertune.data import snapshot
 from evertune.data.versioning import DataRepo, validated_folder, validated_key
 from evertune.errors import NothingToDo
 from evertune.settings import Settings, get_settings
@@ -135,14 +134,48 @@ def sync_index(interval: str, overrides: dict[str, Any] | None = None) -> dict[s
 
 
 def evaluate_retrieval(interval: str, overrides: dict[str, Any] | None, synced: dict[str, Any]) -> dict[str, Any]:
-    """Score the candidate table version (and the published one) on the interval's golden queries."""
+    """Score the candidate table version (and the published one) on the golden retrieval set carried to the interval.
+
+    The set is every validated golden drop up to and including ``interval`` folded in date order, fitted to the
+    documents as of ``interval`` (:func:`evertune.kb.golden_carry.carried_golden`): a day without a golden file is
+    scored against the carried set. Its size and versions are logged with every evaluation.
+
+    Returns:
+        :func:`evertune.kb.retrieval.evaluate_retrieval`'s dict (``golden_sha256`` is the scored set's version),
+        plus ``golden_version`` (the folded set's version) and ``golden`` (the set's summary: size, versions,
+        retired, auto-retired, pruned and quarantined items, unreviewed drafts).
+
+    Raises:
+        NoGoldenSetError: No golden retrieval item is left to score (none was ever dropped, or all are retired or
+            quarantined); the message says how to add a golden set.
+    """
+    from evertune.kb.golden import RETRIEVAL, require_golden
+    from evertune.kb.golden_carry import carried_golden, log_golden
     from evertune.kb.retrieval import evaluate_retrieval as score
 
     params, settings = _context(overrides)
-    golden = snapshot.path_of(validated_dir(settings, interval), snapshot.GOLDEN_RETRIEVAL)
-    evaluation = score(synced["table_name"], synced["version"], golden, params, settings)
+    carried = carried_golden(validated_dir(settings, interval).parent, interval, RETRIEVAL)
+    summary = log_golden(carried, log)
+    fitted = require_golden(carried.fitted)
+    evaluation = score(synced["table_name"], synced["version"], fitted, params, settings)
+    evaluation.update(golden_version=carried.golden.version, golden=summary)
     log.info("retrieval candidate=%s published=%s", evaluation.get("candidate"), evaluation.get("published"))
     return evaluation
+
+
+def _golden_extra(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The golden set a publish was evaluated on, for the ``kb_index`` asset extra (warns on unreviewed drafts)."""
+    golden = evaluation.get("golden") or {}
+    keys = ("kind", "interval", "golden_version", "version", "size", "golden_size", "drafts", "retired",
+            "auto_retired", "pruned", "quarantined")
+    extra = {"golden_version": evaluation.get("golden_version"), "golden_sha256": evaluation.get("golden_sha256"),
+             "golden": {key: golden[key] for key in keys if key in golden},
+             "golden_unreviewed_drafts": bool(golden.get("unreviewed_drafts"))}
+    if extra["golden_unreviewed_drafts"]:
+        log.warning("published on a golden set with %d unreviewed drafts (golden version %s): review "
+                    "golden/retrieval.jsonl and drop it without \"draft\": true (docs/golden-sets.md)",
+                    golden.get("drafts", 0), str(evaluation.get("golden_version"))[:12])
+    return extra
 
 
 def publish_index(
@@ -171,6 +204,7 @@ def publish_index(
         "changed": published.get("changed"),
         "data_version": version.get("data_version"),
         "metrics": published.get("metrics"),
+        **_golden_extra(evaluation),
         "counts": {k: synced.get(k) for k in ("chunks_embedded", "chunks_inserted", "chunks_updated",
                                                "chunks_deleted", "rows_total")},
     }

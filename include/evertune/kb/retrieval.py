@@ -35,6 +35,7 @@ from evertune.kb.table import (
 
 if TYPE_CHECKING:
     from evertune.config import Params
+    from evertune.kb.golden import GoldenEvaluationSet
     from evertune.settings import Settings
 
 MODES = ("hybrid", "vector", "fts")
@@ -274,8 +275,18 @@ def _score_version(table: Any, golden: list[dict[str, Any]], vectors: list[Any],
     }
 
 
+def _golden_queries(golden: str | Path | GoldenEvaluationSet) -> tuple[list[dict[str, Any]], str]:
+    """The queries to score and their sha256: a file's bytes, or a fitted set's ``version`` (its canonical bytes)."""
+    if isinstance(golden, str | Path):
+        path = Path(golden)
+        return load_golden(path), hashlib.sha256(path.read_bytes()).hexdigest()
+    queries = [{"query_id": str(item["query_id"]), "query": str(item["query"]),
+                "relevant_doc_ids": [str(doc) for doc in item["relevant_doc_ids"]]} for item in golden.items]
+    return queries, golden.version
+
+
 def evaluate_retrieval(
-    table_name: str, version: int, golden_path: str | Path, params: Params, settings: Settings
+    table_name: str, version: int, golden_path: str | Path | GoldenEvaluationSet, params: Params, settings: Settings
 ) -> dict[str, Any]:
     """Measure recall@k and MRR of the golden queries on a candidate version and on the published one.
 
@@ -285,7 +296,9 @@ def evaluate_retrieval(
     Args:
         table_name: The chunk table (``SyncResult.table_name``).
         version: The candidate version (``SyncResult.version``), checked out exactly.
-        golden_path: ``golden_retrieval.jsonl`` of the validated interval.
+        golden_path: A golden retrieval file (``{query_id, query, relevant_doc_ids}`` per line), or the carried set
+            fitted to the documents (:class:`~evertune.kb.golden.GoldenEvaluationSet`, see
+            :func:`evertune.kb.golden_carry.carried_golden`); ``golden_sha256`` is then the set's ``version``.
         params: Pipeline params (``retrieval.k``, ``retrieval.mode``, ``embed``, ``index.publish_tag``).
         settings: Deployment settings.
 
@@ -293,8 +306,8 @@ def evaluate_retrieval(
         ``{"table", "k", "mode", "golden_sha256", "candidate": {...}, "published": {...} | None}`` where each
         side holds version, n_queries, recall_at_k, mrr, misses and seconds.
     """
-    path = Path(golden_path)
-    golden = [item for item in load_golden(path) if item["relevant_doc_ids"]]
+    queries, golden_sha256 = _golden_queries(golden_path)
+    golden = [item for item in queries if item["relevant_doc_ids"]]
     candidate_table = _open_version(params, settings, int(version), table_name)
     check_table_identity(candidate_table, params)
     vectors: list[Any] = [None] * len(golden)
@@ -304,7 +317,7 @@ def evaluate_retrieval(
         "table": table_name,
         "k": params.retrieval.k,
         "mode": params.retrieval.mode,
-        "golden_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "golden_sha256": golden_sha256,
         "candidate": _score_version(candidate_table, golden, vectors, params),
         "published": None,
     }

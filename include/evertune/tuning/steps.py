@@ -121,15 +121,24 @@ def build_dataset(
         overrides: Per-run overrides of ``params.yaml``.
         dag_run_id: The Airflow run, recorded with a rejection.
 
+    The frozen golden QA file (``golden_qa.jsonl`` of the dataset folder) is the golden QA set carried to
+    ``as_of`` (every validated drop up to it folded, fitted to the documents), so a window whose as-of day has no
+    golden file still has one. The training exclusion covers every golden QA id and question ever dropped up to
+    ``as_of``, also those older than the window and those retired since.
+
     Returns:
-        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, and counts
-        (``stats["grounding"]`` lists the QA rows dropped as not grounded in their article).
+        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, ``golden_qa`` (the
+        frozen set's summary and versions) and counts (``stats["grounding"]`` lists the QA rows dropped as not
+        grounded in their article).
 
     Raises:
         PoisonedDataError: Too many QA answers of the window are not grounded in the article they cite; nothing
             is written or versioned, and the rejection is appended to :func:`rejections_path`.
+        NoGoldenSetError: The carried golden QA set is empty (nothing to evaluate a candidate on); nothing is
+            written or versioned.
     """
-    from evertune.data.versioning import validated_folder
+    from evertune.kb.golden import QA, require_golden
+    from evertune.kb.golden_carry import carried_golden, log_golden
     from evertune.tuning.dataset import build_sft_dataset, write_sft_dataset
     from evertune.tuning.history import collect_deleted_doc_ids, current_documents, select_interval_dirs
 
@@ -141,21 +150,24 @@ def build_dataset(
     history = select_interval_dirs(settings.data_repo / "validated", as_of, None)
     documents = current_documents(history)
     deleted = collect_deleted_doc_ids(history, documents)
+    # The golden QA set carried to as_of; every id and question any golden drop ever held is kept out of training.
+    golden = carried_golden(settings.data_repo / "validated", as_of, QA)
+    golden_summary = log_golden(golden, log)
     try:
-        dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(), deleted_doc_ids=deleted,
-                                    documents=list(documents.values()))
+        dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(golden.seen_ids), deleted_doc_ids=deleted,
+                                    documents=list(documents.values()), golden_questions=golden.seen_texts)
     except PoisonedDataError as exc:
         _record_rejection(settings, as_of, dag_run_id, exc)
         raise
+    frozen = require_golden(golden.fitted)  # NoGoldenSetError now, not "nothing to score" after training
     grounding = dataset.stats["grounding"]
     log.info("grounding: %d of %d checked QA rows dropped as not grounded, %d without their article in the window",
              grounding["ungrounded"], grounding["checked"], grounding["source_missing"])
     _log_excluded(grounding["excluded"], logging.WARNING)
     folder = dataset_folder(as_of)
     written = write_sft_dataset(dataset, settings.data_repo / folder)
-    # The golden set of the newest interval is frozen with the dataset; the builder never trains on it.
-    shutil.copyfile(snapshot.path_of(settings.data_repo / validated_folder(as_of), snapshot.GOLDEN_QA),
-                    snapshot.path_of(written.path, snapshot.GOLDEN_QA))
+    # The carried golden QA set as of as_of is frozen with the dataset (its canonical bytes); never trained on.
+    snapshot.write(written.path, {snapshot.GOLDEN_QA: list(frozen.items)})
     version = DataRepo(settings).version_folder(folder, f"sft/{as_of}", f"SFT dataset as of {as_of}")
     summary = {
         "as_of": as_of,
@@ -167,6 +179,7 @@ def build_dataset(
         "data_git_rev": version.git_rev,
         "n_train": len(dataset.train),
         "n_validation": len(dataset.validation),
+        "golden_qa": golden_summary,
         "stats": dataset.stats,
     }
     log.info("dataset %s: %d train / %d validation rows", version.data_version, len(dataset.train),
