@@ -18,8 +18,8 @@ from evertune.models.bootstrap import (
     locate_gguf,
     resolve_base_model,
 )
-from evertune.models.embedder import sha256_file
 from evertune.models.folders import MARKER_NAME, read_marker
+from evertune.models.hashing import sha256_file
 from evertune.models.tiny import TINY_NAME, build_tiny_model, ensure_tiny_model, tiny_is_current
 
 SENTENCE = "The weather was cold, so she put on a warm coat and gloves before walking to the train station."

@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from evertune.config import EmbedParams, load_params, parse_params
 from evertune.errors import BootstrapError
 from evertune.kb.table import META_EMBEDDER_ID, check_table_identity, expected_metadata, table_name_for
-from evertune.models.embedder import embedder_id, onnx_folder, sha256_file
+from evertune.models.embedder import embedder_id, onnx_folder
 from evertune.models.folders import write_marker
+from evertune.models.hashing import sha256_file
 from evertune.models.onnx_export import (
     EXPORT_VERSION,
     ONNX_FILE,

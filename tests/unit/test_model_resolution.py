@@ -23,8 +23,9 @@ from evertune.models.bootstrap import (
     locate_gguf,
     resolve_base_model,
 )
-from evertune.models.embedder import WEIGHTS_FILE, resolve_embedder, sha256_file, verify_embedder
+from evertune.models.embedder import WEIGHTS_FILE, resolve_embedder, verify_embedder
 from evertune.models.folders import MARKER_NAME, read_marker, remove_leftovers, staged_folder, write_marker
+from evertune.models.hashing import sha256_file
 from evertune.settings import get_settings
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -23,12 +23,10 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import BootstrapError, ConfigError
-from evertune.models.embedder import sha256_file
 from evertune.models.folders import (
     exclusive_lock,
     files_intact,
@@ -37,6 +35,7 @@ from evertune.models.folders import (
     staged_folder,
     write_marker,
 )
+from evertune.models.hashing import cached_sha256, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -167,14 +166,7 @@ def _bootstrap_source(name: str) -> GgufSource:
 
 def gguf_sha256(path: Path) -> str:
     """Return the sha256 of a file, cached per (path, size, mtime) within the process."""
-    stat = path.stat()
-    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=16)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime are in the key so a replaced file is hashed again.
-    return sha256_file(Path(path))
+    return cached_sha256(path)
 
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evertune.errors import BootstrapError
+from evertune.models.hashing import cached_sha256
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -20,15 +21,6 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "model.safetensors"
 #: Intra-op threads of a query embedding (search and evaluation); batch embedding keeps the process setting.
 QUERY_THREADS = 1
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_embedder(spec: str) -> str:
@@ -81,18 +73,6 @@ def verify_embedder(path: str, expected_sha256: str | None) -> str | None:
             f"embedder weights {weights} have sha256 {actual}, expected {expected_sha256} (embed.sha256)"
         )
     return actual
-
-
-def cached_sha256(path: Path) -> str:
-    """The sha256 of a file, computed once per (path, size, mtime) in this process."""
-    stat = path.stat()
-    return _cached_sha256(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=8)
-def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime are part of the key so an edited file is hashed again.
-    return sha256_file(Path(path))
 
 
 def embedder_id(params: EmbedParams) -> str:

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import BootstrapError
-from evertune.models.embedder import sha256_file
 from evertune.models.folders import exclusive_lock, read_marker, remove_leftovers, staged_folder, write_marker
+from evertune.models.hashing import sha256_file
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -217,7 +217,7 @@ def verify_onnx_artifact(folder: Path) -> str:
     Raises:
         BootstrapError: No finished export (run ``evertune bootstrap``) or the file's sha256 differs.
     """
-    from evertune.models.embedder import cached_sha256
+    from evertune.models.hashing import cached_sha256
 
     folder = Path(folder)
     marker = read_marker(folder)

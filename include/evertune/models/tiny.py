@@ -17,7 +17,6 @@ from evertune.models.bootstrap import (
     load_gguf_tokenizer,
     locate_gguf,
 )
-from evertune.models.embedder import sha256_file
 from evertune.models.folders import (
     MARKER_NAME,
     exclusive_lock,
@@ -27,6 +26,7 @@ from evertune.models.folders import (
     staged_folder,
     write_marker,
 )
+from evertune.models.hashing import sha256_file
 
 TINY_NAME = "tiny-random-llama"
 #: Bump when the architecture or the build recipe changes so cached tiny models are rebuilt.
