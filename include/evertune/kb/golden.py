@@ -99,8 +99,30 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class _VersionedItems:
+    """What both golden sets expose: a short version, a size and a count of unreviewed drafts."""
+
+    items: tuple[dict[str, Any], ...]
+    version: str
+
+    @property
+    def short_version(self) -> str:
+        """The first 12 hex digits of :attr:`version`."""
+        return self.version[:_SHORT]
+
+    @property
+    def size(self) -> int:
+        """The number of items."""
+        return len(self.items)
+
+    @property
+    def drafts(self) -> int:
+        """How many items are unreviewed drafts (``"draft": true``)."""
+        return sum(1 for item in self.items if item.get("draft") is True)
+
+
 @dataclass(frozen=True)
-class GoldenSet:
+class GoldenSet(_VersionedItems):
     """A golden set as of an interval.
 
     Attributes:
@@ -122,21 +144,6 @@ class GoldenSet:
     intervals: tuple[str, ...]
     canonical: bytes = field(repr=False)
     version: str
-
-    @property
-    def short_version(self) -> str:
-        """The first 12 hex digits of :attr:`version`."""
-        return self.version[:_SHORT]
-
-    @property
-    def size(self) -> int:
-        """The number of live items."""
-        return len(self.items)
-
-    @property
-    def drafts(self) -> int:
-        """How many items are unreviewed drafts (``"draft": true``)."""
-        return sum(1 for item in self.items if item.get("draft") is True)
 
     def summary(self) -> dict[str, Any]:
         """Counts and version for logs and asset extras (sizes first: a set never shrinks silently)."""
@@ -295,7 +302,7 @@ def fold_golden(
 
 
 @dataclass(frozen=True)
-class GoldenEvaluationSet:
+class GoldenEvaluationSet(_VersionedItems):
     """A golden set fitted to the knowledge base's documents: what an evaluation scores.
 
     Attributes:
@@ -321,21 +328,6 @@ class GoldenEvaluationSet:
     quarantined: tuple[GoldenIssue, ...]
     canonical: bytes = field(repr=False)
     version: str
-
-    @property
-    def short_version(self) -> str:
-        """The first 12 hex digits of :attr:`version`."""
-        return self.version[:_SHORT]
-
-    @property
-    def size(self) -> int:
-        """The number of items scored."""
-        return len(self.items)
-
-    @property
-    def drafts(self) -> int:
-        """How many scored items are unreviewed drafts."""
-        return sum(1 for item in self.items if item.get("draft") is True)
 
     def summary(self) -> dict[str, Any]:
         """Size, version and every count of what left the set, for the evaluation log and the asset extra."""
