@@ -29,7 +29,7 @@ from typing import Any
 from evertune.config import Params, apply_overrides, load_params
 from evertune.data import snapshot
 from evertune.data.versioning import DataRepo
-from evertune.errors import NothingToDo, PoisonedDataError
+from evertune.errors import BudgetExceeded, NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ def check_drift(
     from evertune.models.embedder import load_embedder
     from evertune.tuning.dataset import drift_inputs, read_sft_jsonl
     from evertune.tuning.drift import check_drift as run_checks
+    from evertune.tuning.figures import log_drift_histograms
 
     params, settings = _context(overrides)
     run_id = _tuning_run(params, settings, dataset, dag_run_id)
@@ -254,6 +255,7 @@ def check_drift(
     client.set_tag(run_id, "drift_reference", f"v{reference['version']} {reference['data_version']}")
     report = result.to_dict()
     client.log_dict(run_id, report, "drift/report.json")
+    log_drift_histograms(client, run_id, (ref_texts, ref_cats), (cur_texts, cur_cats), report)
     log.info("drift vs champion v%s (%s): %s", reference["version"], reference["data_version"], result.severity)
     for reason in result.reasons:
         log.info("  %s", reason)
@@ -276,11 +278,19 @@ def train_candidate(
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on the dataset, unless this exact candidate is already registered.
 
+    Returns:
+        The :class:`~evertune.tuning.train_state.TrainResult` as a dict (its ``cost``: device-seconds, tokens,
+        peak memory, estimated cost and the projection), plus ``candidate_key`` and ``kb_version``.
+
     Raises:
         NothingToDo: A registered version has the same candidate key.
+        BudgetExceeded: The run's projected tokens or time exceed the ``cost`` budget; refused before the model
+            loads, and the tuning run is tagged ``budget_refused``.
     """
     from evertune.config import training_params_hash
+    from evertune.tuning.cost import record_refusal
     from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
+    from evertune.tuning.tracking import mlflow_client
     from evertune.tuning.train import train_adapter
 
     params, settings = _context(overrides)
@@ -299,11 +309,15 @@ def train_candidate(
     if reference is not None and reference.get("data_git_rev"):
         adapter = download_champion_adapter(params.registry.model_name, output_dir / "warm-start", settings=settings)
         replay = _restore_reference(settings, reference) / "train.jsonl"
-    result = train_adapter(
-        folder / "train.jsonl", folder / "validation.jsonl", params, settings,
-        output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
-        mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
-    )
+    try:
+        result = train_adapter(
+            folder / "train.jsonl", folder / "validation.jsonl", params, settings,
+            output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
+            mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
+        )
+    except BudgetExceeded as exc:
+        record_refusal(mlflow_client(settings), drift["run_id"], exc)
+        raise
     return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
 
 
@@ -335,6 +349,7 @@ def evaluate_candidate(
     import mlflow
 
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
+    from evertune.tuning.figures import log_evaluation
     from evertune.tuning.metrics import bootstrap_cis
     from evertune.tuning.registry import champion_version, download_model_checkpoint
     from evertune.tuning.tracking import configure_mlflow
@@ -374,6 +389,9 @@ def evaluate_candidate(
               **({f"champion_{m}": champion["per_item"][m][i] for m in champion["per_item"]} if champion else {})}
              for i, (g, q, r, ca) in enumerate(zip(golden, questions, references, challenger["answers"], strict=True))]
     client.log_dict(run_id, {"items": items, "ci": cis}, "eval/per_item.json")
+    log_evaluation(client, run_id, items, {"challenger": challenger["aggregate"],
+                                           "champion": champion["aggregate"] if champion else None},
+                   cis, 1 - params.evaluate.ci_alpha)
     log.info("challenger %s", challenger["aggregate"])
     log.info("champion v%s %s", champion_v, champion["aggregate"] if champion else None)
     return {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None,
