@@ -110,3 +110,13 @@ def test_eval_table_has_one_row_per_item_and_both_answers_and_scores() -> None:
     alone = eval_table([{"qa_id": "q1", "question": "Q", "reference": "R", "challenger": "A", "champion": None,
                          "challenger_token_f1": 0.5}])
     assert alone["champion_answer"] == [None] and "champion_token_f1" not in alone
+
+
+def test_drift_histograms_draw_an_empty_side_without_bars() -> None:
+    # A rerun on the champion's own data: every current text is shared with the reference and set aside.
+    figure = drift_histograms(text_lengths(["a b", "c d e"]), text_lengths([]), {"topic": ["x", "y"]},
+                              {"topic": []})
+    token_count = figure.axes[0]
+    assert token_count.get_legend_handles_labels()[1] == ["reference (n=2)", "current (n=0)"]
+    assert len(bars(token_count)) == 20
+    assert png_bytes(figure).startswith(b"\x89PNG")

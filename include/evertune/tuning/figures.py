@@ -162,8 +162,11 @@ def drift_histograms(
         pooled = np.concatenate([ref, cur])
         bins = np.histogram_bin_edges(pooled, bins=20) if pooled.size else 10
         for side, values in (("reference", ref), ("current", cur)):
-            ax.hist(values, bins=bins, density=True, alpha=0.5, color=SIDE_COLOURS[side],
-                    label=f"{side} (n={values.size})")  # fmt: skip
+            label = f"{side} (n={values.size})"
+            if values.size:
+                ax.hist(values, bins=bins, density=True, alpha=0.5, color=SIDE_COLOURS[side], label=label)
+            else:  # e.g. every current text also occurs in the reference: nothing new to compare
+                ax.plot([], [], color=SIDE_COLOURS[side], label=label)
         ax.set_title(_panel_title(measure, tests.get(f"{measure}_ks")))
         ax.set_xlabel(measure)
         ax.set_ylabel("density")
