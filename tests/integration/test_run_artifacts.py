@@ -146,3 +146,10 @@ def test_a_tuning_run_records_its_figures_table_and_cost(
     table = mlflow.load_table("eval/items.json", run_ids=[run_id])
     assert list(table["question"]) == questions and list(table["challenger_answer"]) == challenger[0]
     assert {"reference", "champion_answer", "challenger_token_f1", "champion_token_f1"} <= set(table.columns)
+    assert {"path": "eval/items.json", "type": "table"} in json.loads(
+        client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])  # what the UI's Evaluation view lists
+
+    # A retried evaluation replaces the table (MLflow's log_table alone would append the rows again).
+    log_evaluation(client, run_id, items, {"challenger": challenger[1].aggregate, "champion": None}, {}, 0.95)
+    again = mlflow.load_table("eval/items.json", run_ids=[run_id])
+    assert len(again) == len(questions) and list(again["question"]) == questions

@@ -218,13 +218,25 @@ def log_figure(client: MlflowClient, run_id: str, figure: Any, artifact_file: st
 def log_table(client: MlflowClient, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
     """Log equal-length columns as an MLflow table artifact (``.json``; browsable in the run's Evaluation view).
 
+    Idempotent: ``MlflowClient.log_table`` appends to a table that already exists, so when the run already
+    holds ``artifact_file`` (a retried task) it is replaced instead, in the same split-orient JSON.
+
     Raises:
         ValueError: The columns differ in length.
     """
+    import posixpath
+
+    import pandas as pd
+
     lengths = {len(values) for values in columns.values()}
     if len(lengths) > 1:
         raise ValueError(f"table columns differ in length: {sorted(lengths)}")
-    client.log_table(run_id, data={name: list(values) for name, values in columns.items()}, artifact_file=artifact_file)
+    frame = pd.DataFrame({name: list(values) for name, values in columns.items()})
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file in {f.path for f in client.list_artifacts(run_id, folder)}:
+        client.log_text(run_id, frame.to_json(orient="split", index=False, date_format="iso"), artifact_file)
+    else:
+        client.log_table(run_id, data=frame, artifact_file=artifact_file)
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:
