@@ -49,7 +49,6 @@ def test_a_run_over_budget_is_refused_before_the_model_loads(
     evertune_home: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import evertune.tuning.train as train_module
-    from evertune.tuning.cost import record_refusal
     from evertune.tuning.tracking import configure_mlflow
 
     def never(*args: object, **kwargs: object) -> None:
@@ -57,19 +56,19 @@ def test_a_run_over_budget_is_refused_before_the_model_loads(
 
     monkeypatch.setattr(train_module, "load_model", never)
     monkeypatch.setattr(train_module, "build_trainer", never)
+    params = tiny_params(tiny_model_dir, max_train_tokens=1)
     train = write_sft(tmp_path / "train.jsonl", repeats=1)
     out = tmp_path / "run"
+    client, experiment_id = configure_mlflow(params)
+    run_id = client.create_run(experiment_id, run_name="tune as_of=test").info.run_id  # the tuning attempt
     with pytest.raises(BudgetExceeded, match=r"refused before it started: projected \d+ tokens > "
                                              r"cost.max_train_tokens=1") as caught:
-        train_adapter(train, None, tiny_params(tiny_model_dir, max_train_tokens=1), get_settings(), output_dir=out)
+        train_adapter(train, None, params, get_settings(), output_dir=out, mlflow_run_id=run_id)
     assert not (out / "checkpoints").exists() and not (out / "adapter").exists()
     assert caught.value.projection["tokens"] > 1 and caught.value.projection["max_train_tokens"] == 1
 
-    # The tuning step records the refusal on its run (tag and projection).
-    client, experiment_id = configure_mlflow(tiny_params(tiny_model_dir))
-    assert client.search_runs([experiment_id]) == []  # no training run was opened
-    run_id = client.create_run(experiment_id).info.run_id
-    record_refusal(client, run_id, caught.value)
+    # The refusal is on the tuning run (tag, reason, projection); no training run was opened.
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run_id]
     run = client.get_run(run_id)
     assert run.data.tags["budget_refused"] == "true" and "max_train_tokens=1" in run.data.tags["budget_reason"]
     assert "train/budget_refusal.json" in {f.path for f in client.list_artifacts(run_id, "train")}

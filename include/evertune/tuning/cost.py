@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 from evertune.errors import BudgetExceeded
 
 if TYPE_CHECKING:
-    from mlflow.tracking import MlflowClient
-
     from evertune.config import CostParams, Params, TrainParams
+    from evertune.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +211,51 @@ def training_cost(
     )  # fmt: skip
 
 
-def record_refusal(client: MlflowClient, run_id: str, exc: BudgetExceeded) -> None:
+def record_refusal(run_id: str, exc: BudgetExceeded, settings: Settings | None = None) -> None:
     """Record a budget refusal on the tuning run: tags ``budget_refused`` and ``budget_reason``, and the
-    projection with its limits as ``train/budget_refusal.json``."""
-    from evertune.tuning.tracking import set_tags
+    projection with its limits as ``train/budget_refusal.json`` (in the store of ``settings``)."""
+    from evertune.tuning.tracking import mlflow_client, set_tags
+
+    client = mlflow_client(settings)
 
     set_tags(client, run_id, {"budget_refused": "true", "budget_reason": str(exc)[:5000]})
     client.log_dict(run_id, exc.projection, "train/budget_refusal.json")
     log.error("%s", exc)
+
+
+def admit(
+    examples: Sequence[Mapping[str, Any]],
+    base_model_path: str,
+    revision: str | None,
+    params: Params,
+    *,
+    run_id: str | None = None,
+    settings: Settings | None = None,
+) -> TrainingProjection:
+    """Project a planned run (:func:`project_examples`) and check it against the budget (:func:`check_budget`).
+
+    Args:
+        examples: The run's training examples.
+        base_model_path: The resolved base model (its tokenizer counts the tokens).
+        revision: Its hub revision.
+        params: Pipeline params (``train``, ``cost``).
+        run_id: An MLflow run to record a refusal on (:func:`record_refusal`); ``None``: not recorded.
+        settings: Deployment settings (the MLflow store).
+
+    Returns:
+        The projection of an admitted run.
+
+    Raises:
+        BudgetExceeded: The projection exceeds ``cost.max_train_tokens`` or ``cost.max_train_seconds``.
+    """
+    projection = project_examples(examples, base_model_path, revision, params)
+    try:
+        check_budget(projection, params.cost)
+    except BudgetExceeded as exc:
+        if run_id is not None:
+            record_refusal(run_id, exc, settings)
+        raise
+    return projection
 
 
 def cost_metrics(recorded: Mapping[str, Any]) -> dict[str, float]:
@@ -238,6 +274,7 @@ def cost_metrics(recorded: Mapping[str, Any]) -> dict[str, float]:
 
 
 __all__ = [
+    "admit",
     "TrainingCost",
     "TrainingProjection",
     "check_budget",

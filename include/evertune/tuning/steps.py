@@ -29,7 +29,7 @@ from typing import Any
 from evertune.config import Params, apply_overrides, load_params
 from evertune.data import snapshot
 from evertune.data.versioning import DataRepo
-from evertune.errors import BudgetExceeded, NothingToDo, PoisonedDataError
+from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -279,18 +279,16 @@ def train_candidate(
     """Fine-tune a LoRA adapter on the dataset, unless this exact candidate is already registered.
 
     Returns:
-        The :class:`~evertune.tuning.train_state.TrainResult` as a dict (its ``cost``: device-seconds, tokens,
-        peak memory, estimated cost and the projection), plus ``candidate_key`` and ``kb_version``.
+        ``TrainResult.to_dict()`` (with ``cost``: device-seconds, tokens, peak memory, estimated cost and the
+        projection), plus ``candidate_key`` and ``kb_version``.
 
     Raises:
         NothingToDo: A registered version has the same candidate key.
-        BudgetExceeded: The run's projected tokens or time exceed the ``cost`` budget; refused before the model
-            loads, and the tuning run is tagged ``budget_refused``.
+        BudgetExceeded: The projected tokens or time exceed the ``cost`` budget (refused before the model loads;
+            the tuning run is tagged ``budget_refused``).
     """
     from evertune.config import training_params_hash
-    from evertune.tuning.cost import record_refusal
     from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
-    from evertune.tuning.tracking import mlflow_client
     from evertune.tuning.train import train_adapter
 
     params, settings = _context(overrides)
@@ -309,15 +307,11 @@ def train_candidate(
     if reference is not None and reference.get("data_git_rev"):
         adapter = download_champion_adapter(params.registry.model_name, output_dir / "warm-start", settings=settings)
         replay = _restore_reference(settings, reference) / "train.jsonl"
-    try:
-        result = train_adapter(
-            folder / "train.jsonl", folder / "validation.jsonl", params, settings,
-            output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
-            mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
-        )
-    except BudgetExceeded as exc:
-        record_refusal(mlflow_client(settings), drift["run_id"], exc)
-        raise
+    result = train_adapter(
+        folder / "train.jsonl", folder / "validation.jsonl", params, settings,
+        output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
+        mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
+    )
     return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
 
 
@@ -389,9 +383,8 @@ def evaluate_candidate(
               **({f"champion_{m}": champion["per_item"][m][i] for m in champion["per_item"]} if champion else {})}
              for i, (g, q, r, ca) in enumerate(zip(golden, questions, references, challenger["answers"], strict=True))]
     client.log_dict(run_id, {"items": items, "ci": cis}, "eval/per_item.json")
-    log_evaluation(client, run_id, items, {"challenger": challenger["aggregate"],
-                                           "champion": champion["aggregate"] if champion else None},
-                   cis, 1 - params.evaluate.ci_alpha)
+    models = {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None}
+    log_evaluation(client, run_id, items, models, cis, 1 - params.evaluate.ci_alpha)
     log.info("challenger %s", challenger["aggregate"])
     log.info("champion v%s %s", champion_v, champion["aggregate"] if champion else None)
     return {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from evertune.config import training_params_hash
 from evertune.settings import REPO_ROOT, get_settings
 from evertune.tuning.callbacks import make_callbacks
-from evertune.tuning.cost import TrainingProjection, check_budget, cost_metrics, project_examples, training_cost
+from evertune.tuning.cost import TrainingProjection, admit, cost_metrics, training_cost
 from evertune.tuning.tracking import (
     configure_mlflow,
     end_run,
@@ -189,7 +189,7 @@ def train_adapter(
     Raises:
         ConfigError: ``output_dir`` holds checkpoints of a different training setup, or bad input rows.
         BudgetExceeded: The projected tokens or time exceed ``cost.max_train_tokens`` / ``cost.max_train_seconds``
-            (raised before the model loads or an MLflow run opens).
+            (raised before the model loads; the refusal is recorded on ``mlflow_run_id`` when given).
         NothingToDo: The training set is empty.
     """
     started = time.perf_counter()
@@ -205,8 +205,8 @@ def train_adapter(
         log.info("training in %s already finished (step %d); returning the recorded result", plan.output_dir,
                  finished.global_step)  # fmt: skip
         return finished
-    projection = project_examples(plan.examples.train, plan.base.path, plan.base.revision, params)
-    check_budget(projection, params.cost)
+    projection = admit(plan.examples.train, plan.base.path, plan.base.revision, params,
+                       run_id=mlflow_run_id if log_to_mlflow else None, settings=settings)  # fmt: skip
     run, run_id = None, mlflow_run_id or remembered
     if log_to_mlflow:
         run = _open_training_run(params, settings, run_id, plan.params_hash, remembered=mlflow_run_id is None)
