@@ -11,7 +11,8 @@ Before training, :func:`project_training` projects the tokens a run will process
   devices)``.
 
 :func:`check_budget` raises :class:`~evertune.errors.BudgetExceeded` when either exceeds
-``cost.max_train_tokens`` / ``cost.max_train_seconds``. After training, :func:`training_cost` turns the measured
+``cost.max_train_tokens`` / ``cost.max_train_seconds``; :func:`admit` (what ``train_adapter`` calls before the
+model loads) does both and records a refusal on the tuning run (:func:`record_refusal`). After training, :func:`training_cost` turns the measured
 wall time, tokens and peak memory into device-seconds and an estimated cost (``cost.rates``, per device-hour).
 """
 
