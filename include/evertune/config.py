@@ -226,6 +226,41 @@ class RegisterParams(_Section):
     pyfunc_retrieval: Literal["kb", "none"] = "kb"
 
 
+class CostParams(_Section):
+    """Cost accounting and the training budget (see docs/configuration.md, "Cost and budget").
+
+    ``rates`` price a device-hour by kind (``cpu_hour``, ``gpu_hour``; placeholders, set your own);
+    ``expected_tokens_per_second`` is the training throughput per device by kind (``cpu``, ``cuda``) used to
+    project a run's time before it starts; ``max_train_tokens`` / ``max_train_seconds`` refuse a training run
+    whose projection exceeds them (``null``: no limit).
+    """
+
+    currency: str = "USD"
+    rates: dict[str, float] = Field(default_factory=lambda: {"cpu_hour": 0.05, "gpu_hour": 2.5})
+    expected_tokens_per_second: dict[str, float] = Field(default_factory=lambda: {"cpu": 400.0, "cuda": 20000.0})
+    max_train_tokens: int | None = Field(None, ge=1)
+    max_train_seconds: float | None = Field(None, gt=0)
+
+    @field_validator("rates")
+    @classmethod
+    def _rate_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        return _known_positive(value, {"cpu_hour", "gpu_hour"}, allow_zero=True)
+
+    @field_validator("expected_tokens_per_second")
+    @classmethod
+    def _throughput_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        return _known_positive(value, {"cpu", "cuda"}, allow_zero=False)
+
+
+def _known_positive(value: dict[str, float], known: set[str], *, allow_zero: bool) -> dict[str, float]:
+    for key, number in value.items():
+        if key not in known:
+            raise ValueError(f"unknown key {key!r} (expected one of {sorted(known)})")
+        if number < 0 or (number == 0 and not allow_zero):
+            raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {number}")
+    return value
+
+
 class Params(_Section):
     """All pipeline knobs, one attribute per section of ``params.yaml``."""
 
@@ -245,6 +280,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    cost: CostParams = CostParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

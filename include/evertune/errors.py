@@ -3,6 +3,7 @@
 | exception              | meaning                                          | task state |
 |------------------------|--------------------------------------------------|------------|
 | ``ConfigError``        | bad ``params.yaml`` / override / environment     | fail       |
+| ``BudgetExceeded``     | a training run's projection exceeds ``cost.*``   | fail       |
 | ``NothingToDo``        | the work for this key is already done or empty   | skip       |
 | ``CriticalValidationError`` | the drop as a whole is unusable             | fail, no retry |
 | ``PoisonedDataError``  | too many training answers contradict their sources | fail, no retry |
@@ -19,6 +20,18 @@ class EvertuneError(Exception):
 
 class ConfigError(EvertuneError):
     """Parameters or deployment settings are invalid. The message names the key."""
+
+
+class BudgetExceeded(ConfigError):
+    """A training run was refused before it started: its projected tokens or time exceed the ``cost`` budget.
+
+    ``projection`` holds the projected figures and the limits (what the message explains). A retry would be
+    refused the same way: raise the budget or shrink the run (``train.max_steps``, the dataset window).
+    """
+
+    def __init__(self, message: str, projection: dict | None = None) -> None:
+        super().__init__(message)
+        self.projection = projection or {}
 
 
 class BootstrapError(EvertuneError):

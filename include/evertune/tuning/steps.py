@@ -242,6 +242,7 @@ def check_drift(
     from evertune.models.embedder import load_embedder
     from evertune.tuning.dataset import drift_inputs, read_sft_jsonl
     from evertune.tuning.drift import check_drift as run_checks
+    from evertune.tuning.figures import log_drift_histograms
 
     params, settings = _context(overrides)
     run_id = _tuning_run(params, settings, dataset, dag_run_id)
@@ -267,6 +268,7 @@ def check_drift(
     client.set_tag(run_id, "drift_reference", f"v{reference['version']} {reference['data_version']}")
     report = result.to_dict()
     client.log_dict(run_id, report, "drift/report.json")
+    log_drift_histograms(client, run_id, (ref_texts, ref_cats), (cur_texts, cur_cats), report)
     log.info("drift vs champion v%s (%s): %s", reference["version"], reference["data_version"], result.severity)
     for reason in result.reasons:
         log.info("  %s", reason)
@@ -289,8 +291,14 @@ def train_candidate(
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on the dataset, unless this exact candidate is already registered.
 
+    Returns:
+        ``TrainResult.to_dict()`` (with ``cost``: device-seconds, tokens, peak memory, estimated cost and the
+        projection), plus ``candidate_key`` and ``kb_version``.
+
     Raises:
         NothingToDo: A registered version has the same candidate key.
+        BudgetExceeded: The projected tokens or time exceed the ``cost`` budget (refused before the model loads;
+            the tuning run is tagged ``budget_refused``).
     """
     from evertune.config import training_params_hash
     from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
@@ -348,6 +356,7 @@ def evaluate_candidate(
     import mlflow
 
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
+    from evertune.tuning.figures import log_evaluation
     from evertune.tuning.metrics import bootstrap_cis
     from evertune.tuning.registry import champion_version, download_model_checkpoint
     from evertune.tuning.tracking import configure_mlflow
@@ -387,6 +396,8 @@ def evaluate_candidate(
               **({f"champion_{m}": champion["per_item"][m][i] for m in champion["per_item"]} if champion else {})}
              for i, (g, q, r, ca) in enumerate(zip(golden, questions, references, challenger["answers"], strict=True))]
     client.log_dict(run_id, {"items": items, "ci": cis}, "eval/per_item.json")
+    models = {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None}
+    log_evaluation(client, run_id, items, models, cis, 1 - params.evaluate.ci_alpha)
     log.info("challenger %s", challenger["aggregate"])
     log.info("champion v%s %s", champion_v, champion["aggregate"] if champion else None)
     return {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None,

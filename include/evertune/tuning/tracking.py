@@ -4,7 +4,8 @@ Tracking and registry share one URI, ``settings.mlflow_tracking_uri`` (SQLite by
 database URL in deployments). :func:`configure_mlflow` also makes sure the experiment exists;
 :func:`mlflow_client` is the client every reader and writer uses. The ``log_*`` helpers send params, metrics and
 tags with ``log_batch``, chunked to MLflow's per-request limits, and skip what MLflow would reject (a param that
-is already set, a non-finite metric).
+is already set, a non-finite metric); :func:`log_figure` and :func:`log_table` add matplotlib figures and
+browsable tables as run artifacts.
 
 ``mlflow`` is a heavy import: every function imports it when called.
 """
@@ -205,6 +206,39 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
         client.log_batch(run_id, tags=items[start : start + _BATCH_TAGS])
 
 
+def log_figure(client: MlflowClient, run_id: str, figure: Any, artifact_file: str) -> None:
+    """Log a matplotlib figure as a run artifact (the format follows ``artifact_file``'s suffix, e.g. ``.png``).
+
+    The figures of :mod:`evertune.tuning.figures` are standalone ``Figure`` objects (no pyplot state to close).
+    MLflow errors propagate: the figures are part of the run's record, and a failed task is retried.
+    """
+    client.log_figure(run_id, figure, artifact_file)
+
+
+def log_table(client: MlflowClient, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+    """Log equal-length columns as an MLflow table artifact (``.json``; browsable in the run's Evaluation view).
+
+    Idempotent: ``MlflowClient.log_table`` appends to a table that already exists, so when the run already
+    holds ``artifact_file`` (a retried task) it is replaced instead, in the same split-orient JSON.
+
+    Raises:
+        ValueError: The columns differ in length.
+    """
+    import posixpath
+
+    import pandas as pd
+
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"table columns differ in length: {sorted(lengths)}")
+    frame = pd.DataFrame({name: list(values) for name, values in columns.items()})
+    folder = posixpath.dirname(artifact_file) or None
+    if artifact_file in {f.path for f in client.list_artifacts(run_id, folder)}:
+        client.log_text(run_id, frame.to_json(orient="split", index=False, date_format="iso"), artifact_file)
+    else:
+        client.log_table(run_id, data=frame, artifact_file=artifact_file)
+
+
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:
     """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
     client.set_terminated(run_id, status=status)
@@ -214,8 +248,10 @@ __all__ = [
     "artifact_location",
     "configure_mlflow",
     "end_run",
+    "log_figure",
     "log_metrics",
     "log_params_once",
+    "log_table",
     "mlflow_client",
     "open_run",
     "set_tags",

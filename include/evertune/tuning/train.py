@@ -8,8 +8,12 @@ trains and merges (:mod:`~evertune.tuning.trainer`, device policy and packing th
 
 The MLflow run (``register.experiment_name``) gets every ``train``/``lora`` param plus ``params_hash``, per-step
 ``train/loss`` (and learning rate, grad norm), ``eval/loss``, ``perf/tokens_per_second``, ``perf/peak_memory_mb``,
-``perf/wall_time_s``, the ``adapter`` artifact, and the tags ``data_version``, ``kb_version``, ``git_sha``,
-``base_model``.
+``perf/wall_time_s``, the ``cost/*`` metrics (:mod:`~evertune.tuning.cost`: device-seconds, tokens, peak memory,
+estimated cost, and the projection the run was admitted with), the ``adapter`` artifact, the loss curve
+``train/loss_curve.png`` and the tags ``data_version``, ``kb_version``, ``git_sha``, ``base_model``.
+
+Before the model loads, the run's tokens and time are projected and checked against the ``cost`` budget
+(:func:`~evertune.tuning.cost.check_budget`): a run over budget is refused with ``BudgetExceeded``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 from evertune.config import training_params_hash
 from evertune.settings import REPO_ROOT, get_settings
 from evertune.tuning.callbacks import make_callbacks
-from evertune.tuning.tracking import configure_mlflow, end_run, log_metrics, log_params_once, open_run, set_tags
+from evertune.tuning.cost import TrainingProjection, admit, cost_metrics, training_cost
+from evertune.tuning.tracking import (
+    configure_mlflow,
+    end_run,
+    log_figure,
+    log_metrics,
+    log_params_once,
+    open_run,
+    set_tags,
+)
 from evertune.tuning.train_data import TrainingExamples, load_examples
 from evertune.tuning.train_state import (
     TrainingIdentity,
@@ -175,6 +188,8 @@ def train_adapter(
 
     Raises:
         ConfigError: ``output_dir`` holds checkpoints of a different training setup, or bad input rows.
+        BudgetExceeded: The projected tokens or time exceed ``cost.max_train_tokens`` / ``cost.max_train_seconds``
+            (raised before the model loads; the refusal is recorded on ``mlflow_run_id`` when given).
         NothingToDo: The training set is empty.
     """
     started = time.perf_counter()
@@ -190,12 +205,14 @@ def train_adapter(
         log.info("training in %s already finished (step %d); returning the recorded result", plan.output_dir,
                  finished.global_step)  # fmt: skip
         return finished
+    projection = admit(plan.examples.train, plan.base.path, plan.base.revision, params,
+                       run_id=mlflow_run_id if log_to_mlflow else None, settings=settings)  # fmt: skip
     run, run_id = None, mlflow_run_id or remembered
     if log_to_mlflow:
         run = _open_training_run(params, settings, run_id, plan.params_hash, remembered=mlflow_run_id is None)
         run_id = run.run_id
     write_state(plan.output_dir, plan.identity, run_id)
-    result = _train_and_save(plan, params, run, run_id, list(callbacks), started)
+    result = _train_and_save(plan, params, run, run_id, list(callbacks), started, projection)
     if run is not None:
         _log_end(run, result)
     write_result(plan.output_dir, plan.identity.result_key, result)
@@ -277,6 +294,7 @@ def _train_and_save(
     run_id: str | None,
     callbacks: list[Any],
     started: float,
+    projection: TrainingProjection,
 ) -> TrainResult:
     """Load the model, train (resuming from the last checkpoint), save adapter and merged model; the result.
 
@@ -298,6 +316,11 @@ def _train_and_save(
         raise
     metrics = {**outcome.metrics, **(evaluation_metrics(trainer) if plan.examples.eval else {})}
     adapter_dir, merged_dir = save_outputs(trainer, loaded.tokenizer, plan.output_dir)
+    wall_time_s, peak_memory_mb = time.perf_counter() - started, own.peak_memory.peak_bytes / 2**20
+    cost = training_cost(
+        device=loaded.device, n_devices=max(1, int(trainer.args.n_gpu)) if loaded.device == "cuda" else 1,
+        wall_time_s=wall_time_s, tokens=outcome.tokens_seen, peak_memory_mb=peak_memory_mb, cost=params.cost,
+    )  # fmt: skip
     return TrainResult(
         adapter_dir=str(adapter_dir),
         merged_dir=str(merged_dir),
@@ -314,13 +337,14 @@ def _train_and_save(
         metrics=metrics,
         tokens_per_second=outcome.tokens_per_second,
         tokens_seen=outcome.tokens_seen,
-        peak_memory_mb=own.peak_memory.peak_bytes / 2**20,
-        wall_time_s=time.perf_counter() - started,
+        peak_memory_mb=peak_memory_mb,
+        wall_time_s=wall_time_s,
         loss_history=full_loss_history(trainer.state.log_history, own.step_logger.history),
         n_train_examples=len(plan.examples.train),
         n_replay_examples=plan.examples.n_replay,
         n_eval_examples=len(plan.examples.eval),
         warm_start_adapter=plan.warm_start_adapter,
+        cost={**cost.to_dict(), "projected_tokens": projection.tokens, "projected_seconds": projection.seconds},
     )
 
 
@@ -377,7 +401,13 @@ def final_metrics(result: TrainResult) -> dict[str, float]:
 
 
 def _log_end(run: TrackedRun, result: TrainResult) -> None:
-    log_metrics(run.client, run.run_id, final_metrics(result), step=result.global_step)
+    from evertune.tuning.figures import loss_curve
+
+    log_metrics(run.client, run.run_id, {**final_metrics(result), **cost_metrics(result.cost)}, step=result.global_step)
+    eval_loss = result.metrics.get("eval_loss")
+    evals = [(result.global_step, eval_loss)] if eval_loss is not None else []
+    curve = loss_curve([(h["step"], h["loss"]) for h in result.loss_history], evals)
+    log_figure(run.client, run.run_id, curve, "train/loss_curve.png")
     run.client.log_artifacts(run.run_id, result.adapter_dir, artifact_path="adapter")
     run.client.log_dict(run.run_id, result.to_dict(), "train/train_result.json")
 

@@ -60,6 +60,8 @@ class TrainResult:
         loss_history: ``[{"step": s, "loss": l}, ...]`` over the whole run (resumed steps included).
         n_train_examples / n_replay_examples / n_eval_examples: Dataset sizes after mixing.
         warm_start_adapter: The adapter training started from, if any.
+        cost: :class:`~evertune.tuning.cost.TrainingCost` of this call plus the projection it was admitted with
+            (``projected_tokens``, ``projected_seconds``); empty in results recorded before cost accounting.
     """
 
     adapter_dir: str
@@ -84,6 +86,7 @@ class TrainResult:
     n_replay_examples: int = 0
     n_eval_examples: int = 0
     warm_start_adapter: str | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (XCom, ``train_result.json``)."""
