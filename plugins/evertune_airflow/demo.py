@@ -193,7 +193,7 @@ def _rejected_before_training(client: AirflowClient, settings, runs: list[dict],
     A run counts only when ``build_dataset`` failed, ``train`` never ran, and the tuning step recorded a
     ``PoisonedDataError`` for that very run on a poisoned day (``<work_dir>/tune/rejections.jsonl``).
     """
-    from evertune.tuning.steps import read_rejections
+    from evertune.tuning.rejections import read_rejections
 
     recorded = {entry["dag_run_id"]: entry for entry in read_rejections(settings)
                 if entry.get("as_of") in dates["poisoned"] and entry.get("error") == "PoisonedDataError"}

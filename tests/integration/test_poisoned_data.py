@@ -61,7 +61,7 @@ def test_poisoned_window_fails_the_tuning_step_and_the_champion_stays(poisoned_h
     from airflow.sdk.exceptions import AirflowFailException
 
     from evertune.data.versioning import DataRepo
-    from evertune.tuning import steps
+    from evertune.tuning import rejections, steps
     from evertune_airflow.errors import task_states
 
     settings = get_settings()
@@ -85,7 +85,7 @@ def test_poisoned_window_fails_the_tuning_step_and_the_champion_stays(poisoned_h
     assert DataRepo(settings).lookup(f"sft/{poisoned_day}", steps.dataset_folder(poisoned_day)) is None
 
     # The rejection is on record, with the rows that caused it.
-    rejection = steps.read_rejections(settings)[-1]
+    rejection = rejections.read_rejections(settings)[-1]
     assert (rejection["as_of"], rejection["dag_run_id"], rejection["error"]) == (
         poisoned_day, "manual__poisoned_dag", "PoisonedDataError")
     assert rejection["ungrounded_fraction"] > rejection["max_ungrounded_fraction"]

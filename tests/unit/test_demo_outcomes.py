@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evertune.settings import get_settings
-from evertune.tuning import steps
+from evertune.tuning import rejections
 from evertune_airflow import demo
 
 POISONED = {"poisoned": ["2026-11-06"]}
@@ -33,7 +33,7 @@ def rejection(run_id: str, as_of: str = "2026-11-06", error: str = "PoisonedData
 
 def test_only_runs_stopped_by_the_poisoned_data_count_as_rejected(evertune_home: Path) -> None:
     settings = get_settings()
-    path = steps.rejections_path(settings)
+    path = rejections.rejections_path(settings)
     path.parent.mkdir(parents=True)
     entries = [rejection("asset__poisoned"), rejection("manual__good_day", as_of="2026-11-05"),
                rejection("asset__trained"), rejection("asset__other", error="CriticalValidationError")]

@@ -31,10 +31,10 @@ from evertune.data import snapshot
 from evertune.data.versioning import DataRepo
 from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
+from evertune.tuning.rejections import log_excluded, record_rejection
 
 log = logging.getLogger(__name__)
 
-REJECTIONS_FILE = "rejections.jsonl"
 
 
 def _context(overrides: dict[str, Any] | None) -> tuple[Params, Settings]:
@@ -68,49 +68,6 @@ def dataset_folder(as_of: str) -> str:
     return f"datasets/sft/as_of={as_of}"
 
 
-def rejections_path(settings: Settings) -> Path:
-    """The append-only log of datasets rejected before training (one JSON object per line)."""
-    return settings.work_dir / "tune" / REJECTIONS_FILE
-
-
-def read_rejections(settings: Settings) -> list[dict[str, Any]]:
-    """The entries of :func:`rejections_path`, oldest first (empty when nothing was ever rejected)."""
-    path = rejections_path(settings)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _record_rejection(settings: Settings, as_of: str, dag_run_id: str | None, exc: PoisonedDataError) -> None:
-    # The dataset is never written, so this line (and the task log) is where the rejected rows are named.
-    report = exc.report
-    entry = {
-        "as_of": as_of,
-        "dag_run_id": dag_run_id or "",
-        "error": type(exc).__name__,
-        "message": str(exc),
-        "checked": report.get("checked"),
-        "ungrounded": report.get("ungrounded"),
-        "ungrounded_fraction": report.get("ungrounded_fraction"),
-        "max_ungrounded_fraction": report.get("max_ungrounded_fraction"),
-        "by_interval": report.get("by_interval", {}),
-        "excluded": report.get("excluded", []),
-    }
-    path = rejections_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
-    log.error("dataset as of %s rejected before training: %s", as_of, exc)
-    _log_excluded(report.get("excluded", []), logging.ERROR)
-
-
-def _log_excluded(rows: list[dict[str, Any]], level: int, limit: int = 20) -> None:
-    """Name the first ``limit`` QA rows the groundedness check excluded in the task log."""
-    for row in rows[:limit]:
-        log.log(level, "  %s (%s, %s): %s, support %s, missing %s", row["qa_id"], row["doc_id"], row["interval"],
-                row["reason"], row["support"], row["missing_values"])
-
-
 def build_dataset(
     as_of: str | None = None, overrides: dict[str, Any] | None = None, dag_run_id: str | None = None
 ) -> dict[str, Any]:
@@ -133,7 +90,7 @@ def build_dataset(
 
     Raises:
         PoisonedDataError: Too many QA answers of the window are not grounded in the article they cite; nothing
-            is written or versioned, and the rejection is appended to :func:`rejections_path`.
+            is written or versioned, and the rejection is appended to :func:`evertune.tuning.rejections.rejections_path`.
         NoGoldenSetError: The carried golden QA set is empty (nothing to evaluate a candidate on); nothing is
             written or versioned.
     """
@@ -157,13 +114,13 @@ def build_dataset(
         dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(golden.seen_ids), deleted_doc_ids=deleted,
                                     documents=list(documents.values()), golden_questions=golden.seen_texts)
     except PoisonedDataError as exc:
-        _record_rejection(settings, as_of, dag_run_id, exc)
+        record_rejection(settings, as_of, dag_run_id, exc)
         raise
     frozen = require_golden(golden.fitted)  # NoGoldenSetError now, not "nothing to score" after training
     grounding = dataset.stats["grounding"]
     log.info("grounding: %d of %d checked QA rows dropped as not grounded, %d without their article in the window",
              grounding["ungrounded"], grounding["checked"], grounding["source_missing"])
-    _log_excluded(grounding["excluded"], logging.WARNING)
+    log_excluded(grounding["excluded"], logging.WARNING)
     folder = dataset_folder(as_of)
     written = write_sft_dataset(dataset, settings.data_repo / folder)
     # The carried golden QA set as of as_of is frozen with the dataset (its canonical bytes); never trained on.
