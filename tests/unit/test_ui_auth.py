@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("airflow")
 
 from airflow.api_fastapi.auth.tokens import JWTGenerator  # noqa: E402 - after the importorskip
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402 - after the importorskip
 
-from evertune_airflow import run_pages  # noqa: E402
-from evertune_airflow.run_data import RunRecord  # noqa: E402
+from evertune_airflow import run_pages  # noqa: E402 - after the importorskip
+from evertune_airflow.run_data import RunRecord  # noqa: E402 - after the importorskip
 
 SECRET = "evertune-test-secret-" + "x" * 48
 FOREIGN = "someone-else-secret-" + "y" * 48
