@@ -2,7 +2,8 @@
 
 Airflow 3 kills a task whose execution-API token expired when the supervisor cannot refresh it (apache/airflow
 #48536, #67939). The embedded stack sets the lifetime (``EVERTUNE_TASK_TOKEN_TTL``, default 4 h) so training
-fits; here it is set to 20 s and a task runs 75 s, under the real scheduler and API server.
+fits; here it is set to 30 s and a task runs 95 s, under the real scheduler and API server. (20 s failed once on
+this 2-core machine while a demo trained beside the suite; the task still outlives its token more than 3 times.)
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from evertune_airflow import stack_client, stack_control, stack_env, stack_proce
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-TOKEN_TTL_S = 20
-TASK_S = 75
+TOKEN_TTL_S = 30
+TASK_S = 95
 
 LONG_DAG = f'''
 import time
