@@ -1,0 +1,141 @@
+"""Answer quality of the served system: tuned vs base, with and without retrieval; freshness; answer endings.
+
+Runs against a finished demo state, not a scratch one: ``EVERTUNE_HOME`` must point at it (``make demo`` leaves
+``.evertune/`` and a running stack behind; the MLflow server of that stack is read for the champion). Nothing is
+written there except the champion's checkpoint download under ``<work_dir>/bench``.
+
+Measured, in the same run and on the same retrieved contexts (``production`` KB, ``retrieval.k``):
+
+* token-F1 on the carried golden QA set for four systems: champion + RAG, champion without retrieval, base + RAG,
+  base without retrieval (the base is ``base_model`` untuned, through the same answer path and prompt);
+* freshness on the changed-fact probes carried to the newest interval (all of them: ``since=None``): the share of
+  answers carrying the new value and not the old one, with its Wilson interval, for champion + RAG and base + RAG;
+* answer endings: the share of champion answers whose raw ``generate`` output holds an EOS token before
+  ``evaluate.max_new_tokens`` (no post-hoc cutting), and how many contain a second turn.
+
+``python -m bench answer_quality`` (``--quick``: 8 questions per set).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine_info, save_result
+
+SECOND_TURN_MARKERS = ("question:", "user:", "assistant:", "<|im_start|>")
+
+
+def _settings_and_params() -> tuple[Any, Any]:
+    from evertune.config import load_params
+    from evertune.runtime import apply_offline_env
+    from evertune.settings import get_settings
+
+    if "EVERTUNE_HOME" not in os.environ:
+        raise SystemExit("answer_quality reads a finished demo: set EVERTUNE_HOME (e.g. $PWD/.evertune)")
+    apply_offline_env()
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        from evertune_airflow.stack_env import mlflow_url
+
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_url()
+    return get_settings(), load_params()
+
+
+def _endings(model: Any, tokenizer: Any, questions: list[str], contexts: list, params: Any) -> dict[str, Any]:
+    """EOS before ``max_new_tokens`` on the raw ``generate`` output, and second turns in the decoded text."""
+    import torch
+    from transformers import GenerationConfig
+
+    from evertune.tuning.answer import _eos_ids, answer_spec, render_prompt
+
+    spec = answer_spec(params)
+    eos = _eos_ids(model, tokenizer)
+    config = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+    ended = second_turns = 0
+    tokenizer.padding_side = "left"
+    for question, chunks in zip(questions, contexts, strict=True):
+        prompt = render_prompt(tokenizer, question, chunks, spec)
+        encoded = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            output = model.generate(**encoded, generation_config=config)
+        new = output[0, encoded["input_ids"].shape[1]:].tolist()
+        ended += any(token in eos for token in new)
+        text = tokenizer.decode(new, skip_special_tokens=False).lower()
+        second_turns += any(marker in text for marker in SECOND_TURN_MARKERS)
+    return {"n": len(questions), "eos_share": ended / max(len(questions), 1), "second_turns": second_turns}
+
+
+def _score(model: Any, tokenizer: Any, questions: list[str], references: list[str], contexts: list,
+           params: Any) -> dict[str, Any]:
+    from evertune.tuning.answer import answer_questions
+    from evertune.tuning.metrics import score_generations
+
+    started = time.perf_counter()
+    answers = answer_questions(model, tokenizer, questions, None, params, contexts=contexts)
+    scores = score_generations(answers, references)
+    return {"answers": answers, "token_f1": float(scores.aggregate["token_f1"]),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure and print; writes ``bench/results/answer_quality.json``."""
+    from evertune.kb.golden import QA
+    from evertune.kb.golden_carry import carried_golden
+    from evertune.models.bootstrap import load_causal_lm, resolve_base_model
+    from evertune.tuning.answer import kb_retriever, retrieve_contexts
+    from evertune.tuning.freshness import freshness_probes, score_freshness
+    from evertune.tuning.registry import download_model_checkpoint
+    from evertune.tuning.steps import validated_intervals
+
+    settings, params = _settings_and_params()
+    info = machine_info()
+    newest = validated_intervals(settings)[-1]
+    golden = carried_golden(settings.data_repo / "validated", newest, QA).fitted
+    probes = freshness_probes(settings.data_repo / "validated", newest, None)
+    limit = 8 if quick else None
+    golden, probes = golden[:limit], probes[:limit]
+    questions, references = [g["question"] for g in golden], [g["answer"] for g in golden]
+    retrieve = kb_retriever(params, settings)
+    rag = retrieve_contexts(questions, retrieve, params)
+    probe_rag = retrieve_contexts([p.question for p in probes], retrieve, params)
+    bare = [[] for _ in questions]
+    champion_dir = download_model_checkpoint(params.registry.model_name, "champion",
+                                             Path(settings.work_dir) / "bench" / "champion", settings=settings)
+    systems = {"champion": str(champion_dir), "base": resolve_base_model(params.base_model, settings)}
+    result: dict[str, Any] = {"machine": info, "as_of": newest, "n_golden": len(golden), "n_probes": len(probes)}
+    for name, folder in systems.items():
+        model, tokenizer = load_causal_lm(folder, device="cpu")
+        result[f"{name}_rag"] = _score(model, tokenizer, questions, references, rag, params)
+        result[f"{name}_bare"] = _score(model, tokenizer, questions, references, bare, params)
+        probe_answers = _score(model, tokenizer, [p.question for p in probes], [p.answer for p in probes],
+                               probe_rag, params)["answers"]
+        fresh = score_freshness(probe_answers, probes, params.evaluate.ci_alpha)
+        result[f"{name}_freshness"] = {k: v for k, v in fresh.items() if k != "per_item"}
+        result[f"{name}_freshness_examples"] = [
+            {"question": p.question, "new": p.new_value, "old": p.old_value, "answer": a}
+            for p, a in list(zip(probes, probe_answers, strict=True))[:6]]
+        if name == "champion":
+            result["champion_endings"] = _endings(model, tokenizer, questions, rag, params)
+        del model
+    result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    _print(result)
+    save_result("answer_quality", quick, result)
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"answer_quality on {result['as_of']}: {result['n_golden']} golden QA, {result['n_probes']} probes")
+    base_rag = result["base_rag"]["token_f1"] or float("nan")
+    for key in ("champion_rag", "champion_bare", "base_rag", "base_bare"):
+        f1 = result[key]["token_f1"]
+        print(f"  {key:14s} token-F1 {f1:.4f}  ({f1 / base_rag:.2f}x base+RAG, {result[key]['seconds']} s)")
+    for key in ("champion_freshness", "base_freshness"):
+        fresh = result[key]
+        print(f"  {key:18s} fresh {fresh['fresh']}/{fresh['n']} = {fresh['fresh_share']}  CI {fresh['ci']}  "
+              f"both {fresh['both_values']}  old-only {fresh['old_only']}  token-F1 {fresh['token_f1']}")
+    endings = result["champion_endings"]
+    print(f"  champion endings: EOS before max_new_tokens in {endings['eos_share']:.1%} of {endings['n']}, "
+          f"second turns {endings['second_turns']}")
