@@ -57,19 +57,22 @@ def stack_components(settings: Settings, ports: StackPorts | None = None) -> lis
     """The processes of the embedded stack, in start order."""
     ports = ports or StackPorts.from_env()
     airflow = console_script("airflow")
+    # Components that run Airflow's log server start through the loopback launcher: upstream binds it to
+    # every interface (see evertune_airflow.airflow_loopback).
+    serving = (sys.executable, "-m", "evertune_airflow.airflow_loopback")
     celery = executor() == "CeleryExecutor"
     components = [
         Component("api-server", (*airflow, "api-server"), "metadatabase", ports.airflow),
         Component("dag-processor", (*airflow, "dag-processor"), "dag_processor"),
         # With LocalExecutor the scheduler runs the tasks and serves their logs; with Celery the workers do.
-        Component("scheduler", (*airflow, "scheduler"), "scheduler", None if celery else ports.worker_log,
+        Component("scheduler", (*serving, "scheduler"), "scheduler", None if celery else ports.worker_log,
                   needs_api=True),
-        Component("triggerer", (*airflow, "triggerer"), "triggerer", ports.triggerer_log, needs_api=True),
+        Component("triggerer", (*serving, "triggerer"), "triggerer", ports.triggerer_log, needs_api=True),
     ]
     if celery:
         for index, worker in enumerate(celery_workers()):
             log_port = ports.worker_log + index
-            argv = (*airflow, "celery", "worker", "--queues", ",".join(worker.queues),
+            argv = (*serving, "celery", "worker", "--queues", ",".join(worker.queues),
                     "--concurrency", str(worker.concurrency), "--celery-hostname", f"{worker.name}@%h")
             components.append(Component(worker.name, argv, None, log_port, needs_api=True, env=(
                 ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(log_port)), ("EVERTUNE_WORKER", worker.name))))
@@ -219,6 +222,22 @@ def known_components(settings: Settings) -> list[Component]:
             if pid_file.stem not in names:
                 components.append(Component(pid_file.stem, ()))
     return components
+
+
+def listening_addresses(settings: Settings) -> dict[str, set[tuple[str, int]]]:
+    """The TCP addresses each component's processes listen on (``{name: {(ip, port), ...}}``)."""
+    import psutil
+
+    found: dict[str, set[tuple[str, int]]] = {}
+    for name, procs in stack_processes(settings).items():
+        for proc in procs:
+            try:
+                connections = proc.net_connections(kind="tcp")
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            found.setdefault(name, set()).update(
+                (c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN)
+    return found
 
 
 def port_free(port: int, host: str = HOST) -> bool:

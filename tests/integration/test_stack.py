@@ -84,6 +84,13 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
         assert state["healthy"], state
         assert state["mlflow"] == "healthy"
         assert stack_control.up(settings).started == [], "a second up must not start anything"
+        # Every port the stack opens, the log servers of the scheduler and triggerer included, is loopback-only.
+        listening = stack_processes.listening_addresses(settings)
+        exposed = {name: sorted(a for a in addresses if a[0] != stack_env.HOST)
+                   for name, addresses in listening.items()}
+        assert not any(exposed.values()), exposed
+        ports_open = {port for addresses in listening.values() for _, port in addresses}
+        assert {ports.worker_log, ports.triggerer_log, ports.airflow} <= ports_open, listening
 
         with stack_client.AirflowClient.connect(settings) as client:
             pools = client.pools()
