@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+import validated_drops
 from evertune.config import apply_overrides, load_params
 from evertune.kb import indexes, retrieval
 from evertune.kb.index import connect, published_version, sync_interval
 from evertune.kb.publish import publish
 from evertune.kb.retrieval import evaluate_retrieval, search
 from evertune.settings import get_settings
+from validated_drops import document, tombstone
 
-DOC_COLUMNS = ["doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref"]
-TOMB_COLUMNS = ["doc_id", "deleted_at", "reason"]
 ARTICLES = {
     "billing-plans": ("Plans and pricing", "The Plus plan costs five dollars a month and adds offline notebooks."),
     "sync-conflicts": ("Fixing sync problems", "If notes do not sync, check that you are signed in and online."),
@@ -34,21 +30,11 @@ GOLDEN = [
 
 def doc(doc_id: str, day: int, text: str | None = None) -> dict[str, Any]:
     title, body = ARTICLES[doc_id]
-    body = text or body
-    canonical = json.dumps({"title": title, "text": body}, sort_keys=True)
-    return {"doc_id": doc_id, "title": title, "text": body, "source": "help-center",
-            "url": f"https://help.nimbusnotes.example/articles/{doc_id}",
-            "updated_at": f"2026-11-{day:02d}T08:00:00+00:00", "content_hash": hashlib.sha256(canonical.encode()).hexdigest(),
-            "metadata": "{}", "record_ref": f"docs/{doc_id}.md"}  # fmt: skip
+    return document(doc_id, title, text or body, f"2026-11-{day:02d}T08:00:00+00:00")
 
 
 def write_drop(folder: Path, docs: list[dict], tombs: list[dict] = ()) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows, columns in (("documents", docs, DOC_COLUMNS), ("tombstones", tombs, TOMB_COLUMNS)):
-        schema = pa.schema([(column, pa.string()) for column in columns])
-        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), folder / f"{name}.parquet")
-    (folder / "golden_retrieval.jsonl").write_text("".join(json.dumps(q) + "\n" for q in GOLDEN))
-    return folder
+    return validated_drops.write_drop(folder, docs, tombs, GOLDEN)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def test_every_write_leaves_no_unindexed_rows(tmp_path, evertune_home, params) -
     assert fts_hits(settings, second, "zebrapay") == {"billing-plans"}
 
     # Deletes.
-    tomb = {"doc_id": "two-factor", "deleted_at": "2026-11-03T08:00:00+00:00", "reason": "retired"}
+    tomb = tombstone("two-factor", "2026-11-03T08:00:00+00:00")
     third = sync_interval(write_drop(tmp_path / "d3", [], [tomb]), "2026-11-03", params, settings)
     assert third.chunks_deleted > 0
     assert coverage(settings, third)[1] == 0
@@ -120,7 +106,7 @@ def test_every_write_leaves_no_unindexed_rows(tmp_path, evertune_home, params) -
 
 def test_no_index_on_an_empty_table_then_built_on_the_first_load(tmp_path, evertune_home, params) -> None:
     settings = get_settings()
-    tomb = {"doc_id": "web-clipper", "deleted_at": "2026-11-01T08:00:00+00:00", "reason": "retired"}
+    tomb = tombstone("web-clipper", "2026-11-01T08:00:00+00:00")
     empty = sync_interval(write_drop(tmp_path / "d1", [], [tomb]), "2026-11-01", params, settings)
     table = connect(settings).open_table(empty.table_name)
     assert table.count_rows() == 0 and indexes.fts_index_name(table) is None

@@ -5,13 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import random
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from evertune.config import apply_overrides, load_params
@@ -29,9 +26,7 @@ from evertune.kb.index import (
 )
 from evertune.models.embedder import embedder_id
 from evertune.settings import get_settings
-
-DOC_COLUMNS = ["doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref"]
-TOMB_COLUMNS = ["doc_id", "deleted_at", "reason"]
+from validated_drops import document, tombstone, write_drop
 
 ARTICLES = {
     "billing-plans": (
@@ -81,38 +76,11 @@ def stamp(day: int, hour: int = 8) -> str:
 
 def doc(doc_id: str, updated_at: str, *, title: str | None = None, text: str | None = None) -> dict[str, Any]:
     base_title, base_text = ARTICLES[doc_id]
-    title, text = title or base_title, text or base_text
-    url = f"https://help.nimbusnotes.example/articles/{doc_id}"
-    canonical = json.dumps({"title": title, "text": text, "source": "help-center", "url": url}, sort_keys=True)
-    return {
-        "doc_id": doc_id,
-        "title": title,
-        "text": text,
-        "source": "help-center",
-        "url": url,
-        "updated_at": updated_at,
-        "content_hash": hashlib.sha256(canonical.encode()).hexdigest(),
-        "metadata": json.dumps({"topic": doc_id.split("-")[0]}),
-        "record_ref": f"docs/{doc_id}.md",
-    }
+    return document(doc_id, title or base_title, text or base_text, updated_at, metadata={"topic": doc_id.split("-")[0]})
 
 
 def tomb(doc_id: str, deleted_at: str) -> dict[str, Any]:
-    return {"doc_id": doc_id, "deleted_at": deleted_at, "reason": "retired"}
-
-
-def write_drop(folder: Path, docs: list[dict[str, Any]], tombs: list[dict[str, Any]] = ()) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.Table.from_pylist(list(docs), schema=pa.schema([(c, pa.string()) for c in DOC_COLUMNS])),
-        folder / "documents.parquet",
-    )
-    pq.write_table(
-        pa.Table.from_pylist(list(tombs), schema=pa.schema([(c, pa.string()) for c in TOMB_COLUMNS])),
-        folder / "tombstones.parquet",
-    )
-    (folder / "golden_retrieval.jsonl").write_text("")
-    return folder
+    return tombstone(doc_id, deleted_at)
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
+import validated_drops
 from evertune.config import apply_overrides, load_params
 from evertune.errors import NothingToDo, QualityGateFailed
 from evertune.kb import cli as kb_cli
@@ -20,9 +18,7 @@ from evertune.kb.index import connect, published_version, sync_interval
 from evertune.kb.publish import publish, publish_history, rollback
 from evertune.kb.retrieval import evaluate_retrieval, search
 from evertune.settings import get_settings
-
-DOC_COLUMNS = ["doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref"]
-TOMB_COLUMNS = ["doc_id", "deleted_at", "reason"]
+from validated_drops import document, tombstone
 
 ARTICLES = {
     "billing-plans": (
@@ -72,22 +68,11 @@ GOLDEN = [
 
 def doc(doc_id: str, day: int, text: str | None = None) -> dict[str, Any]:
     title, body = ARTICLES[doc_id]
-    body = text or body
-    url = f"https://help.nimbusnotes.example/articles/{doc_id}"
-    canonical = json.dumps({"title": title, "text": body, "source": "help-center", "url": url}, sort_keys=True)
-    return {"doc_id": doc_id, "title": title, "text": body, "source": "help-center", "url": url,
-            "updated_at": f"2026-11-{day:02d}T08:00:00+00:00", "content_hash": hashlib.sha256(canonical.encode()).hexdigest(),
-            "metadata": "{}", "record_ref": f"docs/{doc_id}.md"}  # fmt: skip
+    return document(doc_id, title, text or body, f"2026-11-{day:02d}T08:00:00+00:00")
 
 
 def write_drop(folder: Path, docs: list[dict], tombs: list[dict] = ()) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(list(docs), schema=pa.schema([(c, pa.string()) for c in DOC_COLUMNS])),
-                   folder / "documents.parquet")  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(list(tombs), schema=pa.schema([(c, pa.string()) for c in TOMB_COLUMNS])),
-                   folder / "tombstones.parquet")  # fmt: skip
-    (folder / "golden_retrieval.jsonl").write_text("".join(json.dumps(q) + "\n" for q in GOLDEN))
-    return folder
+    return validated_drops.write_drop(folder, docs, tombs, GOLDEN)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +139,7 @@ def test_retrieval_regression_leaves_production_untouched(tmp_path, evertune_hom
         tmp_path / "d2",
         [],
         [
-            {"doc_id": d, "deleted_at": "2026-11-02T09:00:00+00:00", "reason": "x"}
+            tombstone(d, "2026-11-02T09:00:00+00:00", "x")
             for d in ("two-factor", "web-clipper")
         ],
     )
