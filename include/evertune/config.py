@@ -31,7 +31,7 @@ class ProjectParams(_Section):
 class DemoParams(_Section):
     seed: int = 7
     start_date: str = "2026-11-01"
-    days: int = Field(6, ge=1, le=366)
+    days: int = Field(7, ge=1, le=366)
     n_articles: int = Field(40, ge=5, le=100_000)
 
     @field_validator("start_date")
