@@ -78,6 +78,9 @@ def test_check_freshness_measures_once_per_interval_kb_and_champion(monkeypatch:
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics["fresh_share"] == 0.5
     assert runs[0].data.tags["champion_version"] == str(champion) and runs[0].data.tags["interval"] == "2026-11-07"
+    recorded = freshness_check.recorded_freshness("2026-11-07")
+    assert recorded["fresh"] == 1 and recorded["kb_version"] == "kb_chunks@v9" and recorded["examples"]
+    assert freshness_check.recorded_freshness("2026-11-06") is None
     # Another KB version is another measurement.
     freshness_check.check_freshness("2026-11-07", {**PUBLISHED, "table_version": 10})
     assert len(calls) == 2 and len(client.search_runs([experiment.experiment_id])) == 2

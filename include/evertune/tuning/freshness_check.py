@@ -174,3 +174,26 @@ def check_freshness(
     log.info("%s on %s as of %s", message, kb_version, interval)
     return {**base, **summary, "status": "measured", "reused": False, "probes_version": version, "run_id": run_id,
             "message": message}
+
+
+def recorded_freshness(interval: str, params: Params | None = None, settings: Settings | None = None) -> dict | None:
+    """The newest finished freshness check of ``interval`` (its summary plus the run's tags), or ``None``.
+
+    For reports (the demo summary): reads the MLflow runs :func:`check_freshness` logged, measures nothing.
+    """
+    from evertune.tuning.tracking import mlflow_client
+
+    params = load_params() if params is None else params
+    client = mlflow_client(get_settings() if settings is None else settings)
+    experiment = client.get_experiment_by_name(params.freshness.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.interval = '{interval}'",
+                              order_by=["attribute.start_time DESC"], max_results=20)
+    for run in runs:
+        if run.info.status == "FINISHED" and _SUMMARY_TAG in run.data.tags:
+            tags = run.data.tags
+            return {**json.loads(tags[_SUMMARY_TAG]), "interval": interval, "kb_version": tags.get("kb_version"),
+                    "champion_version": tags.get("champion_version"), "champion_as_of": tags.get("champion_as_of"),
+                    "run_id": run.info.run_id}  # fmt: skip
+    return None
