@@ -1,4 +1,4 @@
-"""Nightly knowledge-base refresh: ingest, validate, version, sync, evaluate, publish.
+"""Nightly knowledge-base refresh: ingest, validate, version, sync, evaluate, publish, check freshness.
 
 Each run handles one day of documents: its data interval ``[D, D+1)`` selects the landing partition
 ``ds=D``. Backfills (``airflow backfill create --dag-id refresh_knowledge_base ...``) give the same state as
@@ -7,10 +7,12 @@ document, so days may run in any order.
 
 * ``version_snapshot`` takes the one-slot ``dvc_repo`` pool (DVC has a repository lock).
 * ``sync_index`` and ``publish_index`` take the ``lancedb_writer`` pool (one writer per table).
-* ``publish_index`` moves the LanceDB tag ``production`` only when retrieval quality holds, and emits the
-  ``kb_index`` asset event; a failing candidate stays in the table for inspection. A candidate that a later
-  sync already superseded (days run concurrently or out of order) is skipped: the run that wrote the newest
-  version decides, and the tag never moves backwards.
+* ``publish_index`` moves the LanceDB tag ``production`` only when retrieval quality holds; a failing candidate
+  stays in the table for inspection. A candidate that a later sync already superseded (days run concurrently
+  or out of order) is skipped: the run that wrote the newest version decides, and the tag never moves backwards.
+* ``check_freshness`` then has the champion (if any) answer the changed-fact probes from the KB version just
+  published, logs the fresh share to MLflow (``freshness.experiment_name``) and emits the ``kb_index`` asset
+  event: its extra is the publish summary plus ``freshness``. No champion or no probes: it says so, no error.
 
 A manual run (trigger, ``airflow dags test``) refreshes the interval that ended at its logical date, as Airflow
 infers for data-interval timetables: trigger ``2026-11-04`` to refresh ``ds=2026-11-03``; backfills name days
@@ -62,9 +64,9 @@ def refresh_knowledge_base():
     synced = evertune_task("sync_index", pool=LANCEDB_WRITER_POOL)(version)
     evaluation = evertune_task("evaluate_retrieval")(synced)
     # A failed quality gate is a decision, not a glitch: no retries.
-    evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, outlets={KB_INDEX: kb_index_extra}, retries=0)(
-        synced, evaluation, version
-    )
+    published = evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, retries=0)(synced, evaluation, version)
+    # How fresh the served champion is on the KB just published; the kb_index event carries both summaries.
+    evertune_task("check_freshness", outlets={KB_INDEX: kb_index_extra})(published)
 
 
 refresh_knowledge_base()

@@ -31,7 +31,7 @@ class ProjectParams(_Section):
 class DemoParams(_Section):
     seed: int = 7
     start_date: str = "2026-11-01"
-    days: int = Field(6, ge=1, le=366)
+    days: int = Field(7, ge=1, le=366)
     n_articles: int = Field(40, ge=5, le=100_000)
 
     @field_validator("start_date")
@@ -226,6 +226,16 @@ class RegisterParams(_Section):
     pyfunc_retrieval: Literal["kb", "none"] = "kb"
 
 
+class FreshnessParams(_Section):
+    """The freshness check after every KB publish (``check_freshness``; see docs/freshness.md)."""
+
+    enabled: bool = True
+    experiment_name: str = Field("evertune-freshness", min_length=1)
+    ci_alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    # Probes scored per check at most (the first by probe_id); null: all of them.
+    max_probes: int | None = Field(200, ge=1)
+
+
 class CostParams(_Section):
     """Cost accounting and the training budget (see docs/configuration.md, "Cost and budget").
 
@@ -281,6 +291,7 @@ class Params(_Section):
     gate: GateParams = GateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     cost: CostParams = CostParams()
+    freshness: FreshnessParams = FreshnessParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -2,9 +2,9 @@
 
 * ``demo_data`` writes the demo landing zone;
 * every ``refresh`` step is a ``foreach`` stage over the intervals (``ingest_documents@2026-11-03``...); a
-  ``serial`` step (``sync_index``) also depends on the previous interval's last receipt, so that ``dvc repro``
-  folds the days into the index in order, as the DAG does (the first interval's extra dependency is its own
-  upstream receipt);
+  ``serial`` step (``sync_index``) also depends on the previous interval's ``publish`` receipt (:data:`FOLD_END`,
+  the end of the fold: the post-publish freshness check only reads), so that ``dvc repro`` folds the days into
+  the index in order, as the DAG does (the first interval's extra dependency is its own upstream receipt);
 * every ``tune`` step is one stage for ``tune_as_of``; its ``window`` steps' receipts of every interval up to
   ``tune_as_of`` are deps too (the versioned snapshots for the dataset, the published index for training).
 
@@ -35,6 +35,9 @@ INCLUDE = REPO_ROOT / "include"
 #: The default state folder and work dir, relative to the repository (see :mod:`evertune.settings`).
 HOME = ".evertune"
 WORK_DIR = f"{HOME}/work"
+#: The refresh step that ends one interval's fold into the index: the next interval's serial step waits for it.
+FOLD_END = "publish"
+
 #: The demo's good days (day 6 carries the poisoned QA drop): the intervals of the committed dvc.yaml.
 DEFAULT_INTERVALS = ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05")
 #: What every step stage runs through besides its callable: the registry and the command line's step runner.
@@ -183,7 +186,7 @@ def build_dvc_yaml(intervals: tuple[str, ...], tune_as_of: str) -> dict[str, Any
     for step in refresh:
         if step.serial:
             first = _receipt(upstream_steps(step)[0], intervals[0])
-            previous = [_receipt(refresh[-1], day) for day in intervals[:-1]]
+            previous = [_receipt(step_named(REFRESH, FOLD_END), day) for day in intervals[:-1]]
             chains.append({f"{step.task_id}_after": dict(zip(intervals, [first, *previous], strict=True))})
             stages[step.task_id] = {"foreach": f"${{{step.task_id}_after}}", "do": _stage(step, "${key}", ["${item}"])}
             continue

@@ -61,8 +61,9 @@ class Step:
         summary: What the step does, in one sentence (the task's documentation).
         window: For a ``tune`` step: the ``refresh`` steps whose results of every interval up to ``as_of`` it
             reads (through the data repository and the index, so only DVC sees them: ``deps``).
-        serial: Its runs over intervals form a chain: each waits for the previous interval's last step. The
-            knowledge base is a fold over days (the DAG runs one interval at a time, in order).
+        serial: Its runs over intervals form a chain: each waits for the previous interval's ``publish`` step
+            (the end of the fold; ``check_freshness`` after it only reads). The knowledge base is a fold over
+            days (the DAG runs one interval at a time, in order).
     """
 
     pipeline: str
@@ -89,6 +90,7 @@ class Step:
 
 _KB = "evertune.kb.refresh"
 _TUNING = "evertune.tuning.steps"
+_FRESHNESS = "evertune.tuning.freshness_check"
 
 STEPS: tuple[Step, ...] = (
     Step(REFRESH, "ingest", "ingest_documents", f"{_KB}:ingest_documents", "ingested",
@@ -108,6 +110,9 @@ STEPS: tuple[Step, ...] = (
     Step(REFRESH, "publish", "publish_index", f"{_KB}:publish_index", "published", ("sync", "evaluate", "version"),
          params=("index", "retrieval"),
          summary="Move the ``production`` tag to the candidate if retrieval quality holds."),
+    Step(REFRESH, "freshness", "check_freshness", f"{_FRESHNESS}:check_freshness", "freshness", ("publish",),
+         params=("freshness", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register"),
+         summary="The champion answers the changed-fact probes from the published KB; log freshness to MLflow."),
     Step(TUNE, "dataset", "build_dataset", f"{_TUNING}:build_dataset", "dataset",
          params=("dataset",), window=("version",),
          summary="Assemble, dedupe, ground-check and version the SFT dataset of the window; freeze the golden set."),

@@ -8,8 +8,14 @@
 5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose ``build_dataset`` must
    reject the window before training (``PoisonedDataError``: the answers contradict their articles). That run
    fails on purpose; nothing is trained or registered from it.
-6. Print a summary (runs, expected outcomes, registry, KB versions, UIs) and exit non-zero if a run failed
-   other than by that rejection, a poisoned run was not rejected for its data, or the champion moved.
+6. Backfill day 7, after the tuning run: eleven facts change, and the drop carries no golden retrieval or QA
+   file (the carried sets evaluate it) but the changed-fact probes. The refresh publishes it, then
+   ``check_freshness`` has the champion answer the probes from the published KB. Day 7's ``validated_data``
+   event triggers ``tune_model`` again; its 30-day window still holds the poisoned day 6, so it is rejected
+   before training the same way, and the champion does not move: the fresh answers come from the KB alone.
+7. Print a summary (runs, expected outcomes, registry, KB versions, the served answer to a changed fact and
+   the freshness figure, UIs) and exit non-zero if a run failed other than by those rejections, a poisoned
+   run was not rejected for its data, the champion moved, or day 7's freshness was not measured.
 
 The stack keeps running afterwards (``make down`` stops it).
 """
@@ -65,9 +71,11 @@ def prepare_data() -> dict[str, Any]:
     )
     days = _days(params.demo.start_date, params.demo.days)
     poisoned = [m["date"] for m in manifests if m.get("poisoned")]
-    good = [d for d in days if d not in poisoned]
-    _say(f"wrote {len(manifests)} demo drops to {settings.landing_uri}; poisoned: {poisoned or 'none'}")
-    return {"days": days, "good": good, "poisoned": poisoned}
+    fresh = [m["date"] for m in manifests if m.get("post_tuning")]
+    good = [d for d in days if d not in poisoned and d not in fresh]
+    _say(f"wrote {len(manifests)} demo drops to {settings.landing_uri}; poisoned: {poisoned or 'none'}; "
+         f"after the tuning run: {fresh or 'none'}")
+    return {"days": days, "good": good, "poisoned": poisoned, "fresh": fresh}
 
 
 def _wait(client: AirflowClient, dag_id: str, run_ids: list[str]) -> list[dict]:
@@ -100,7 +108,6 @@ def run_demo() -> int:
     problems: list[str] = []
     outcomes: list[str] = []
     champion_before: str | None = None
-    poisoned_runs: list[str] = []
     with AirflowClient.connect(settings) as client:
         client.wait_for_dag(REFRESH_DAG, timeout=300)
         has_tuning = (dags_folder() / f"{TUNE_DAG}.py").is_file()
@@ -116,27 +123,16 @@ def run_demo() -> int:
         _wait(client, REFRESH_DAG, backfill["run_ids"])
 
         if has_tuning:
-            known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)}
             client.unpause(TUNE_DAG)
             run_id = client.trigger(TUNE_DAG, conf={}, run_id=f"demo__good_{good[-1]}")
             _say(f"tuning on the good data (run {run_id})")
-            tune_runs = _wait(client, TUNE_DAG, [run_id])
+            _wait(client, TUNE_DAG, [run_id])
             champion_before = _champion(params, settings)
             outcomes.append(f"{run_id}: expected promote -> champion v{champion_before or '-'}")
-            known |= {r["dag_run_id"] for r in tune_runs}
 
-        for day in dates["poisoned"]:
-            if has_tuning:
-                known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)}
-            _say(f"backfilling the poisoned drop {day}")
-            poisoned_fill = client.backfill(REFRESH_DAG, day, day, max_active_runs=1)
-            _wait(client, REFRESH_DAG, poisoned_fill["run_ids"])
-            if has_tuning:
-                new = _wait_new_runs(client, TUNE_DAG, known)
-                _say(f"asset-triggered tuning on the poisoned data: {new}")
-                _wait(client, TUNE_DAG, new)
-                poisoned_runs += new
-
+        poisoned_runs = _backfill_days(client, dates["poisoned"], has_tuning, "the poisoned drop")
+        fresh_runs = _backfill_days(client, dates.get("fresh", []), has_tuning,
+                                    "facts changed after the tuning run; no golden retrieval or QA file in the drop")
         _wait_all_idle(client)
         runs = [r for dag in (REFRESH_DAG, TUNE_DAG) for r in _runs_or_empty(client, dag)]
         rejected = _rejected_before_training(client, settings, runs, dates)
@@ -147,22 +143,85 @@ def run_demo() -> int:
             problems.append(f"{TUNE_DAG} {run_id}: the poisoned data was not rejected before training")
     # A scheduled run may also meet the poisoned window; rejected the same way, it is expected too.
     outcomes += [f"{run_id}: data rejected before training -> {why}" for run_id, why in sorted(rejected.items())
-                 if run_id not in poisoned_runs]
+                 if run_id not in poisoned_runs and run_id not in fresh_runs]
     problems += [f"{r['dag_id']} {r['dag_run_id']} ended {r['state']}" for r in runs
                  if r["state"] != "success" and not (r["dag_id"] == TUNE_DAG and r["dag_run_id"] in rejected)]
     problems += _check_gate_expectations(params, settings, dates, champion_before, poisoned_runs)
     if has_tuning and dates["poisoned"]:
         outcomes.append(f"champion: v{champion_before or '-'} before the poisoned drop, "
                         f"v{_champion(params, settings) or '-'} after (must not move)")
+    outcomes += _fresh_tune_outcomes(fresh_runs, rejected, runs, champion_before, params, settings)
+    freshness = _freshness_report(dates, params, settings)
+    if has_tuning and champion_before and dates.get("fresh") and freshness is None:
+        problems.append(f"no freshness check was recorded for {dates['fresh'][-1]} (step check_freshness)")
     print(_summary(runs, params, settings, started_stack))
     if outcomes:
         print("== Expected outcomes ==\n  " + "\n  ".join(outcomes))
+    if freshness is not None:
+        print(format_freshness(freshness))
     _say(f"demo wall time {time.monotonic() - started:.0f} s")
     if problems:
         print("DEMO FAILED:\n  " + "\n  ".join(problems))
         return 1
     print("DEMO OK")
     return 0
+
+
+def _backfill_days(client: AirflowClient, days: list[str], has_tuning: bool, what: str) -> list[str]:
+    """Backfill ``days`` one at a time; return the tune runs their ``validated_data`` events triggered."""
+    triggered: list[str] = []
+    for day in days:
+        known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)} if has_tuning else set()
+        _say(f"backfilling {day}: {what}")
+        fill = client.backfill(REFRESH_DAG, day, day, max_active_runs=1)
+        _wait(client, REFRESH_DAG, fill["run_ids"])
+        if has_tuning:
+            new = _wait_new_runs(client, TUNE_DAG, known)
+            _say(f"asset-triggered tuning after {day}: {new}")
+            _wait(client, TUNE_DAG, new)
+            triggered += new
+    return triggered
+
+
+def _fresh_tune_outcomes(fresh_runs: list[str], rejected: dict[str, str], runs: list[dict],
+                         champion_before: str | None, params, settings) -> list[str]:
+    """What the tune runs of the post-tuning days did, and that the champion stayed."""
+    states = {r["dag_run_id"]: r["state"] for r in runs if r["dag_id"] == TUNE_DAG}
+    now = _champion(params, settings) if fresh_runs else None
+    outcomes = []
+    for run_id in fresh_runs:
+        what = (f"data rejected before training (its window still holds the poisoned day) -> {rejected[run_id]}"
+                if run_id in rejected else f"ended {states.get(run_id, 'unknown')}")
+        outcomes.append(f"{run_id}: {what}; champion v{now or '-'} (v{champion_before or '-'} before; must not "
+                        "move: the fresh answers come from the KB refresh alone)")
+    return outcomes
+
+
+def _freshness_report(dates: dict[str, Any], params, settings) -> dict[str, Any] | None:
+    """The freshness check recorded for the last post-tuning day (``None``: no such day or no check)."""
+    from evertune.tuning.freshness_check import recorded_freshness
+
+    return recorded_freshness(dates["fresh"][-1], params, settings) if dates.get("fresh") else None
+
+
+def format_freshness(report: dict[str, Any]) -> str:
+    """The summary section of the post-publish freshness check: one served answer and the fresh share."""
+    lines = [f"== Freshness after the {report['interval']} refresh (facts changed after the tuning run; "
+             "no retraining) ==",
+             f"  champion v{report['champion_version']} (trained on data as of {report.get('champion_as_of')}), "
+             f"KB {report['kb_version']}"]  # fmt: skip
+    for example in report.get("examples", [])[:1]:
+        verdict = "fresh" if example["fresh"] else "NOT fresh"
+        lines += [f"  question: {example['question']}",
+                  f"  served answer: {example['answer']}",
+                  f"  new value {example['new_value']!r} (was {example['old_value']!r}): {verdict}"]  # fmt: skip
+    if report.get("n"):
+        lo, hi = report["ci"]
+        lines.append(
+            f"  fresh share: {report['fresh']}/{report['n']} = {report['fresh_share']:.0%} "
+            f"({1 - report['ci_alpha']:.0%} Wilson CI {lo:.0%}-{hi:.0%}); both values {report['both_values']}, "
+            f"old value only {report['old_only']}; token-F1 {report['token_f1']:.3f}")
+    return "\n".join(lines)
 
 
 def _runs_or_empty(client: AirflowClient, dag_id: str) -> list[dict]:
@@ -191,12 +250,16 @@ def _rejected_before_training(client: AirflowClient, settings, runs: list[dict],
     """Failed tune runs that the poisoned data stopped at ``build_dataset``, before training: run id -> reason.
 
     A run counts only when ``build_dataset`` failed, ``train`` never ran, and the tuning step recorded a
-    ``PoisonedDataError`` for that very run on a poisoned day (``<work_dir>/tune/rejections.jsonl``).
+    ``PoisonedDataError`` for that very run on a poisoned day, or on a later demo day (``dates["fresh"]``) whose
+    window still holds one (``<work_dir>/tune/rejections.jsonl``).
     """
     from evertune.tuning.rejections import read_rejections
 
+    # A day after the poisoned one is rejected too while its window still holds the poisoned day.
+    rejectable = set(dates["poisoned"]) | {day for day in dates.get("fresh", [])
+                                           if any(bad <= day for bad in dates["poisoned"])}
     recorded = {entry["dag_run_id"]: entry for entry in read_rejections(settings)
-                if entry.get("as_of") in dates["poisoned"] and entry.get("error") == "PoisonedDataError"}
+                if entry.get("as_of") in rejectable and entry.get("error") == "PoisonedDataError"}
     rejected = {}
     for run in runs:
         entry = recorded.get(run["dag_run_id"])

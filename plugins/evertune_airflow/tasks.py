@@ -50,8 +50,11 @@ def validated_data_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> d
 
 
 def kb_index_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """``kb_index``: the publish summary as it is."""
-    return result
+    """``kb_index`` (emitted by ``check_freshness``): the publish summary as it is, plus ``freshness``: the
+    check's status and message, the champion and, when measured, the fresh share, its interval and counts."""
+    keys = ("status", "message", "champion_version", "champion_as_of", "n", "fresh", "fresh_share", "ci",
+            "ci_alpha", "both_values", "old_only", "token_f1", "probes_version", "run_id")
+    return {**inputs["published"], "freshness": {key: result[key] for key in keys if key in result}}
 
 
 def champion_model_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,13 @@ def test_wiring_must_follow_the_registry() -> None:
 
 def test_asset_extras() -> None:
     published = {"table": "kb", "table_version": 7, "changed": True}
-    assert tasks.kb_index_extra(published, {}) is published
+    freshness = {"status": "measured", "message": "m", "champion_version": 1, "n": 44, "fresh": 40,
+                 "fresh_share": 40 / 44, "ci": [0.79, 0.96], "examples": [{"question": "q"}], "interval": "x"}
+    extra = tasks.kb_index_extra(freshness, {"published": published, "interval": "x"})
+    assert extra == {**published, "freshness": {k: v for k, v in freshness.items() if k not in ("examples",
+                                                                                             "interval")}}
+    none = tasks.kb_index_extra({"status": "no_champion", "message": "no champion"}, {"published": published})
+    assert none["freshness"] == {"status": "no_champion", "message": "no champion"} and none["table_version"] == 7
     outcome = {"promotion": {"model_name": "m", "version": 2, "promoted": True, "previous_champion": 1,
                              "alias": "champion"}}
     assert tasks.champion_model_extra(outcome, {}) == {"model_name": "m", "version": 2, "promoted": True,

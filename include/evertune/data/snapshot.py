@@ -15,6 +15,7 @@ Files, by key (:data:`FILES`)::
     quarantine        quarantine.parquet       QUARANTINE_COLUMNS, sorted by (record_ref, stage, reason, ...)
     golden_retrieval  golden_retrieval.jsonl   sorted by (query_id, query), keys sorted
     golden_qa         golden_qa.jsonl          sorted by (qa_id, question), keys sorted
+    golden_freshness  golden_freshness.jsonl   sorted by (probe_id, question), keys sorted
     report            report.json              sorted keys, indented
 """
 
@@ -41,6 +42,7 @@ QA = "qa"
 QUARANTINE = "quarantine"
 GOLDEN_RETRIEVAL = "golden_retrieval"
 GOLDEN_QA = "golden_qa"
+GOLDEN_FRESHNESS = "golden_freshness"
 REPORT = "report"
 
 #: The files of a validated folder, by key.
@@ -51,11 +53,17 @@ FILES: dict[str, str] = {
     QUARANTINE: "quarantine.parquet",
     GOLDEN_RETRIEVAL: "golden_retrieval.jsonl",
     GOLDEN_QA: "golden_qa.jsonl",
+    GOLDEN_FRESHNESS: "golden_freshness.jsonl",
     REPORT: "report.json",
 }
 
 #: The keys that hold rows (every file but the report), named like the fields of the results that carry them.
-CONTENT_KEYS: tuple[str, ...] = (DOCUMENTS, TOMBSTONES, QA, QUARANTINE, GOLDEN_RETRIEVAL, GOLDEN_QA)
+CONTENT_KEYS: tuple[str, ...] = (
+    DOCUMENTS, TOMBSTONES, QA, QUARANTINE, GOLDEN_RETRIEVAL, GOLDEN_QA, GOLDEN_FRESHNESS,
+)  # fmt: skip
+
+#: Files a validated folder written before they existed may lack (read as empty).
+OPTIONAL: frozenset[str] = frozenset({GOLDEN_FRESHNESS})
 
 #: Columns of the normalised document record, in file order.
 DOC_COLUMNS: tuple[str, ...] = (
@@ -81,6 +89,7 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
     QUARANTINE: ("record_ref", "stage", "reason", "doc_id", "detail"),
     GOLDEN_RETRIEVAL: ("query_id", "query"),
     GOLDEN_QA: ("qa_id", "question"),
+    GOLDEN_FRESHNESS: ("probe_id", "question"),
 }
 _PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd", "compression_level": 3, "use_dictionary": True, "write_statistics": True,
@@ -214,7 +223,10 @@ def read_contents(folder: str | Path) -> dict[str, Any]:
     Raises:
         CriticalValidationError: A file or a column is missing, or a line or timestamp is invalid.
     """
-    return {key: read_text_frame(folder, key) if key in COLUMNS else read_records(folder, key) for key in CONTENT_KEYS}
+    return {
+        key: read_text_frame(folder, key) if key in COLUMNS else read_records(folder, key, missing_ok=key in OPTIONAL)
+        for key in CONTENT_KEYS
+    }
 
 
 # --------------------------------------------------------------------------- write
@@ -340,7 +352,7 @@ def read_rows(
 
 
 def read_records(folder: str | Path, key: str, *, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """Read a JSON-lines file (``golden_retrieval`` or ``golden_qa``); blank lines are skipped.
+    """Read a JSON-lines file (``golden_retrieval``, ``golden_qa`` or ``golden_freshness``); blank lines are skipped.
 
     Raises:
         CriticalValidationError: The file is missing (unless ``missing_ok``) or a line is not valid JSON.

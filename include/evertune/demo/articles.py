@@ -108,6 +108,8 @@ class DayPlan:
     bad_kinds: tuple[str, ...] = ()
     drift: bool = False
     poisoned: bool = False
+    post_tuning: bool = False
+    freshness: list[dict] = field(default_factory=list)
 
     @property
     def written(self) -> list[Article]:

@@ -40,6 +40,8 @@ class Fact:
         answer: Answer template (``{v}`` is the value).
         wrong: Plausible but false values, used by the poisoned drop.
         since_day: Scenario day on which the fact first appears (the drift day for new features).
+        probes: Freshness phrasings (``golden/freshness.jsonl``), asked after a change on a post-tuning day;
+            none shares a 4-word run with the fact's sentences.
     """
 
     key: str
@@ -51,6 +53,7 @@ class Fact:
     answer: str
     wrong: tuple[str, ...]
     since_day: int = 1
+    probes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def fact_from_dict(raw: dict[str, Any]) -> Fact:
     return Fact(
         key=raw["key"], topic=raw["topic"], value=raw["value"], sentences=tuple(raw["sentences"]),
         questions=tuple(raw["questions"]), golden=tuple(raw["golden"]), answer=raw["answer"],
-        wrong=tuple(raw["wrong"]), since_day=raw.get("since_day", 1),
+        wrong=tuple(raw["wrong"]), since_day=raw.get("since_day", 1), probes=tuple(raw.get("probes", ())),
     )
 
 
@@ -122,10 +125,24 @@ _PHRASES = load_data("phrases.yaml")
 FACTS: tuple[Fact, ...] = tuple(fact_from_dict(raw) for raw in load_data("facts.yaml")["facts"])
 FACTS_BY_KEY: dict[str, Fact] = {fact.key: fact for fact in FACTS}
 
-#: Scheduled fact changes: scenario day -> [(fact_key, new value)].
+#: Scheduled fact changes: scenario day -> [(fact_key, new value)]. Day 7 comes after the tuning run (days 1-5,
+#: then the poisoned day 6): its changes are what the freshness probes ask about.
 FACT_CHANGES: dict[int, tuple[tuple[str, str], ...]] = {
     3: (("pro_price", "$10 per user per month"),),
     5: (("attachment_limit", "100 MB"),),
+    7: (
+        ("business_price", "$18 per user per month"),
+        ("refund_window", "21 days"),
+        ("free_notebook_limit", "5 notebooks"),
+        ("support_response", "within 12 hours"),
+        ("trash_retention", "60 days"),
+        ("version_history_days", "180 days"),
+        ("free_device_limit", "3 devices"),
+        ("guest_limit", "25 guests per workspace"),
+        ("password_min_length", "14 characters"),
+        ("api_rate_limit", "1200 requests per minute"),
+        ("webhook_retries", "12 attempts"),
+    ),
 }
 
 #: Original help center, in priority order: with few articles, the first ones (fact homes) are kept.
@@ -168,9 +185,13 @@ def _check_catalog() -> None:
         assert set(subject.facts) <= FACTS_BY_KEY.keys(), subject.slug
     training = {q for fact in FACTS for q in fact.questions}
     golden = {q for fact in FACTS for q in fact.golden}
+    probes = [q for fact in FACTS for q in fact.probes]
     assert not training & golden, "golden and training phrasings overlap"
+    assert len(probes) == len(set(probes)) and not set(probes) & (training | golden), "probe phrasings overlap"
     for fact in FACTS:
-        changed = [value for day, changes in FACT_CHANGES.items() for key, value in changes if key == fact.key]
+        changed = [value for day, changes in sorted(FACT_CHANGES.items()) for key, value in changes if key == fact.key]
+        for old, new in zip((fact.value, *changed), changed, strict=False):
+            assert old not in new and new not in old, (fact.key, old, new)  # a new value never contains the old
         for wrong in fact.wrong:
             for true in (fact.value, *changed):
                 # Substring checks decide "states the fact" / "contradicts it", so neither may contain the other.

@@ -8,12 +8,15 @@ records in :mod:`evertune.demo.malformed`. ``_manifest.json`` tells tests and th
 was meant to contain (the pipeline never reads it):
 
 * ``date``, ``day`` (1 = start date), the generation arguments, flags ``drift`` and ``poisoned``;
-* ``added``, ``edited`` (with ``edit_reasons``: ``wording`` or ``fact:<key>``), ``deleted`` (tombstones that
+* ``added``, ``edited`` (with ``edit_reasons``: ``wording`` or ``fact:<key>[,fact:<key>...]``), ``deleted`` (tombstones that
   delete) and ``ignored_tombstones`` (older than the article's newest version: they must not delete);
 * ``fact_changes`` (``fact_key``, ``old``, ``new``, ``doc_ids`` rewritten) and ``facts`` as of the day;
 * ``bad_records``: ``record_ref`` (``docs/x.md`` or ``docs.jsonl:N``, 1-based), the expected quarantine
   ``reason``, the generator's ``kind``, the ``doc_id`` ingestion can read (else empty) and a ``detail``;
-* ``poisoned_qa_ids``, ``html_strip_markers`` (must not survive HTML normalisation) and ``counts``.
+* ``poisoned_qa_ids``, ``html_strip_markers`` (must not survive HTML normalisation) and ``counts``;
+* ``post_tuning`` (a day after the demo's tuning run: no golden retrieval or QA file, the sets are carried),
+  ``golden_files`` (the golden files the drop carries) and ``freshness_probes`` (the lines of
+  ``golden/freshness.jsonl``: changed-fact questions with ``old_value`` and ``new_value``).
 
 Ground truth for tests: :func:`articles_as_of` (normalised text as ingestion should produce it) and
 :func:`facts_as_of`.
@@ -136,6 +139,7 @@ def _counts(plan: DayPlan, formats: Counter, bad: list[dict], retrieval: list[di
         "qa_topics": dict(sorted(Counter(topic_of[row["fact_key"]] for row in plan.qa).items())),
         "golden_retrieval": len(retrieval),
         "golden_qa": len(gold_qa),
+        "golden_freshness": len(plan.freshness),
         "bad_records": len(bad),
         "expected_quarantine_fraction": round(len(bad) / max(1, len(bad) + len(written)), 4),
         "live_articles": len(plan.live),
@@ -164,6 +168,11 @@ def _manifest(plan: DayPlan, counts: dict, bad: list[dict], *, seed: int, start_
         "facts": plan.facts,
         "bad_records": bad,
         "poisoned_qa_ids": plan.poisoned_qa_ids,
+        "post_tuning": plan.post_tuning,
+        "golden_files": [name for name, n in (("golden/retrieval.jsonl", counts["golden_retrieval"]),
+                                              ("golden/qa.jsonl", counts["golden_qa"]),
+                                              ("golden/freshness.jsonl", counts["golden_freshness"])) if n],
+        "freshness_probes": plan.freshness,
         "html_strip_markers": list(HTML_STRIP_MARKERS),
         "counts": counts,
     }
@@ -178,10 +187,14 @@ def _build_drop(plan: DayPlan, initial_ids: set[str], *, seed: int, start_date: 
     if plan.tombstones:
         drop.add_file("tombstones.jsonl", "".join(jsonl_line(t) for t in plan.tombstones).encode())
     drop.add_file("qa.jsonl", "".join(jsonl_line(row) for row in plan.qa).encode())
-    retrieval = golden_retrieval(initial_ids)
-    gold_qa = golden_qa(initial_ids, plan.facts)
-    drop.add_file("golden/retrieval.jsonl", "".join(jsonl_line(row) for row in retrieval).encode())
-    drop.add_file("golden/qa.jsonl", "".join(jsonl_line(row) for row in gold_qa).encode())
+    # Days after the tuning run carry no golden retrieval or QA file (the pipeline carries the sets), only
+    # the changed-fact probes.
+    retrieval = [] if plan.post_tuning else golden_retrieval(initial_ids)
+    gold_qa = [] if plan.post_tuning else golden_qa(initial_ids, plan.facts)
+    for name, rows in (("golden/retrieval.jsonl", retrieval), ("golden/qa.jsonl", gold_qa),
+                       ("golden/freshness.jsonl", plan.freshness)):
+        if rows or (not plan.post_tuning and name != "golden/freshness.jsonl"):
+            drop.add_file(name, "".join(jsonl_line(row) for row in rows).encode())
 
     drop.bad.sort(key=lambda entry: (entry["record_ref"], entry["kind"]))
     counts = _counts(plan, formats, drop.bad, retrieval, gold_qa)

@@ -112,3 +112,27 @@ def poison(plan: DayPlan, live: dict[str, Article], facts: dict[str, str], used:
             "fact_key": fact.key,
         })
         plan.poisoned_qa_ids.append(qa_id)
+
+
+def freshness_probes(plan: DayPlan, live: dict[str, Article]) -> list[dict]:
+    """The day's changed-fact probes (``golden/freshness.jsonl`` lines): each probe phrasing of each changed fact.
+
+    A probe cites the fact's home article: among the edited articles the scenario never deletes (else all edited
+    ones), the first whose subject names the fact first, else the first and carries the old and new value, the reference answer with the new value and ``changed_on`` (the
+    day's date). Ids are ``fresh-<fact_key>-<date>-<n>``; sorted by id.
+    """
+    probes = []
+    for change in plan.fact_changes:
+        fact = FACTS_BY_KEY[change["fact_key"]]
+        edited = [live[doc_id] for doc_id in change["doc_ids"] if doc_id in live]
+        if not edited or not fact.probes:
+            continue
+        kept = [a for a in edited if not a.deletable] or edited
+        home = next((a for a in kept if a.subject.facts[:1] == (fact.key,)), kept[0]).doc_id
+        for index, question in enumerate(fact.probes, 1):
+            probes.append({
+                "probe_id": f"fresh-{fact.key}-{plan.date.isoformat()}-{index}", "question": question,
+                "doc_id": home, "fact_key": fact.key, "old_value": change["old"], "new_value": change["new"],
+                "answer": answer_for(fact.key, change["new"]), "changed_on": plan.date.isoformat(),
+            })  # fmt: skip
+    return sorted(probes, key=lambda probe: probe["probe_id"])

@@ -5,8 +5,12 @@ from a random generator seeded with ``(seed, day)`` only, so a day's plan never 
 days were generated, nor on the clock.
 
 Day 1 is the initial help center; day 2 adds, edits and deletes; day 3 changes the Pro price; day 4
-launches new features (subject drift); day 5 changes the attachment limit and deletes; day 6 publishes a
-poisoned QA drop; later days make small changes.
+launches new features (subject drift); day 5 changes the attachment limit and deletes. The demo tunes on
+days 1-5 (:data:`LAST_TUNED_DAY`). Day 6 publishes a poisoned QA drop. Day 7 is the first day after the tuning
+run that changes facts: eleven values change (``FACT_CHANGES[7]``) and the drop carries the changed-fact probes
+(``golden/freshness.jsonl``) and no golden retrieval or QA file. Days after the poisoned day
+(:attr:`DayPlan.post_tuning`) never carry golden retrieval or QA files: those sets are carried from earlier
+days. Later days make small changes.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import replace
 
 from evertune.demo.articles import Article, ArticlePool, DayPlan, day_number, seeded_rng, stable_hash, to_date
 from evertune.demo.content import CORE_SUBJECTS, DRIFT_SUBJECTS, FACT_CHANGES, FACTS, JUNK_SUBJECTS
-from evertune.demo.qa import poison, publish_qa, stating
+from evertune.demo.qa import freshness_probes, poison, publish_qa, stating
 from evertune.errors import ConfigError
 
 FIRST_DAYS = 6
 DRIFT_DAY = 4
 POISON_DAY = 6
+#: The demo's tuning run sees days 1..LAST_TUNED_DAY; days after POISON_DAY are "post-tuning" drops.
+LAST_TUNED_DAY = POISON_DAY - 1
 
 #: Malformed-record kinds per scenario day; together days 1-6 cover every kind at least once at the default
 #: size. A drop too small for its share postpones kinds to the next days (see ``replay``).
@@ -55,7 +61,8 @@ Stamp = Callable[[str], str]  # doc_id -> updated_at of the day
 
 def apply_facts(plan: DayPlan, live: dict[str, Article], facts: dict[str, str], stamp: Stamp,
                 touched: set[str]) -> None:
-    """Step 1: new features' facts appear, scheduled values change; every article stating a changed fact is edited.
+    """Step 1: new features' facts appear, scheduled values change; every article stating a changed fact is edited
+    (once, whatever the number of its facts that change: its reason lists them, ``fact:<a>,fact:<b>``).
 
     Args:
         plan: The day (gets ``edited`` and ``fact_changes`` entries).
@@ -73,7 +80,11 @@ def apply_facts(plan: DayPlan, live: dict[str, Article], facts: dict[str, str], 
         for article in changed:
             updated = replace(article, updated_at=stamp(article.doc_id))
             live[article.doc_id] = updated
-            plan.edited.append((updated, f"fact:{key}"))
+            earlier = [i for i, (a, _) in enumerate(plan.edited) if a.doc_id == article.doc_id]
+            if earlier:  # an article stating several changed facts is edited once: "fact:<a>,fact:<b>"
+                plan.edited[earlier[0]] = (updated, f"{plan.edited[earlier[0]][1]},fact:{key}")
+            else:
+                plan.edited.append((updated, f"fact:{key}"))
             touched.add(article.doc_id)
         plan.fact_changes.append({"fact_key": key, "old": old, "new": new, "doc_ids": [a.doc_id for a in changed]})
 
@@ -229,7 +240,8 @@ class Scenario:
         for day in range(1, last_day + 1):
             date = self.start + dt.timedelta(days=day - 1)
             rng = seeded_rng(self.seed, "day", day)
-            plan = DayPlan(day=day, date=date, facts={}, live={}, drift=day == DRIFT_DAY, poisoned=day == POISON_DAY)
+            plan = DayPlan(day=day, date=date, facts={}, live={}, drift=day == DRIFT_DAY, poisoned=day == POISON_DAY,
+                           post_tuning=day > POISON_DAY)
             touched: set[str] = set()
 
             def stamp(doc_id: str, _date: dt.date = date, _day: int = day) -> str:
@@ -239,6 +251,8 @@ class Scenario:
                 return self._deleted_at(_date, doc_id)
 
             apply_facts(plan, live, facts, stamp, touched)
+            if plan.post_tuning:
+                plan.freshness = freshness_probes(plan, live)
             for pool_name, count in additions(day, n):
                 for _ in range(count):
                     article = pools[pool_name].take(day, stamp)

@@ -1,9 +1,11 @@
 """Golden sets as versioned assets: drops fold into the set as of an interval (format: ``docs/golden-sets.md``).
 
-Two golden sets exist, each described by a :class:`GoldenKind`:
+Three golden sets exist, each described by a :class:`GoldenKind`:
 
 * :data:`RETRIEVAL`: ``golden/retrieval.jsonl`` lines ``{"query_id", "query", "relevant_doc_ids": [...]}``.
 * :data:`QA`: ``golden/qa.jsonl`` lines ``{"qa_id", "question", "answer", "doc_id", "fact_key"}``.
+* :data:`FRESHNESS`: ``golden/freshness.jsonl`` changed-fact probes ``{"probe_id", "question", "doc_id",
+  "fact_key", "old_value", "new_value", "answer", "changed_on"}`` (see :mod:`evertune.tuning.probes`).
 
 A line of a drop either **adds or replaces** the item with its id (today's line format, plus an optional
 ``"draft": true``), or **retires** it: ``{"query_id": "...", "retire": true, "reason": "..."}``.
@@ -28,7 +30,7 @@ from typing import Any
 from evertune.errors import CriticalValidationError
 from evertune.kb import quarantine as q
 from evertune.kb.parsing import normalize_text
-from evertune.kb.records import Reject, golden_qa_line, golden_retrieval_line, string_field
+from evertune.kb.records import Reject, golden_freshness_line, golden_qa_line, golden_retrieval_line, string_field
 
 #: Golden-set reasons (item-level; reported in the set's summary, not in ``quarantine.parquet``).
 CONFLICTING_GOLDEN_ID = "conflicting_golden_id"  # one drop holds different lines for one id
@@ -59,7 +61,8 @@ class GoldenKind:
 
 RETRIEVAL = GoldenKind("retrieval", "golden/retrieval.jsonl", "query_id", "relevant_doc_ids", golden_retrieval_line)
 QA = GoldenKind("qa", "golden/qa.jsonl", "qa_id", "doc_id", golden_qa_line)
-KINDS: dict[str, GoldenKind] = {RETRIEVAL.name: RETRIEVAL, QA.name: QA}
+FRESHNESS = GoldenKind("freshness", "golden/freshness.jsonl", "probe_id", "doc_id", golden_freshness_line)
+KINDS: dict[str, GoldenKind] = {RETRIEVAL.name: RETRIEVAL, QA.name: QA, FRESHNESS.name: FRESHNESS}
 
 
 @dataclass(frozen=True, order=True)
@@ -183,6 +186,7 @@ def _retire_line(kind: GoldenKind, record: dict[str, Any]) -> dict[str, Any]:
 _ID_ONLY_FILLERS: dict[str, dict[str, Any]] = {
     "retrieval": {"query": "x", "relevant_doc_ids": ["xx"]},
     "qa": {"question": "x", "answer": "x", "doc_id": "xx"},
+    "freshness": {"question": "x", "doc_id": "xx", "old_value": "x", "new_value": "y", "changed_on": "2000-01-01"},
 }
 
 
@@ -219,6 +223,11 @@ def retrieval_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
 def qa_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
     """Ingest handler of ``golden/qa.jsonl``: :func:`parse_line` for :data:`QA`."""
     return parse_line(QA, record, ref)
+
+
+def freshness_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
+    """Ingest handler of ``golden/freshness.jsonl``: :func:`parse_line` for :data:`FRESHNESS`."""
+    return parse_line(FRESHNESS, record, ref)
 
 
 def _parse_drop(kind: GoldenKind, interval: str, records: Iterable[Any]) -> tuple[dict[str, dict], list[GoldenIssue]]:
@@ -396,7 +405,8 @@ class NoGoldenSetError(CriticalValidationError):
 
 def no_golden_set_message(kind: GoldenKind, summary: Mapping[str, Any] | None = None) -> str:
     """What to tell a user whose knowledge base has nothing to evaluate against, and how to fix it."""
-    fields = "query_id, query, relevant_doc_ids" if kind is RETRIEVAL else "qa_id, question, answer, doc_id"
+    fields = {"retrieval": "query_id, query, relevant_doc_ids", "qa": "qa_id, question, answer, doc_id",
+              "freshness": "probe_id, question, doc_id, old_value, new_value, changed_on"}[kind.name]
     emptied = bool(summary) and (summary.get("retired") or summary.get("quarantined"))
     what = (
         f"every golden {kind.name} item is retired or quarantined ({summary})" if emptied

@@ -20,7 +20,9 @@ from evertune.data import snapshot
 from evertune.kb.golden import GoldenEvaluationSet, GoldenKind, GoldenSet, apply_doc_state, fold_golden
 
 #: The validated file of each golden set.
-SNAPSHOT_KEYS: dict[str, str] = {"retrieval": snapshot.GOLDEN_RETRIEVAL, "qa": snapshot.GOLDEN_QA}
+SNAPSHOT_KEYS: dict[str, str] = {
+    "retrieval": snapshot.GOLDEN_RETRIEVAL, "qa": snapshot.GOLDEN_QA, "freshness": snapshot.GOLDEN_FRESHNESS,
+}  # fmt: skip
 #: Items named in the evaluation summary per list (auto-retired, pruned, quarantined); the counts are complete.
 _LISTED = 50
 
@@ -65,7 +67,7 @@ class CarriedGolden:
 
 
 def _texts(kind: GoldenKind, records: list[Mapping[str, Any]]) -> set[str]:
-    field = "query" if kind.name == "retrieval" else "question"
+    field = "query" if kind.name == "retrieval" else "question"  # qa and freshness probes both ask a question
     return {str(r[field]) for r in records if isinstance(r, Mapping) and isinstance(r.get(field), str) and r[field]}
 
 

@@ -64,6 +64,8 @@ class IngestResult:
             with ``"draft": true`` when set, and retire lines), sorted by (query_id, query, line).
         golden_qa: Lines of the golden QA drop (never trained on; items and retire lines), sorted by
             (qa_id, question, line).
+        golden_freshness: Lines of the changed-fact probe drop (:func:`evertune.kb.golden.freshness_line`),
+            sorted by (probe_id, question, line).
         records_read: Input records seen: one per file plus one per non-blank JSONL line (the denominator of
             the quarantined share).
         files_read: Files looked at (the manifest excluded).
@@ -77,6 +79,7 @@ class IngestResult:
     quarantine: pd.DataFrame
     golden_retrieval: list[dict[str, Any]] = field(default_factory=list)
     golden_qa: list[dict[str, Any]] = field(default_factory=list)
+    golden_freshness: list[dict[str, Any]] = field(default_factory=list)
     records_read: int = 0
     files_read: int = 0
 
@@ -200,6 +203,7 @@ class _PartitionReader:
         self.qa: list[dict[str, str]] = []
         self.golden_retrieval: list[dict[str, Any]] = []
         self.golden_qa: list[dict[str, Any]] = []
+        self.golden_freshness: list[dict[str, Any]] = []
         self.quarantine: list[QuarantineRecord] = []
         self.records_read = 0
         self.files_read = 0
@@ -230,6 +234,7 @@ class _PartitionReader:
             "qa.jsonl": qa_line,
             golden.RETRIEVAL.landing_path: golden.retrieval_line,
             golden.QA.landing_path: golden.qa_line,
+            golden.FRESHNESS.landing_path: golden.freshness_line,
         }
         suffix = posixpath.splitext(entry.rel)[1].lower()
         if entry.rel in jsonl_handlers and jsonl_handlers[entry.rel] is not None:
@@ -291,6 +296,7 @@ class _PartitionReader:
             qa_line: self.qa,
             golden.retrieval_line: self.golden_retrieval,
             golden.qa_line: self.golden_qa,
+            golden.freshness_line: self.golden_freshness,
         }[handler]
         try:
             for number, raw in _iter_lines(self.fs, entry.path, self.max_bytes):
@@ -399,6 +405,7 @@ def ingest_partition(landing_uri: str, interval: str, params: Params) -> IngestR
     reader.qa.sort(key=lambda r: (r["qa_id"], r["record_ref"]))
     reader.golden_retrieval.sort(key=_golden_order(golden.RETRIEVAL, "query"))
     reader.golden_qa.sort(key=_golden_order(golden.QA, "question"))
+    reader.golden_freshness.sort(key=_golden_order(golden.FRESHNESS, "question"))
     return IngestResult(
         interval=interval,
         partition_found=found,
@@ -407,6 +414,7 @@ def ingest_partition(landing_uri: str, interval: str, params: Params) -> IngestR
         qa=_frame(reader.qa, QA_COLUMNS),
         golden_retrieval=reader.golden_retrieval,
         golden_qa=reader.golden_qa,
+        golden_freshness=reader.golden_freshness,
         quarantine=quarantine_frame(reader.quarantine),
         records_read=reader.records_read,
         files_read=reader.files_read,

@@ -174,6 +174,41 @@ def golden_qa_line(record: dict[str, Any], ref: str) -> dict[str, str]:
         raise
 
 
+def _interval_field(record: dict[str, Any], name: str) -> str:
+    value = string_field(record, name, required=True).strip()
+    try:
+        if len(value) != 10:
+            raise ValueError
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise Reject(q.INVALID_FIELD, f"{name} must be a YYYY-MM-DD date, got {value[:40]!r}") from None
+    return value
+
+
+def golden_freshness_line(record: dict[str, Any], ref: str) -> dict[str, str]:
+    """A changed-fact probe: ``probe_id, question, doc_id, old_value, new_value, changed_on`` (required),
+    ``answer`` (the reference with the new value; default ``new_value``) and ``fact_key`` (optional)."""
+    doc_id = check_doc_id(string_field(record, "doc_id", required=True).strip())
+    try:
+        old_value = normalize_text(string_field(record, "old_value", required=True))
+        new_value = normalize_text(string_field(record, "new_value", required=True))
+        if old_value.casefold() == new_value.casefold():
+            raise Reject(q.INVALID_FIELD, "old_value and new_value are the same")
+        return {
+            "probe_id": _qa_id(record, "probe_id"),
+            "question": normalize_text(string_field(record, "question", required=True)),
+            "doc_id": doc_id,
+            "fact_key": string_field(record, "fact_key", required=False).strip(),
+            "old_value": old_value,
+            "new_value": new_value,
+            "answer": normalize_text(string_field(record, "answer", required=False)) or new_value,
+            "changed_on": _interval_field(record, "changed_on"),
+        }
+    except Reject as exc:
+        exc.doc_id = doc_id
+        raise
+
+
 def golden_retrieval_line(record: dict[str, Any], ref: str) -> dict[str, Any]:
     query_id = _qa_id(record, "query_id")
     query = normalize_text(string_field(record, "query", required=True))

@@ -66,6 +66,7 @@ class ValidationResult:
         qa: Good training QA pairs (``snapshot.QA_COLUMNS``).
         golden_retrieval: Golden retrieval queries.
         golden_qa: Golden QA pairs.
+        golden_freshness: Changed-fact probes (golden freshness lines).
         quarantine: Every quarantined row, ingest and validate stage (``quarantine.QUARANTINE_COLUMNS``).
         report: JSON-able report: counts, counts per reason, per-expectation outcome, Data Docs location.
         counts: Shortcut to ``report["counts"]``.
@@ -82,6 +83,7 @@ class ValidationResult:
     report: dict[str, Any]
     counts: dict[str, int] = field(default_factory=dict)
     data_docs: str | None = None
+    golden_freshness: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- critical checks
@@ -309,6 +311,7 @@ def _counts(ingested: IngestResult, tally: _Tally) -> dict[str, int]:
         "qa_exact_duplicates_dropped": len(tally.dropped_qa),
         "golden_retrieval": len(ingested.golden_retrieval),
         "golden_qa": len(ingested.golden_qa),
+        "golden_freshness": len(ingested.golden_freshness),
         "quarantined": tally.quarantined_ingest + tally.quarantined_validate,
         "quarantined_ingest": tally.quarantined_ingest,
         "quarantined_validate": tally.quarantined_validate,
@@ -395,6 +398,7 @@ def validate_documents(ingested: IngestResult, interval: str, params: Params, se
         qa=snapshot.text_frame(sorted(good_qa, key=lambda r: (r["qa_id"], r["record_ref"])), QA_COLUMNS),
         golden_retrieval=list(ingested.golden_retrieval),
         golden_qa=list(ingested.golden_qa),
+        golden_freshness=list(ingested.golden_freshness),
         quarantine=quarantine,
         report=report,
         counts=counts,

@@ -105,6 +105,12 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> s
         return experiment.experiment_id
 
 
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: str) -> str:
+    """The id of experiment ``name`` (restored if deleted, created under ``artifact_root`` if missing), without
+    touching the process-wide active experiment (unlike :func:`configure_mlflow`)."""
+    return _ensure_experiment(client, name, artifact_root)
+
+
 def artifact_location(artifact_root: str, experiment_name: str) -> str:
     """Where a new experiment keeps its artifacts: ``<root>/<name>``; a local root is created and made a
     ``file://`` URI, a URI root (``s3://``, ``mlflow-artifacts:/``) is used as it is."""
@@ -248,6 +254,7 @@ __all__ = [
     "artifact_location",
     "configure_mlflow",
     "end_run",
+    "ensure_experiment",
     "log_figure",
     "log_metrics",
     "log_params_once",
