@@ -71,11 +71,17 @@ def uvicorn_server(app: Any, host: str, port: int) -> Any:
 
 
 def serve_forever(params: Params, settings: Settings, host: str = HOST, port: int | None = None) -> None:
-    """Start the follower, then serve HTTP until SIGINT/SIGTERM (uvicorn's handlers), then stop the follower."""
+    """Start the follower, then serve HTTP until SIGINT/SIGTERM, then stop the follower.
+
+    uvicorn shuts down gracefully on either signal (requests in flight finish, up to 10 s) and then re-raises
+    it; SIGINT's ``KeyboardInterrupt`` is a normal end here (exit 0).
+    """
     service = build_service(params, settings)
     service.follower.start()
     try:
         uvicorn_server(service.app, host, port or default_port()).run()
+    except KeyboardInterrupt:
+        pass
     finally:
         service.follower.stop()
 
