@@ -1,6 +1,7 @@
-"""The answer service against a real MLflow registry (SQLite) and the tiny model: it starts with no champion
-(409, ``/ping`` healthy), picks up the champion, and follows the alias to a new version with requests in
-flight, none failing; ``evertune serve`` starts without the virtualenv's ``bin/`` on ``PATH``."""
+"""The answer service against a real MLflow registry (SQLite), a real published LanceDB KB and the tiny model: it
+starts with no champion (409, ``/ping`` healthy), picks up the champion, cites the published KB, follows the
+alias to a new version with requests in flight (none failing) and a new publish; ``evertune serve`` starts
+without the virtualenv's ``bin/`` on ``PATH``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from evertune.config import Params, load_params, parse_params
@@ -21,15 +24,51 @@ from evertune.settings import get_settings
 pytestmark = pytest.mark.slow
 
 REFRESH = 0.5
+ARTICLES = {
+    "plans": ("Plans and pricing", "The Pro plan costs ten dollars per user per month. Annual billing saves money."),
+    "sync": ("Offline sync", "Notes sync when you reconnect. Sync pauses while battery saver is on."),
+    "export": ("Exporting notes", "Export a notebook as Markdown, PDF or HTML from the notebook menu."),
+}
 
 
 def serving_params(model_dir: Path) -> Params:
     data = load_params().to_dict()
     data["base_model"] = {"name_or_path": str(model_dir), "revision": None, "sha256": None}
     data["evaluate"].update({"max_new_tokens": 4})
-    data["register"]["pyfunc_retrieval"] = "none"  # no KB in this test: prompts carry the bare question
+    data["register"]["pyfunc_retrieval"] = "kb"
+    data["retrieval"].update({"k": 2, "min_recall_at_k": 0.0, "min_mrr": 0.0})
     data["serve"]["refresh_seconds"] = REFRESH
     return parse_params(data)
+
+
+def publish_kb(folder: Path, day: int, params: Params, price: str = "ten") -> int:
+    """Sync a drop of :data:`ARTICLES` (the price text varied) into LanceDB and publish it; the published version."""
+    import hashlib
+    import json
+
+    from evertune.kb.index import sync_interval
+    from evertune.kb.publish import publish
+    from evertune.kb.retrieval import evaluate_retrieval
+
+    rows = []
+    for doc_id, (title, text) in ARTICLES.items():
+        text = text.replace("ten dollars", f"{price} dollars")
+        url = f"https://help.nimbusnotes.example/{doc_id}"
+        digest = hashlib.sha256(json.dumps([title, text, url]).encode()).hexdigest()
+        rows.append({"doc_id": doc_id, "title": title, "text": text, "source": "help-center", "url": url,
+                     "updated_at": f"2026-11-{day:02d}T08:00:00+00:00", "content_hash": digest, "metadata": "{}",
+                     "record_ref": f"docs/{doc_id}.md"})
+    folder.mkdir(parents=True)
+    columns = ["doc_id", "title", "text", "source", "url", "updated_at", "content_hash", "metadata", "record_ref"]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in columns])),
+                   folder / "documents.parquet")
+    golden = folder / "golden_retrieval.jsonl"
+    golden.write_text(json.dumps({"query_id": "q1", "query": "price of pro", "relevant_doc_ids": ["plans"]}) + "\n")
+    settings = get_settings()
+    result = sync_interval(folder, f"2026-11-{day:02d}", params, settings)
+    evaluation = evaluate_retrieval(result.table_name, result.version, golden, params, settings)
+    assert publish(result.table_name, result.version, evaluation, params, settings)["version"] == result.version
+    return result.version
 
 
 def register_version(params: Params, model_dir: Path) -> int:
@@ -60,7 +99,9 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_model_dir: Path, port_picker) -> None:
+def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_model_dir: Path, port_picker,
+                                                      tmp_path: Path) -> None:
+    from evertune.kb.retrieval import search
     from evertune.serving.server import build_service, running
 
     params = serving_params(tiny_model_dir)
@@ -72,6 +113,7 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
         early = http.post("/ask", json={"question": "How much does the Pro plan cost?"})
         assert early.status_code == 409 and "no champion registered yet" in early.json()["message"]
 
+        kb_first = publish_kb(tmp_path / "day1", 1, params)
         first = register_version(params, tiny_model_dir)
         set_champion(params, first)
         moved = time.monotonic()
@@ -81,7 +123,11 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
         assert ask.status_code == 200, ask.text
         body = ask.json()
         assert body["model_version"] == first and body["prompt_version"] == params.evaluate.prompt_template
-        assert body["citations"] == [] and body["kb_version"] is None and len(body["answer_id"]) == 32
+        assert body["kb_version"] == kb_first and len(body["answer_id"]) == 32
+        hits = search("How much does the Pro plan cost?", params, get_settings(), version_or_tag=kb_first)
+        assert body["citations"] == [
+            {"doc_id": h["doc_id"], "title": h["title"], "url": h["url"], "chunk_ids": [h["chunk_id"]]} for h in hits]
+        assert body["citations"][0]["doc_id"] == "plans"
         started = time.perf_counter()
         for _ in range(5):
             http.post("/ask", json={"question": "How do I reset my password?"}).raise_for_status()
@@ -116,6 +162,13 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
         stop.set()
         for thread in threads:
             thread.join(60)
+
+        kb_second = publish_kb(tmp_path / "day2", 2, params, price="twelve")
+        assert kb_second > kb_first
+        published = time.monotonic()
+        wait_for(lambda: http.post("/ask", json={"question": "Price of Pro?"}).json()["kb_version"] == kb_second,
+                 30, "the new publish")
+        print(f"[serve] new KB version served {time.monotonic() - published:.2f} s after the publish")
 
     load = service.follower.peek().load_seconds
     print(f"[serve] switch seen {switched:.2f} s after the alias moved (refresh {REFRESH} s, load {load:.2f} s), "
