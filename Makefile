@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export EVERTUNE_HOME ?= $(CURDIR)/.evertune
 
-.PHONY: install bootstrap demo up down status test test-fast lint bench lock clean
+.PHONY: install bootstrap demo up down status serve test test-fast lint bench lock clean
 
 install:
 	@bash scripts/install.sh
@@ -25,6 +25,11 @@ down:
 
 status:
 	@$(PY) -m evertune_airflow.stack status
+
+## The answer service in the foreground: champion + production KB on 127.0.0.1:$EVERTUNE_SERVE_PORT (8090).
+## `make up` already runs it as the stack's `serve` component (EVERTUNE_SERVE=0 leaves it out); docs/serving.md.
+serve: install
+	@$(PY) -m evertune serve
 
 ## Lint (ruff: AIR, I, B, UP), then the whole suite, slow end-to-end tests included (CI runs exactly this).
 test: install lint

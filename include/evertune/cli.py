@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "evertune.kb.cli",
     "evertune.tuning.cli",
     "evertune.pipeline_cli",
+    "evertune.serving.cli",
 )
 
 

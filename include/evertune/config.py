@@ -236,6 +236,15 @@ class FreshnessParams(_Section):
     max_probes: int | None = Field(200, ge=1)
 
 
+class ServeParams(_Section):
+    """The answer service (docs/serving.md): registry polling period and request limits."""
+
+    refresh_seconds: float = Field(10.0, gt=0.0, le=3600.0)  # champion / production polled this often
+    max_question_chars: int = Field(2000, ge=1)
+    max_questions: int = Field(16, ge=1, le=1024)  # per /invocations request
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+
+
 class CostParams(_Section):
     """Cost accounting and the training budget (see docs/configuration.md, "Cost and budget").
 
@@ -292,6 +301,7 @@ class Params(_Section):
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     cost: CostParams = CostParams()
     freshness: FreshnessParams = FreshnessParams()
+    serve: ServeParams = ServeParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

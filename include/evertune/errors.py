@@ -9,6 +9,8 @@
 | ``PoisonedDataError``  | too many training answers contradict their sources | fail, no retry |
 | ``QualityGateFailed``  | a candidate did not pass its gate                | fail, no retry |
 | ``TransientError``     | a dependency was busy (lock, server)             | retry      |
+
+The answer service maps ``BadRequest`` to HTTP 400 and ``NotReady`` to HTTP 409 (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -67,3 +69,11 @@ class QualityGateFailed(EvertuneError):
 
 class TransientError(EvertuneError):
     """A dependency was temporarily unavailable; retrying may succeed."""
+
+
+class BadRequest(EvertuneError):
+    """A client's request to the answer service is malformed or out of bounds; the message is the one-line reason."""
+
+
+class NotReady(EvertuneError):
+    """The answer service has nothing to answer with yet (no champion registered, no knowledge base published)."""

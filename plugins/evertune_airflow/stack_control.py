@@ -32,6 +32,8 @@ from evertune_airflow.stack_env import (
     executor,
     mlflow_backend_uri,
     mlflow_url,
+    serve_enabled,
+    serve_url,
 )
 from evertune_airflow.stack_processes import (
     Component,
@@ -105,11 +107,11 @@ def _http_get(url: str, timeout: float = 3.0):
 
 
 def health(settings: Settings | None = None) -> dict[str, Any]:
-    """Health of every component: Airflow's monitor endpoint plus MLflow's ``/health``.
+    """Health of every component: Airflow's monitor endpoint, MLflow's ``/health``, the answer service's ``/ping``.
 
     Returns:
-        ``{"airflow": {component: status}, "mlflow": "healthy"|"unreachable"|None, "healthy": bool}``;
-        ``mlflow`` is ``None`` when the stack does not run MLflow.
+        ``{"airflow": {component: status}, "mlflow": "healthy"|"unreachable"|None, "serve": ..., "healthy": bool}``;
+        ``mlflow`` is ``None`` when the stack does not run MLflow, ``serve`` when ``EVERTUNE_SERVE=0``.
     """
     settings = settings or get_settings()
     ports = StackPorts.from_env()
@@ -121,14 +123,19 @@ def health(settings: Settings | None = None) -> dict[str, Any]:
     if mlflow_backend_uri(settings, ports) is not None:
         answer = _http_get(f"{mlflow_url(ports)}/health")
         mlflow_state = "healthy" if answer is not None and answer.status_code == 200 else "unreachable"
+    serve_state = None
+    if serve_enabled():
+        answer = _http_get(f"{serve_url(ports)}/ping")
+        serve_state = "healthy" if answer is not None and answer.status_code == 200 else "unreachable"
     wanted = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-    ok = all(airflow.get(key) == "healthy" for key in wanted) and mlflow_state in (None, "healthy")
+    ok = (all(airflow.get(key) == "healthy" for key in wanted) and mlflow_state in (None, "healthy")
+          and serve_state in (None, "healthy"))
     workers: dict[str, str] | None = None
     if executor() == "CeleryExecutor":
         answering = _celery_ping(airflow_env(settings)["AIRFLOW__CELERY__BROKER_URL"])
         workers = {w.name: "healthy" if w.name in answering else "unreachable" for w in celery_workers()}
         ok = ok and all(state == "healthy" for state in workers.values())
-    return {"airflow": airflow, "mlflow": mlflow_state, "workers": workers, "healthy": ok}
+    return {"airflow": airflow, "mlflow": mlflow_state, "serve": serve_state, "workers": workers, "healthy": ok}
 
 
 def _celery_ping(broker_url: str, timeout: float = 2.0) -> set[str]:
@@ -156,6 +163,7 @@ class UpResult:
     airflow_url: str
     mlflow_url: str | None
     password: str | None
+    serve_url: str | None = None
 
     def describe(self) -> str:
         """Human-readable summary: URLs and credentials."""
@@ -167,6 +175,8 @@ class UpResult:
         lines = [head, f"  Airflow UI  {self.airflow_url}   user {ADMIN_USER}   password {self.password or '?'}"]
         if self.mlflow_url:
             lines.append(f"  MLflow UI   {self.mlflow_url}")
+        if self.serve_url:
+            lines.append(f"  Answers     {self.serve_url}/ask   (POST {{\"question\": ...}}; docs/serving.md)")
         return "\n".join(lines)
 
 
@@ -236,7 +246,8 @@ def _up(settings: Settings, timeout: float, pools: dict[str, tuple[int, str]]) -
     with AirflowClient.connect(settings) as client:
         client.ensure_pools(pools)
     return UpResult(started, running, elapsed, airflow_url(ports),
-                    mlflow_url(ports) if mlflow_backend_uri(settings, ports) else None, client.password)
+                    mlflow_url(ports) if mlflow_backend_uri(settings, ports) else None, client.password,
+                    serve_url(ports) if serve_enabled() else None)
 
 
 def _check_alive(settings: Settings, components: Sequence[Component]) -> None:
@@ -294,12 +305,15 @@ def status_text(settings: Settings | None = None) -> str:
         state = health(settings)
         lines.append(f"  total          {sum(int(v['processes']) for v in usage.values())} processes, "
                      f"{total_rss:.0f} MiB RSS ({total_pss:.0f} MiB PSS)")
-        lines.append(f"  health         airflow {state['airflow'] or 'unreachable'}  mlflow {state['mlflow']}")
+        lines.append(f"  health         airflow {state['airflow'] or 'unreachable'}  mlflow {state['mlflow']}  "
+                     f"serve {state['serve']}")
         if state["workers"] is not None:
             lines.append(f"  workers        {state['workers']}  (Celery, broker ping)")
         password = admin_password(settings) or "?"
         lines.append(f"  Airflow UI     {airflow_url(ports)}  user {ADMIN_USER}  password {password}")
         if mlflow_backend_uri(settings, ports):
             lines.append(f"  MLflow UI      {mlflow_url(ports)}")
+        if serve_enabled():
+            lines.append(f"  Answers        {serve_url(ports)}/ask  (docs/serving.md)")
     return "\n".join(lines)
 

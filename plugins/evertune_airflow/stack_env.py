@@ -29,7 +29,11 @@ PORT_VARS: dict[str, int] = {
     "EVERTUNE_MLFLOW_PORT": 5000,
     "EVERTUNE_WORKER_LOG_PORT": 8793,
     "EVERTUNE_TRIGGERER_LOG_PORT": 8794,
+    # The answer service (evertune.serving; its own default is evertune.serving.server.DEFAULT_PORT).
+    "EVERTUNE_SERVE_PORT": 8090,
 }
+#: ``EVERTUNE_SERVE=0`` (or false/no/off) leaves the answer service out of the stack (it is on by default).
+SERVE_SWITCH = "EVERTUNE_SERVE"
 
 
 #: SQLite driver arguments for every Airflow process (``[database] sql_alchemy_connect_args`` imports
@@ -117,6 +121,7 @@ class StackPorts:
     mlflow: int
     worker_log: int
     triggerer_log: int
+    serve: int
 
     @classmethod
     def from_env(cls) -> StackPorts:
@@ -133,7 +138,17 @@ class StackPorts:
     def all(self) -> dict[str, int]:
         """Port per purpose, for checks and messages."""
         return {"airflow": self.airflow, "mlflow": self.mlflow, "worker-log": self.worker_log,
-                "triggerer-log": self.triggerer_log}
+                "triggerer-log": self.triggerer_log, "serve": self.serve}
+
+
+def serve_enabled() -> bool:
+    """Whether the stack runs the answer service (``EVERTUNE_SERVE``, default on)."""
+    return (os.environ.get(SERVE_SWITCH) or "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def serve_url(ports: StackPorts | None = None) -> str:
+    """Base URL of the stack's answer service."""
+    return f"http://{HOST}:{(ports or StackPorts.from_env()).serve}"
 
 
 def airflow_url(ports: StackPorts | None = None) -> str:
@@ -231,7 +246,7 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
     env.update({
         "EVERTUNE_HOME": str(settings.home),
         **{name: str(port) for name, port in zip(PORT_VARS, (ports.airflow, ports.mlflow, ports.worker_log,
-                                                             ports.triggerer_log), strict=True)},
+                                                             ports.triggerer_log, ports.serve), strict=True)},
         "AIRFLOW_HOME": str(home),
         "PYTHONUNBUFFERED": "1",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")

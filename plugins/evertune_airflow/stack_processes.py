@@ -29,6 +29,7 @@ from evertune_airflow.stack_env import (
     celery_workers,
     executor,
     mlflow_backend_uri,
+    serve_enabled,
 )
 
 
@@ -83,6 +84,10 @@ def stack_components(settings: Settings, ports: StackPorts | None = None) -> lis
                 "--host", HOST, "--port", str(ports.mlflow), "--workers", "1")
         # The store URL may hold a database password: environment, not argv (`ps` shows argv to everyone).
         components.append(Component("mlflow", argv, None, ports.mlflow, env=(("MLFLOW_BACKEND_STORE_URI", backend),)))
+    if serve_enabled():
+        # The answer service: uvicorn in-process (no console script needed), champion + production KB, loopback.
+        components.append(Component("serve", (sys.executable, "-m", "evertune", "serve", "--host", HOST,
+                                              "--port", str(ports.serve)), None, ports.serve))
     # Each command runs under the restart-on-crash wrapper (what compose's `restart:` does in production).
     return [Component(c.name, _supervised(c.name, c.argv), c.health_key, c.port, c.needs_api, c.env)
             for c in components]

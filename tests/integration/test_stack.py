@@ -77,12 +77,17 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
     pids: set[int] = set()
     try:
         result = stack_control.up(settings, timeout=400)
-        assert set(result.started) == {"api-server", "dag-processor", "scheduler", "triggerer", "mlflow"}
+        assert set(result.started) == {"api-server", "dag-processor", "scheduler", "triggerer", "mlflow", "serve"}
         assert result.password
         print(f"\n[stack] healthy after {result.seconds_to_healthy:.1f} s")
         state = stack_control.health(settings)
         assert state["healthy"], state
-        assert state["mlflow"] == "healthy"
+        assert state["mlflow"] == "healthy" and state["serve"] == "healthy"
+        # No champion yet: the answer service is up and says so (409, not 503).
+        import httpx
+
+        answer = httpx.post(f"{stack_env.serve_url(ports)}/ask", json={"question": "How much is Pro?"}, timeout=30)
+        assert answer.status_code == 409 and answer.json()["error_code"] == "RESOURCE_CONFLICT", answer.text
         assert stack_control.up(settings).started == [], "a second up must not start anything"
         # Every port the stack opens, the log servers of the scheduler and triggerer included, is loopback-only.
         listening = stack_processes.listening_addresses(settings)
@@ -90,7 +95,7 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
                    for name, addresses in listening.items()}
         assert not any(exposed.values()), exposed
         ports_open = {port for addresses in listening.values() for _, port in addresses}
-        assert {ports.worker_log, ports.triggerer_log, ports.airflow} <= ports_open, listening
+        assert {ports.worker_log, ports.triggerer_log, ports.airflow, ports.serve} <= ports_open, listening
 
         with stack_client.AirflowClient.connect(settings) as client:
             pools = client.pools()
@@ -125,7 +130,7 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
         pids = {p.pid for procs in stack_processes.stack_processes(settings).values() for p in procs}
         stopped = stack_processes.stop(settings)
     print(f"[stack] stopped in {stopped.seconds:.1f} s, SIGKILL for {len(stopped.killed)}")
-    assert len(pids) >= 5
+    assert len(pids) >= 6
     assert [pid for pid in pids if alive(pid)] == []
     assert all(stack_processes.port_free(port) for port in ports.all().values())
     assert not list((stack_home / "run").glob("*.pid"))

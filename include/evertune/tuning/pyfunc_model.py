@@ -4,8 +4,9 @@ Registered models are ``mlflow.pyfunc`` models whose artifacts are the MERGED ch
 logging a PEFT adapter against a local base loads random base weights) plus the frozen
 :class:`~evertune.tuning.answer.AnswerSpec` (prompt template text, system prompt, budgets). ``predict``:
 
-* input: a list of questions, a string, or a DataFrame with a ``question`` column and optionally a
-  ``contexts`` column (per row a list of chunk dicts ``{title, text, doc_id}`` or strings);
+* input: a list of questions, a string, a numpy array of strings (how MLflow's scoring server hands over
+  ``{"inputs": ...}``), or a DataFrame with a ``question`` column and optionally a ``contexts``
+  column (per row a list of chunk dicts ``{title, text, doc_id}`` or strings);
 * context: the row's ``contexts`` when given; otherwise, when retrieval is ``kb`` (the model's
   ``register.pyfunc_retrieval`` default, or the ``retrieval`` predict param), the published LanceDB index of
   the loading process's settings (``EVERTUNE_*``) is searched; with ``none`` the prompt has no context;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,29 +120,65 @@ def rag_model_class() -> type:
 def parse_model_input(model_input: Any) -> tuple[list[str], list[list[dict[str, Any]]] | None]:
     """Normalise pyfunc input into questions and optional per-question chunks.
 
+    Accepts every form MLflow's scoring protocol produces: a string; a list/tuple of strings; a numpy array of
+    strings (``{"inputs": [...]}`` and ``{"inputs": "..."}`` arrive as 1-d and 0-d arrays); a mapping of
+    columns (``{"inputs": {"question": [...]}}``, values may be arrays or scalars); a DataFrame
+    (``dataframe_records`` / ``dataframe_split``) with a ``question`` column, or a single column, and
+    optionally ``contexts``.
+
     Raises:
-        ValueError: A DataFrame without a ``question`` column (and more than one column), or another input type.
+        ValueError: With a one-line reason: no questions, a question that is not a string, a DataFrame without a
+            ``question`` column (and more than one column), a nested array, or another input type.
     """
+    import numpy as np
     import pandas as pd
 
+    if isinstance(model_input, np.ndarray):
+        if model_input.ndim > 1:
+            raise ValueError(f"questions must be a flat list of strings, got a {model_input.ndim}-d array")
+        model_input = model_input.tolist() if model_input.ndim else model_input.item()
     if isinstance(model_input, str):
-        return [model_input], None
+        return _questions([model_input]), None
     if isinstance(model_input, Mapping):
-        model_input = pd.DataFrame(dict(model_input))
+        model_input = _frame_from_columns(model_input)
     if isinstance(model_input, pd.DataFrame):
         if "question" in model_input.columns:
-            questions = [str(q) for q in model_input["question"].tolist()]
+            questions = model_input["question"].tolist()
         elif model_input.shape[1] == 1:
-            questions = [str(q) for q in model_input.iloc[:, 0].tolist()]
+            questions = model_input.iloc[:, 0].tolist()
         else:
             raise ValueError("model input needs a 'question' column")
         contexts = None
         if "contexts" in model_input.columns:
             contexts = [as_chunks(value) for value in model_input["contexts"].tolist()]
-        return questions, contexts
-    if isinstance(model_input, Sequence):
-        return [str(q) for q in model_input], None
+        return _questions(questions), contexts
+    if isinstance(model_input, list | tuple):
+        return _questions(list(model_input)), None
     raise ValueError(f"unsupported model input type {type(model_input).__name__}")
+
+
+def _frame_from_columns(columns: Mapping[str, Any]) -> Any:
+    """A DataFrame from a mapping of columns whose values are lists, arrays (rows of a 2-d array become lists)
+    or scalars (one row)."""
+    import numpy as np
+    import pandas as pd
+
+    data = {str(key): value.tolist() if isinstance(value, np.ndarray) else value for key, value in columns.items()}
+    if data and not any(isinstance(value, list | tuple) for value in data.values()):
+        data = {key: [value] for key, value in data.items()}
+    try:
+        return pd.DataFrame(data)
+    except ValueError as exc:  # columns of different lengths
+        raise ValueError(f"model input columns do not line up: {exc}") from None
+
+
+def _questions(values: list[Any]) -> list[str]:
+    if not values:
+        raise ValueError("model input holds no questions")
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValueError(f"question {index} is a {type(value).__name__}, not a string")
+    return [str(value) for value in values]
 
 
 def as_chunks(value: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,213 @@
+"""Answering with the served champion: request checks, retrieval at the pinned KB version, citations, answer ids.
+
+Both routes answer through :func:`answer_batch`: ``/invocations`` (MLflow's scoring protocol) and ``/ask``
+(one question, with citations and versions). Retrieval happens here, at the KB version the
+:class:`~evertune.serving.follower.Served` snapshot names, and the retrieved chunks are handed to the model as
+its ``contexts`` column, so the version an answer reports is the one it was generated from (the model never
+searches the live tag by itself while served).
+
+Citations are the retrieved chunks that the prompt actually shows: the ones that fit the context budget
+(``evaluate.max_context_chars``, then the token budget), grouped by document in retrieval order.
+
+The answer id is deterministic: the first 32 hex digits of the sha256 of the question, the model name and
+version, the KB table and version, the prompt version and the answer text. Greedy generation makes the same
+question on the same versions give the same answer and therefore the same id, so feedback on repeated (or
+cached) answers lands on one id, and an id names exactly what was shown (a uuid would name only an event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from evertune.errors import BadRequest, NotReady
+
+if TYPE_CHECKING:
+    from evertune.config import Params, ServeParams
+    from evertune.serving.follower import Served
+    from evertune.settings import Settings
+
+#: ``(question, kb_version) -> chunks`` (best first, as :func:`evertune.kb.retrieval.search` returns them).
+Search = Callable[[str, int], list[dict[str, Any]]]
+#: Predict params a client may pass to ``/invocations``.
+CLIENT_PARAMS = ("max_new_tokens", "retrieval")
+
+
+def kb_search(params: Params, settings: Settings) -> Search:
+    """The real search: :func:`evertune.kb.retrieval.search` at an exact table version."""
+    from evertune.kb.retrieval import search
+
+    def run(question: str, kb_version: int) -> list[dict[str, Any]]:
+        return search(question, params, settings, version_or_tag=int(kb_version))
+
+    return run
+
+
+def check_question(value: Any, limits: ServeParams, where: str = "question") -> str:
+    """A question as the service accepts it: a non-blank string of at most ``serve.max_question_chars``.
+
+    Returns:
+        The question, stripped.
+
+    Raises:
+        BadRequest: Not a string, blank, or too long.
+    """
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string, got {_json_type(value)}")
+    question = value.strip()
+    if not question:
+        raise BadRequest(f"{where} is empty")
+    if len(question) > limits.max_question_chars:
+        raise BadRequest(f"{where} has {len(question)} characters; the limit is {limits.max_question_chars}")
+    return question
+
+
+def parse_ask_body(body: bytes, limits: ServeParams) -> str:
+    """The question of a ``POST /ask`` body ``{"question": "..."}``.
+
+    Raises:
+        BadRequest: The body is too large, not UTF-8 JSON, not an object, has other keys, or the question fails
+            :func:`check_question`.
+    """
+    if len(body) > limits.max_body_bytes:
+        raise BadRequest(f"request body has {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f'request body must be a JSON object {{"question": "..."}}, got {_json_type(data)}')
+    if "question" not in data:
+        raise BadRequest('request body needs a "question" field')
+    extra = sorted(set(data) - {"question"})
+    if extra:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, extra))}; only \"question\" is accepted")
+    return check_question(data["question"], limits)
+
+
+def check_params(params: Mapping[str, Any] | None, served: Served) -> dict[str, Any]:
+    """Client predict params, checked: ``max_new_tokens`` (1 up to the model's own default) and ``retrieval``.
+
+    Raises:
+        BadRequest: An unknown param or a value out of range.
+    """
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(CLIENT_PARAMS))
+    if unknown:
+        raise BadRequest(f"unknown param(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(CLIENT_PARAMS)}")
+    if "retrieval" in params and params["retrieval"] not in ("kb", "none"):
+        raise BadRequest(f"param retrieval must be 'kb' or 'none', got {params['retrieval']!r}")
+    if "max_new_tokens" in params:
+        limit = _default_max_new_tokens(served)
+        value = params["max_new_tokens"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise BadRequest(f"param max_new_tokens must be an integer from 1 to {limit}, got {value!r}")
+    return params
+
+
+def _default_max_new_tokens(served: Served) -> int:
+    spec = getattr(_python_model(served), "spec", None)
+    return int(getattr(spec, "max_new_tokens", 0) or 1)
+
+
+def _python_model(served: Served) -> Any:
+    try:
+        return served.model.unwrap_python_model()
+    except Exception:  # noqa: BLE001 -- a model that is not a PythonModel simply has no tokenizer to use
+        return None
+
+
+def shown_chunks(served: Served, question: str, chunks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The leading retrieved chunks that the prompt shows (the rest do not fit its budgets).
+
+    :func:`evertune.tuning.answer.render_prompt` keeps a prefix of the chunks; this finds that prefix by
+    rendering prompts of growing prefixes until one equals the prompt of all chunks. A model without the
+    evertune tokenizer/spec attributes gets every chunk.
+    """
+    from evertune.tuning.answer import render_prompt
+
+    python_model = _python_model(served)
+    tokenizer, spec = getattr(python_model, "tokenizer", None), getattr(python_model, "spec", None)
+    if tokenizer is None or spec is None or not chunks:
+        return list(chunks)
+    full = render_prompt(tokenizer, question, chunks, spec)
+    for size in range(len(chunks)):
+        if render_prompt(tokenizer, question, chunks[:size], spec) == full:
+            return list(chunks[:size])
+    return list(chunks)
+
+
+def citations(chunks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chunks grouped by document, in order of first appearance: ``{doc_id, title, url, chunk_ids}``."""
+    by_doc: dict[str, dict[str, Any]] = {}
+    for chunk in chunks:
+        doc_id = str(chunk.get("doc_id") or "")
+        entry = by_doc.setdefault(doc_id, {"doc_id": doc_id, "title": chunk.get("title"), "url": chunk.get("url"),
+                                           "chunk_ids": []})
+        if chunk.get("chunk_id") is not None:
+            entry["chunk_ids"].append(str(chunk["chunk_id"]))
+    return list(by_doc.values())
+
+
+def answer_id(question: str, versions: Mapping[str, Any], answer: str) -> str:
+    """The deterministic id of an answer (see the module docstring)."""
+    payload = json.dumps([question, versions.get("model_name"), versions.get("model_version"),
+                          versions.get("kb_table"), versions.get("kb_version"), versions.get("prompt_version"),
+                          answer], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def answer_batch(
+    served: Served,
+    questions: Sequence[str],
+    contexts: Sequence[Sequence[Mapping[str, Any]]] | None,
+    search: Search,
+    params: Mapping[str, Any] | None = None,
+) -> tuple[list[str], list[list[Mapping[str, Any]]]]:
+    """Answer questions with the served model.
+
+    Without ``contexts``, retrieval (the model's mode, or the ``retrieval`` param) searches the served KB
+    version; the chunks the prompt shows go to the model as its ``contexts`` column.
+
+    Returns:
+        ``(answers, shown chunks per question)``.
+
+    Raises:
+        BadRequest: Bad params.
+        NotReady: Retrieval is ``kb`` but no KB version is published.
+    """
+    import pandas as pd
+
+    params = check_params(params, served)
+    mode = params.pop("retrieval", None) or served.retrieval
+    if contexts is None:
+        if mode == "kb" and served.kb_version is None:
+            raise NotReady(f"no knowledge base published yet (table {served.kb_table!r} has no publish tag)")
+        contexts = [search(q, served.kb_version) if mode == "kb" else [] for q in questions]
+    with served.lock:
+        shown = [shown_chunks(served, q, list(c)) for q, c in zip(questions, contexts, strict=True)]
+        frame = pd.DataFrame({"question": list(questions), "contexts": shown})
+        answers = served.model.predict(frame, params=params or None)
+    return [str(a) for a in answers], shown
+
+
+def ask(served: Served, question: str, search: Search) -> dict[str, Any]:
+    """Answer one question: the answer, its citations, the versions that produced it, its id."""
+    [answer], [shown] = answer_batch(served, [question], None, search)
+    versions = served.versions()
+    return {"answer_id": answer_id(question, versions, answer), "question": question, "answer": answer,
+            "citations": citations(shown), **versions}
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+__all__ = ["CLIENT_PARAMS", "Search", "answer_batch", "answer_id", "ask", "check_params", "check_question",
+           "citations", "kb_search", "parse_ask_body", "shown_chunks"]
