@@ -6,10 +6,11 @@ The gate's base rule compares a challenger with the system it replaces when noth
 
 That score depends only on its inputs, so it is computed once and reused. :func:`base_score_key` hashes them:
 
-* the base model's identity: ``name_or_path``, ``revision``, ``sha256`` and the weights' digest (the
-  conversion marker's ``weights_sha256`` of a bootstrapped checkpoint, else the sha256 of the checkpoint
-  folder's weight, config and tokenizer files; a hub id is identified by its name and ``revision`` only, so
-  pin ``base_model.revision`` for a moving hub model);
+* the base model's identity: ``revision``, ``sha256`` and the weights' digest (the conversion marker's
+  ``weights_sha256`` of a bootstrapped checkpoint, else the sha256 of the checkpoint folder's weight, config and
+  tokenizer files), plus the name of a ``bootstrap:`` spec or hub id (a local folder is its files, wherever it
+  lies). A hub id is identified by its name and ``revision`` only: pin ``base_model.revision`` for a hub model
+  that moves;
 * the golden set (its version and the exact questions and reference answers scored);
 * the KB version and the retrieved contexts themselves (chunk id, document, title and text per question);
 * the answer spec (prompt template name and text, system prompt, budgets) and every ``evaluate.*`` setting.
@@ -53,16 +54,20 @@ def base_model_identity(params: Params, settings: Settings) -> tuple[str, dict[s
 
     Returns:
         ``(path, identity)``: what ``load_causal_lm`` loads (a folder or hub id) and the identity dict that goes
-        into the key (``name_or_path``, ``revision``, ``sha256``, ``weights_sha256`` for local checkpoints).
+        into the key: ``name_or_path`` (``None`` for a local folder, which is identified by its files wherever
+        it lies), ``revision``, ``sha256`` and ``weights_sha256`` for a checkpoint folder.
     """
-    from evertune.models.bootstrap import resolve_base_model
+    from evertune.models.bootstrap import BOOTSTRAP_PREFIX, resolve_base_model
     from evertune.models.folders import read_marker
     from evertune.models.hashing import cached_sha256
 
     path = resolve_base_model(params.base_model, settings)
-    identity: dict[str, Any] = {"name_or_path": params.base_model.name_or_path,
-                                "revision": params.base_model.revision, "sha256": params.base_model.sha256}
+    spec = params.base_model.name_or_path
     folder = Path(path)
+    local = folder.is_dir() and not spec.startswith(BOOTSTRAP_PREFIX)
+    # A local folder is its files, wherever it lies; a bootstrap name or hub id is also named.
+    identity: dict[str, Any] = {"name_or_path": None if local else spec, "revision": params.base_model.revision,
+                                "sha256": params.base_model.sha256}
     if folder.is_dir():
         marker = read_marker(folder) or {}
         if marker.get("weights_sha256"):
