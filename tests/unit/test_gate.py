@@ -448,3 +448,16 @@ def test_new_rules_only_add_their_own_failures_over_30000_random_cases() -> None
         assert decision.action == expected, (decision.reasons, legacy.reasons)
         legacy_checks = [item for item in decision.checks if item["rule"] not in ("base", "freshness", "champion")]
         assert legacy_checks == [item for item in legacy.checks if item["rule"] != "champion"]
+
+
+def test_gate_params_validate_the_base_margin_and_the_freshness_tolerance() -> None:
+    from pydantic import ValidationError
+
+    from evertune.config import load_params
+
+    defaults = load_params().gate
+    assert defaults.min_improvement_over_base == 0.05 and defaults.freshness_tolerance == 0.05  # docs/gate.md
+    assert GateParams(min_improvement_over_base=None).min_improvement_over_base is None  # the rule off
+    for bad in ({"min_improvement_over_base": -0.1}, {"freshness_tolerance": 1.5}, {"freshness_tolerance": -0.01}):
+        with pytest.raises(ValidationError):
+            GateParams(**bad)
