@@ -209,6 +209,11 @@ class GateParams(_Section):
     floors: dict[str, float] = Field(default_factory=lambda: {"token_f1": 0.05})
     tolerances: dict[str, float] = Field(default_factory=dict)
     lower_is_better: list[str] = ["perplexity"]
+    # The challenger must beat the untuned base model by this much on primary_metric (also the first one);
+    # null turns the rule off. docs/gate.md says how the default was chosen.
+    min_improvement_over_base: float | None = Field(0.05, ge=0.0)
+    # Largest allowed drop of the changed-fact fresh share vs the champion (a share, 0..1).
+    freshness_tolerance: float = Field(0.05, ge=0.0, le=1.0)
 
     @field_validator("floors", "tolerances")
     @classmethod

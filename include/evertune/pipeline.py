@@ -91,6 +91,7 @@ class Step:
 _KB = "evertune.kb.refresh"
 _TUNING = "evertune.tuning.steps"
 _FRESHNESS = "evertune.tuning.freshness_check"
+_EVALUATION = "evertune.tuning.evaluation"
 
 STEPS: tuple[Step, ...] = (
     Step(REFRESH, "ingest", "ingest_documents", f"{_KB}:ingest_documents", "ingested",
@@ -122,13 +123,15 @@ STEPS: tuple[Step, ...] = (
     Step(TUNE, "train", "train", f"{_TUNING}:train_candidate", "trained", ("dataset", "drift"),
          params=("project", "dataset", "index", "base_model", "train", "lora", "register"), window=("publish",),
          summary="LoRA SFT with TRL; skipped when this exact candidate is already registered."),
-    Step(TUNE, "evaluate", "evaluate", f"{_TUNING}:evaluate_candidate", "evaluation", ("dataset", "train"),
-         params=("project", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register"),
+    Step(TUNE, "evaluate", "evaluate", f"{_EVALUATION}:evaluate_candidate", "evaluation", ("dataset", "train"),
+         params=("project", "base_model", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register",
+                 "freshness"),
          resources=("include/evertune/tuning/eval_modules",),
-         summary="Challenger vs champion on the golden set, through the served answer path."),
-    Step(TUNE, "gate", "gate", f"{_TUNING}:gate_candidate", "decision", ("evaluate", "drift", "train"),
+         summary="Challenger vs champion and the untuned base model on the golden set, through the served answer "
+                 "path; freshness on the changed-fact probes."),
+    Step(TUNE, "gate", "gate", f"{_EVALUATION}:gate_candidate", "decision", ("evaluate", "drift", "train"),
          params=("drift", "gate", "register"),
-         summary="The promotion decision with every reason (a pure function of the metrics)."),
+         summary="The promotion decision with every reason (a pure function of the metrics, base and freshness)."),
     Step(TUNE, "register", "register", f"{_TUNING}:register_candidate", "outcome",
          ("dataset", "train", "evaluate", "gate"),
          params=("base_model", "evaluate", "register"),

@@ -87,20 +87,26 @@ def metrics_section(evaluation: Mapping[str, Any]) -> str:
     champion = _dict(evaluation.get("champion"))
     base = _dict(evaluation.get("base"))
     cis = _dict(evaluation.get("ci"))
+    base_cis = _dict(evaluation.get("ci_base"))
     rows = []
     for name in sorted(set(challenger) | set(champion) | set(base)):
         mine, theirs = challenger.get(name), champion.get(name)
         delta = mine - theirs if isinstance(mine, int | float) and isinstance(theirs, int | float) else None
         row = [name, mine, theirs, delta, _interval(cis.get(name))]
-        rows.append([*row, base.get(name)] if base else row)
+        rows.append([*row, base.get(name), _interval(base_cis.get(name))] if base else row)
     headers = ["metric", "challenger", f"champion v{evaluation.get('champion_version')}"
                if evaluation.get("champion_version") is not None else "champion (none)",
                "challenger - champion", "95% CI of the difference"]
     if base:
-        headers.append("base model")
+        headers += ["base model (untuned)", "95% CI of challenger - base"]
     note = f"<p class='muted'>{esc(evaluation.get('n'))} golden questions.</p>"
     if not champion:
         note += "<p class='muted'>No champion yet: there is nothing to compare against.</p>"
+    fresh = _dict(evaluation.get("freshness"))
+    if fresh.get("n"):
+        shares = {k: _dict(fresh.get(k)).get("fresh_share") for k in ("challenger", "champion")}
+        note += (f"<p>Freshness on {esc(fresh['n'])} changed-fact probes since {esc(fresh.get('since'))}: "
+                 f"challenger {esc(fmt(shares['challenger']))}, champion {esc(fmt(shares['champion']))}.</p>")
     return section("Metrics against the champion", note + table(headers, rows), anchor="metrics")
 
 

@@ -120,3 +120,14 @@ def test_drift_histograms_draw_an_empty_side_without_bars() -> None:
     assert token_count.get_legend_handles_labels()[1] == ["reference (n=2)", "current (n=0)"]
     assert len(bars(token_count)) == 20
     assert png_bytes(figure).startswith(b"\x89PNG")
+
+
+def test_eval_table_adds_the_base_model_answer_and_scores() -> None:
+    items = [{"qa_id": "q1", "question": "Q", "reference": "R", "challenger": "A", "champion": None, "base": "C",
+              "challenger_token_f1": 0.5, "challenger_rougeL": 0.4, "base_token_f1": 0.1, "base_rougeL": 0.2}]
+    columns = eval_table(items)
+    assert list(columns) == ["qa_id", "question", "reference", "challenger_answer", "champion_answer", "base_answer",
+                             "challenger_token_f1", "base_token_f1", "challenger_rougeL", "base_rougeL"]
+    assert columns["base_answer"] == ["C"] and columns["base_token_f1"] == [0.1]
+    figure = metric_bars({"challenger": {"token_f1": 0.5}, "champion": None, "base": {"token_f1": 0.1}})
+    assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["challenger", "base"]

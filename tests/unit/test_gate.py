@@ -1,8 +1,9 @@
-"""Promotion gate: a table of cases over floors, tolerances, improvement + CI and the drift policy."""
+"""Promotion gate: tables of cases over floors, the base model, tolerances, improvement + CI, freshness and drift."""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import textwrap
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from evertune.tuning.gate import (
     GateDecision,
     GateInput,
     RuleOutcome,
+    base_rule,
     champion_rule,
     check,
     confidence_rule,
@@ -23,6 +25,7 @@ from evertune.tuning.gate import (
     drift_rule,
     evaluate,
     floor_rule,
+    freshness_rule,
     improvement_rule,
     regression_rule,
 )
@@ -34,6 +37,8 @@ GATE = GateParams(
     floors={"token_f1": 0.2, "perplexity": 50.0},
     tolerances={"token_f1": 0.02, "exact_match": 0.02, "rougeL": 0.02, "perplexity": 2.0},
     lower_is_better=["perplexity"],
+    min_improvement_over_base=0.05,
+    freshness_tolerance=0.05,
 )
 CHAMPION = {"token_f1": 0.40, "exact_match": 0.20, "rougeL": 0.45, "perplexity": 20.0}
 GOOD = {"token_f1": 0.45, "exact_match": 0.21, "rougeL": 0.46, "perplexity": 19.0}
@@ -109,8 +114,8 @@ def test_no_champion_says_only_floors_and_drift_apply() -> None:
 def test_reasons_are_human_readable_and_complete() -> None:
     decision = decide({**GOOD, "exact_match": 0.15}, CHAMPION, None, {"severity": "none"}, GATE, DriftParams())
     text = "\n".join(decision.reasons)
-    # One check per floor, per tolerance, the improvement and the drift rule.
-    assert len(decision.checks) == len(GATE.floors) + len(GATE.tolerances) + 2
+    # One check per floor, per tolerance, the base, improvement, freshness and drift rule.
+    assert len(decision.checks) == len(GATE.floors) + len(GATE.tolerances) + 4
     assert "FAIL regression: exact_match 0.2 -> 0.15 (worse by 0.05; tolerance 0.02)" in text
     assert "PASS improvement: primary token_f1 0.4 -> 0.45" in text
     assert "PASS ceiling: perplexity = 19 <= 50 (lower is better)" in text
@@ -151,10 +156,10 @@ def test_default_params_promote_a_clear_improvement() -> None:
 # --- The rule table: each rule alone, on one record -------------------------------------------------------------
 
 
-def record(challenger=GOOD, champion=CHAMPION, ci=None, drift=None, gate=None, policy="block") -> GateInput:
+def record(challenger=GOOD, champion=CHAMPION, ci=None, drift=None, gate=None, policy="block", **inputs) -> GateInput:
     """A GateInput over the module's GATE (with ``gate`` overrides); ``champion=None`` means no champion."""
     return GateInput.build(challenger, champion, ci, drift, GATE.model_copy(update=gate or {}),
-                           DriftParams(policy=policy))
+                           DriftParams(policy=policy), **inputs)
 
 
 def summary(outcome: RuleOutcome) -> list[tuple]:
@@ -163,8 +168,8 @@ def summary(outcome: RuleOutcome) -> list[tuple]:
 
 def test_rules_table_has_the_documented_order() -> None:
     names = [rule.__name__ for rule in RULES]
-    assert names == ["floor_rule", "champion_rule", "regression_rule", "improvement_rule", "confidence_rule",
-                     "drift_rule"]
+    assert names == ["floor_rule", "champion_rule", "base_rule", "regression_rule", "improvement_rule",
+                     "confidence_rule", "freshness_rule", "drift_rule"]
     # The module docstring's numbered list names the rules in the same order.
     documented = re.findall(r"^\d+\. :func:`(\w+)`", gate.__doc__, flags=re.MULTILINE)
     assert documented == names
@@ -305,3 +310,154 @@ def test_docstring_example_rule_is_one_function_and_one_entry() -> None:
     decision = evaluate(record(challenger=borderline), namespace["RULES"])
     assert decision.action == "require_approval" and decision.reasons[-1].startswith("HOLD borderline:")
     assert evaluate(record(), namespace["RULES"]).action == "promote"
+
+
+# --- The base model and freshness inputs ------------------------------------------------------------------------
+
+BASE = {"token_f1": 0.30, "exact_match": 0.10, "rougeL": 0.30, "perplexity": 30.0}  # GOOD beats it by 0.15
+
+
+def fresh(share, n=40):
+    """A freshness score as ``score_freshness`` returns it (only the fields the gate reads matter)."""
+    return {"n": n, "fresh": None if share is None else round(share * n), "fresh_share": share, "ci": None}
+
+
+INPUT_CASES = [
+    # id, challenger, champion, inputs (decide kwargs), gate overrides, action, failing rules
+    ("first-model-beats-base", GOOD, None, {"base": BASE}, {}, "promote", set()),
+    ("first-model-below-base-plus-margin", {**GOOD, "token_f1": 0.33}, None, {"base": BASE}, {}, "reject", {"base"}),
+    ("first-model-below-base", {**GOOD, "token_f1": 0.25}, None, {"base": BASE}, {}, "reject", {"base"}),
+    ("first-model-exactly-the-margin", {**GOOD, "token_f1": 0.35}, None, {"base": BASE}, {}, "promote", set()),
+    ("base-rule-off", {**GOOD, "token_f1": 0.25}, None, {"base": BASE}, {"min_improvement_over_base": None},
+     "promote", set()),
+    ("base-not-evaluated", {**GOOD, "token_f1": 0.25}, None, {}, {}, "promote", set()),
+    ("base-lacks-primary", GOOD, None, {"base": {"rougeL": 0.3}}, {}, "reject", {"base"}),
+    ("beats-champion-not-base", GOOD, CHAMPION, {"base": {**BASE, "token_f1": 0.43}}, {}, "reject", {"base"}),
+    ("base-lower-is-better-primary", GOOD, None, {"base": BASE},
+     {"primary_metric": "perplexity", "min_improvement_over_base": 12.0}, "reject", {"base"}),
+    ("freshness-regresses-beyond-tolerance", GOOD, CHAMPION,
+     {"base": BASE, "freshness_new": fresh(0.55), "freshness_old": fresh(0.70)}, {}, "reject", {"freshness"}),
+    ("freshness-regresses-within-tolerance", GOOD, CHAMPION,
+     {"base": BASE, "freshness_new": fresh(0.675), "freshness_old": fresh(0.70)}, {}, "promote", set()),
+    ("freshness-regresses-by-the-tolerance", GOOD, CHAMPION,
+     {"freshness_new": fresh(0.65), "freshness_old": fresh(0.70)}, {}, "promote", set()),
+    ("freshness-improves", GOOD, CHAMPION, {"freshness_new": fresh(0.9), "freshness_old": fresh(0.5)}, {},
+     "promote", set()),
+    ("freshness-not-measured", GOOD, CHAMPION, {"freshness_new": None, "freshness_old": None}, {}, "promote", set()),
+    ("freshness-no-probes", GOOD, CHAMPION, {"freshness_new": fresh(None, 0), "freshness_old": fresh(None, 0)}, {},
+     "promote", set()),
+    ("freshness-first-model", GOOD, None, {"freshness_new": fresh(0.1)}, {}, "promote", set()),
+    ("freshness-and-base-both-fail", {**GOOD, "token_f1": 0.41}, CHAMPION,
+     {"base": {**BASE, "token_f1": 0.40}, "freshness_new": fresh(0.2), "freshness_old": fresh(0.8)}, {}, "reject",
+     {"base", "freshness"}),
+]
+
+
+@pytest.mark.parametrize(("challenger", "champion", "inputs", "gate_update", "action", "failing"),
+                         [case[1:] for case in INPUT_CASES], ids=[case[0] for case in INPUT_CASES])
+def test_base_and_freshness_table(challenger, champion, inputs, gate_update, action, failing) -> None:
+    decision = decide(challenger, champion, None, None, GATE.model_copy(update=gate_update), DriftParams(), **inputs)
+    assert decision.action == action, decision.reasons
+    assert {check["rule"] for check in decision.checks if not check["passed"]} == failing
+    rules = [check["rule"] for check in decision.checks]
+    assert rules.count("base") == 1 and rules.count("freshness") == 1  # always one stated check each
+    assert all(reason.startswith(("PASS", "FAIL", "HOLD")) for reason in decision.reasons)
+
+
+def test_base_rule() -> None:
+    ok = base_rule(record(champion=None, base=BASE, ci_base={"token_f1": (0.1, 0.2)}))
+    assert summary(ok) == [("base", "token_f1", True)]
+    assert ok.checks[0]["reason"] == ("PASS base: primary token_f1 base model 0.3 -> challenger 0.45, gain 0.15 >= "
+                                      "required 0.05; CI of the difference [0.1, 0.2]")
+    assert ok.checks[0]["value"] == pytest.approx(0.15) and ok.checks[0]["threshold"] == 0.05
+    below = base_rule(record(challenger={**GOOD, "token_f1": 0.33}, base=BASE))
+    assert below.checks[0]["reason"] == ("FAIL base: primary token_f1 base model 0.3 -> challenger 0.33, gain 0.03 < "
+                                         "required 0.05")
+    assert base_rule(record()).checks[0]["reason"] == "PASS base: the base model was not evaluated; not compared"
+    off = base_rule(record(base=BASE, gate={"min_improvement_over_base": None}))
+    assert off.checks[0]["reason"] == "PASS base: gate.min_improvement_over_base is null; not compared"
+    missing = base_rule(record(challenger={"rougeL": 0.5}, base=BASE))
+    assert missing.checks[0]["reason"] == "FAIL base: primary metric token_f1 is missing from the challenger's metrics"
+    nan = base_rule(record(base={**BASE, "token_f1": float("nan")}))
+    assert not nan.checks[0]["passed"] and "base model's metrics" in nan.checks[0]["reason"]
+    lower = base_rule(record(base=BASE, gate={"primary_metric": "perplexity", "min_improvement_over_base": 10.0}))
+    assert summary(lower) == [("base", "perplexity", True)] and lower.checks[0]["value"] == pytest.approx(11.0)
+
+
+def test_freshness_rule() -> None:
+    worse = freshness_rule(record(freshness_new=fresh(0.5), freshness_old=fresh(0.75)))
+    assert summary(worse) == [("freshness", "fresh_share", False)]
+    assert worse.checks[0]["reason"] == ("FAIL freshness: fresh share 0.75 -> 0.5 on 40 changed-fact probes "
+                                         "(worse by 0.25; tolerance 0.05)")
+    better = freshness_rule(record(freshness_new=fresh(0.9), freshness_old=fresh(0.5)))
+    assert better.checks[0]["reason"].endswith("(better by 0.4; tolerance 0.05)") and better.checks[0]["passed"]
+    skipped = {
+        "no champion freshness was measured": freshness_rule(record(champion=None, freshness_new=fresh(0.2))),
+        "the challenger's freshness was not measured": freshness_rule(record(freshness_old=fresh(0.5))),
+        "no changed-fact probe since the champion's training data (n = 0)": freshness_rule(
+            record(freshness_new=fresh(None, 0), freshness_old=fresh(None, 0))),
+        "a fresh share is missing": freshness_rule(record(freshness_new=fresh(None), freshness_old=fresh(0.5))),
+    }
+    for why, outcome in skipped.items():
+        assert outcome.checks[0]["reason"] == f"PASS freshness: {why}; not compared"
+        assert outcome.checks[0]["passed"] and not outcome.hold
+
+
+LEGACY_RULES = tuple(rule for rule in RULES if rule not in (base_rule, freshness_rule))
+
+
+def _random_metrics(rng: random.Random, names=("token_f1", "exact_match", "rougeL", "perplexity")) -> dict:
+    values = {name: rng.choice([rng.random(), rng.random() * 60, float("nan")]) if name == "perplexity"
+              else rng.choice([rng.random(), rng.random(), float("nan")]) for name in names}
+    return {k: v for k, v in values.items() if rng.random() > 0.05}  # sometimes a metric is missing
+
+
+def test_new_rules_only_add_their_own_failures_over_30000_random_cases() -> None:
+    """The pre-freshness gate (the six legacy rules) is the reference: on random metrics, CIs, drift, policies and
+    random base/freshness inputs, the decision is the legacy one, plus a reject exactly when the base or the
+    freshness condition (computed here from plain arithmetic) fails. With neutral inputs (no base, no freshness)
+    the action is always the legacy one."""
+    rng = random.Random(20261201)
+    for _ in range(30_000):
+        gate = GATE.model_copy(update={"min_improvement": rng.choice([0.0, 0.01, 0.05]),
+                                       "require_ci_above_zero": rng.random() < 0.3,
+                                       "min_improvement_over_base": rng.choice([None, 0.0, 0.05, 0.1]),
+                                       "freshness_tolerance": rng.choice([0.0, 0.05, 0.2])})
+        challenger, champion = _random_metrics(rng), _random_metrics(rng) if rng.random() < 0.7 else None
+        ci = {"token_f1": sorted((rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2)))} if rng.random() < 0.5 else None
+        drift = rng.choice([None, {"severity": "none"}, {"severity": "moderate"}, SEVERE])
+        policy = rng.choice(["block", "require_approval"])
+        base = _random_metrics(rng) if rng.random() < 0.7 else None
+        new_share, old_share = rng.choice([None, rng.random()]), rng.choice([None, rng.random()])
+        n = rng.choice([0, 40])
+        inputs = {"base": base, "freshness_new": fresh(new_share, n) if rng.random() < 0.8 else None,
+                  "freshness_old": fresh(old_share, n) if champion is not None and rng.random() < 0.8 else None}
+        legacy = evaluate(GateInput.build(challenger, champion, ci, drift, gate, DriftParams(policy=policy)),
+                          LEGACY_RULES)
+        neutral = decide(challenger, champion, ci, drift, gate, DriftParams(policy=policy))
+        assert neutral.action == legacy.action
+        decision = decide(challenger, champion, ci, drift, gate, DriftParams(policy=policy), **inputs)
+        c, b = challenger.get("token_f1"), (base or {}).get("token_f1")
+        base_fails = (gate.min_improvement_over_base is not None and base is not None
+                      and not (c is not None and b is not None and c == c and b == b
+                               and c - b >= gate.min_improvement_over_base - 1e-12))
+        fresh_fails = (inputs["freshness_new"] is not None and inputs["freshness_old"] is not None and n > 0
+                       and new_share is not None and old_share is not None
+                       and old_share - new_share > gate.freshness_tolerance + 1e-12)
+        expected = "reject" if base_fails or fresh_fails else legacy.action
+        assert decision.action == expected, (decision.reasons, legacy.reasons)
+        legacy_checks = [item for item in decision.checks if item["rule"] not in ("base", "freshness", "champion")]
+        assert legacy_checks == [item for item in legacy.checks if item["rule"] != "champion"]
+
+
+def test_gate_params_validate_the_base_margin_and_the_freshness_tolerance() -> None:
+    from pydantic import ValidationError
+
+    from evertune.config import load_params
+
+    defaults = load_params().gate
+    assert defaults.min_improvement_over_base == 0.05 and defaults.freshness_tolerance == 0.05  # docs/gate.md
+    assert GateParams(min_improvement_over_base=None).min_improvement_over_base is None  # the rule off
+    for bad in ({"min_improvement_over_base": -0.1}, {"freshness_tolerance": 1.5}, {"freshness_tolerance": -0.01}):
+        with pytest.raises(ValidationError):
+            GateParams(**bad)

@@ -115,3 +115,14 @@ def test_data_docs_link_points_at_the_intervals_validation_page(tmp_path: Path) 
     remote = RunRecord("refresh_knowledge_base", "r", "success",
                        results={"validate_documents": {"data_docs": "https://example.com/docs/index.html"}})
     assert data_docs_site(remote) is None and data_docs_href(remote) is None
+
+
+def test_tune_page_shows_the_base_model_and_freshness() -> None:
+    evaluation = {**EVALUATE, "base": {"token_f1": 0.19, "rougeL": 0.2}, "ci_base": {"token_f1": [0.15, 0.29]},
+                  "freshness": {"challenger": {"n": 40, "fresh_share": 0.9}, "champion": {"n": 40, "fresh_share": 0.5},
+                                "n": 40, "since": "2026-11-01"}}
+    text = text_of(run_body(tune_record(gate=GATE, evaluate=evaluation), tracking_uri=None, data_docs_href=None))
+    assert "base model (untuned)" in text and "0.19" in text and "[0.15, 0.29]" in text
+    assert "Freshness on 40 changed-fact probes since 2026-11-01: challenger 0.9, champion 0.5" in text
+    plain = text_of(run_body(tune_record(gate=GATE, evaluate=EVALUATE), tracking_uri=None, data_docs_href=None))
+    assert "base model" not in plain and "Freshness" not in plain

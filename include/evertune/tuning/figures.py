@@ -12,7 +12,7 @@ What is logged where (artifact paths of the tuning attempt's MLflow run):
   with the paired-bootstrap CI of challenger - champion;
 * ``drift/histograms.png`` (:func:`drift_histograms`): the length distributions and category mixes the drift
   tests compared;
-* ``eval/items.json`` (:func:`eval_table`): one row per golden question with both answers and their scores.
+* ``eval/items.json`` (:func:`eval_table`): one row per golden question with every model's answer and scores.
 
 :func:`log_drift_histograms` and :func:`log_evaluation` are what the tuning steps call: build and log. MLflow
 errors propagate (the artifacts are part of the run's record; the task is retried).
@@ -205,17 +205,19 @@ def eval_table(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
     Args:
         items: ``evaluate_candidate``'s items: ``qa_id``, ``question``, ``reference``, ``challenger`` and
-            ``champion`` answers (``None`` without a champion), and ``challenger_<metric>`` /
-            ``champion_<metric>`` per-item scores.
+            ``champion`` answers (``None`` without a champion), the untuned ``base`` model's answer when it was
+            evaluated, and ``challenger_<metric>`` / ``champion_<metric>`` / ``base_<metric>`` per-item scores.
 
     Returns:
-        Columns ``qa_id``, ``question``, ``reference``, ``challenger_answer``, ``champion_answer``, then every
-        ``challenger_<metric>`` and ``champion_<metric>`` score column (``token_f1`` first), in that order.
+        Columns ``qa_id``, ``question``, ``reference``, ``challenger_answer``, ``champion_answer`` (and
+        ``base_answer`` when any item has a ``base`` key), then every score column: the ``token_f1`` ones
+        first, then challenger, champion and base columns, each in name order.
     """
+    models = ("challenger", "champion", "base")
     score_keys: list[str] = []
     for item in items:
-        score_keys.extend(k for k in item if k.startswith(("challenger_", "champion_")) and k not in score_keys)
-    score_keys.sort(key=lambda k: (not k.endswith("_token_f1"), not k.startswith("challenger_"), k))
+        score_keys.extend(k for k in item if k.startswith(tuple(f"{m}_" for m in models)) and k not in score_keys)
+    score_keys.sort(key=lambda k: (not k.endswith("_token_f1"), models.index(k.split("_", 1)[0]), k))
     columns: dict[str, list[Any]] = {
         "qa_id": [item.get("qa_id") for item in items],
         "question": [item.get("question") for item in items],
@@ -223,6 +225,8 @@ def eval_table(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         "challenger_answer": [item.get("challenger") for item in items],
         "champion_answer": [item.get("champion") for item in items],
     }
+    if any("base" in item for item in items):
+        columns["base_answer"] = [item.get("base") for item in items]
     for key in score_keys:
         columns[key] = [item.get(key) for item in items]
     return columns

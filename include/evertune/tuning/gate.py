@@ -8,18 +8,25 @@ human-readable reason) and whether it asks for a human decision (``hold``). The 
 1. :func:`floor_rule` (``gate.floors``): an absolute bound per metric. For higher-is-better metrics the
    challenger must reach the floor; for metrics in ``gate.lower_is_better`` (perplexity, ...) the "floor" is a
    ceiling.
-2. :func:`champion_rule`: without a champion, one passing check says that only floors and drift apply.
-3. :func:`regression_rule` (``gate.tolerances``): vs the champion, no listed metric may get worse by more than
+2. :func:`champion_rule`: without a champion, one passing check says that only floors, the base model and drift
+   apply.
+3. :func:`base_rule` (``gate.min_improvement_over_base``): the challenger beats the untuned base model (answering
+   through the same path, spec and contexts) by at least that margin on the primary metric, with or without a
+   champion.
+4. :func:`regression_rule` (``gate.tolerances``): vs the champion, no listed metric may get worse by more than
    its tolerance (in the metric's own units, direction-aware).
-4. :func:`improvement_rule` (``gate.primary_metric``): the challenger improves on the champion by at least
+5. :func:`improvement_rule` (``gate.primary_metric``): the challenger improves on the champion by at least
    ``gate.min_improvement``.
-5. :func:`confidence_rule` (``gate.require_ci_above_zero``): the paired-bootstrap CI of the primary metric's
+6. :func:`confidence_rule` (``gate.require_ci_above_zero``): the paired-bootstrap CI of the primary metric's
    difference (challenger - champion) must exclude zero on the good side.
-6. :func:`drift_rule` (``drift.policy``): severe drift rejects (``block``) or holds for a human
+7. :func:`freshness_rule` (``gate.freshness_tolerance``): on the changed-fact probes, the challenger's fresh
+   share may not fall below the champion's by more than the tolerance.
+8. :func:`drift_rule` (``drift.policy``): severe drift rejects (``block``) or holds for a human
    (``require_approval``).
 
-Without a champion, rules 3-5 return no checks. Action precedence: any failed check -> ``reject``; else any
-rule's hold -> ``require_approval``; else ``promote``.
+Without a champion, rules 4-6 return no checks and rule 7 one passing check saying freshness was not compared.
+Action precedence: any failed check -> ``reject``; else any rule's hold -> ``require_approval``; else ``promote``.
+docs/gate.md explains the defaults (how the base margin was chosen).
 
 Adding a rule is one function and one entry in :data:`RULES` (its position sets where its reasons appear).
 For example, a borderline band that asks a human when the primary gain only just clears the minimum::
@@ -32,113 +39,37 @@ For example, a borderline band that asks a human when the primary gain only just
         return RuleOutcome((check("borderline", record.params.primary_metric, True, gain, 0.01,
                                   f"HOLD borderline: gain {gain:.4g} is within 0.01 of the minimum"),), hold=True)
 
-    RULES = (floor_rule, champion_rule, regression_rule, improvement_rule, confidence_rule, drift_rule,
-             borderline_rule)
+    RULES = (floor_rule, champion_rule, base_rule, regression_rule, improvement_rule, confidence_rule,
+             freshness_rule, drift_rule, borderline_rule)
 
-A rule that needs an input the record does not carry yet (the data interval's age for freshness, the base
-model's metrics for beat-the-base, the deleted training documents) also adds that field to :class:`GateInput`
-(with a default) and fills it in :meth:`GateInput.build`.
+A rule that needs an input the record does not carry yet (the deleted training documents, ...) also adds that
+field to :class:`GateInput` (with a default), a keyword argument of the same name to :func:`decide` and
+:meth:`GateInput.build`, and the line that passes it in ``evertune.tuning.evaluation.gate_candidate``
+(``base``, ``ci_base``, ``freshness_new`` and ``freshness_old`` came in that way).
+The check dicts, :class:`RuleOutcome` and the number readers live in :mod:`evertune.tuning.gate_record`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evertune.tuning.gate_record import (
+    EPS,
+    Action,
+    Check,
+    GateDecision,
+    RuleOutcome,
+    check,
+    fmt,
+    interval_of,
+    number,
+    read_severity,
+)
 
 if TYPE_CHECKING:
     from evertune.config import DriftParams, GateParams
-
-Action = Literal["promote", "reject", "require_approval"]
-
-#: One check: ``rule``, ``metric``, ``passed``, ``value``, ``threshold``, ``reason`` (see :func:`check`).
-Check = dict[str, Any]
-
-# Float slack so that a difference equal to its threshold, up to rounding, counts as meeting it.
-_EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The outcome of :func:`decide`.
-
-    Attributes:
-        passed: True only when the challenger may be promoted automatically (``action == "promote"``).
-        action: ``promote``, ``reject`` or ``require_approval``.
-        reasons: One sentence per check, passing and failing, in rule order.
-        checks: One dict per check: ``rule``, ``metric``, ``passed``, ``value``, ``threshold``, ``reason``.
-    """
-
-    passed: bool
-    action: Action
-    reasons: tuple[str, ...]
-    checks: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def failed_reasons(self) -> list[str]:
-        """Reasons of the checks that failed (what to put in a ``QualityGateFailed``)."""
-        return [check["reason"] for check in self.checks if not check["passed"]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for ``mlflow.log_dict`` / XCom."""
-        return {
-            "passed": self.passed,
-            "action": self.action,
-            "reasons": list(self.reasons),
-            "checks": [dict(check) for check in self.checks],
-        }
-
-
-def _fmt(value: float | None) -> str:
-    """Format a number with 4 significant digits, or ``n/a`` for ``None``."""
-    return "n/a" if value is None else f"{value:.4g}"
-
-
-def _number(metrics: Mapping[str, float] | None, name: str) -> float | None:
-    """Return ``metrics[name]`` as a float; ``None`` when the mapping, the key or the value is missing or NaN.
-
-    A missing or NaN metric is treated as absent, so it can never satisfy a rule.
-    """
-    if metrics is None or name not in metrics or metrics[name] is None:
-        return None
-    value = float(metrics[name])
-    return None if math.isnan(value) else value
-
-
-def _drift_severity(drift: Any) -> str | None:
-    """Read ``severity`` from a drift report object or mapping; ``None`` when no report is given.
-
-    Raises:
-        ValueError: The severity is not ``none``, ``moderate`` or ``severe``.
-    """
-    if drift is None:
-        return None
-    if isinstance(drift, Mapping):
-        severity = drift.get("severity")
-    else:
-        severity = getattr(drift, "severity", None)
-    if severity not in ("none", "moderate", "severe"):
-        raise ValueError(f"drift report has no valid severity (got {severity!r})")
-    return severity
-
-
-def _interval(ci: Mapping[str, Sequence[float]] | None, name: str) -> tuple[float, float] | None:
-    """Return the ``(low, high)`` interval of ``name`` from an object with ``low``/``high`` or a pair; else ``None``."""
-    if not ci or name not in ci or ci[name] is None:
-        return None
-    bounds = ci[name]
-    low = getattr(bounds, "low", None)
-    high = getattr(bounds, "high", None)
-    if low is None or high is None:
-        low, high = bounds[0], bounds[1]
-    return float(low), float(high)
-
-
-def check(rule: str, metric: str | None, passed: bool, value: Any, threshold: Any, reason: str) -> Check:
-    """Build one check dict, with ``passed`` coerced to ``bool``."""
-    return {"rule": rule, "metric": metric, "passed": bool(passed), "value": value, "threshold": threshold,
-            "reason": reason}
 
 
 @dataclass(frozen=True)
@@ -153,6 +84,11 @@ class GateInput:
         drift_severity: ``none``, ``moderate`` or ``severe``; ``None`` when no drift check was run.
         params: The ``gate`` section.
         drift_params: The ``drift`` section.
+        base: The untuned base model's metrics on the same set, same contexts; ``None``: not evaluated.
+        ci_base: Per metric, the paired-bootstrap CI of ``challenger - base``, or ``None``.
+        freshness_new: The challenger's freshness score on the changed-fact probes (``n``, ``fresh_share``, ...,
+            see :func:`evertune.tuning.freshness.score_freshness`); ``None``: not measured.
+        freshness_old: The champion's, on the same probes; ``None``: no champion or not measured.
     """
 
     challenger: Mapping[str, float]
@@ -161,6 +97,10 @@ class GateInput:
     drift_severity: str | None
     params: GateParams
     drift_params: DriftParams
+    base: Mapping[str, float] | None = None
+    ci_base: Mapping[str, Sequence[float]] | None = None
+    freshness_new: Mapping[str, Any] | None = None
+    freshness_old: Mapping[str, Any] | None = None
 
     @classmethod
     def build(
@@ -171,13 +111,17 @@ class GateInput:
         drift: Any,
         params: GateParams,
         drift_params: DriftParams,
+        **inputs: Any,
     ) -> GateInput:
         """Make the record from :func:`decide`'s arguments, reading the severity out of ``drift``.
 
+        ``inputs`` are the optional fields by name (``base``, ``ci_base``, ``freshness_new``, ``freshness_old``).
+
         Raises:
             ValueError: ``drift`` is given but carries no valid severity.
+            TypeError: An unknown input name.
         """
-        return cls(challenger, champion, ci, _drift_severity(drift), params, drift_params)
+        return cls(challenger, champion, ci, read_severity(drift), params, drift_params, **inputs)
 
     def lower_is_better(self, metric: str) -> bool:
         """Whether ``metric`` is listed in ``gate.lower_is_better``."""
@@ -185,40 +129,29 @@ class GateInput:
 
     def new(self, metric: str) -> float | None:
         """The challenger's value of ``metric``; ``None`` when missing or NaN."""
-        return _number(self.challenger, metric)
+        return number(self.challenger, metric)
 
     def old(self, metric: str) -> float | None:
         """The champion's value of ``metric``; ``None`` without a champion or when missing or NaN."""
-        return _number(self.champion, metric)
+        return number(self.champion, metric)
 
-    def gain(self, metric: str) -> float | None:
-        """How much better the challenger is than the champion on ``metric`` (direction-aware; negative is worse).
+    def gain(self, metric: str, over: str = "champion") -> float | None:
+        """How much better the challenger is than the champion (or ``over="base"``, the base model) on ``metric``.
+
+        Direction-aware: negative is worse.
 
         Returns:
             ``None`` when either side lacks the metric.
         """
-        new, old = self.new(metric), self.old(metric)
+        new = self.new(metric)
+        old = self.old(metric) if over == "champion" else number(self.base, metric)
         if new is None or old is None:
             return None
         return (old - new) if self.lower_is_better(metric) else (new - old)
 
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The raw ``(low, high)`` CI of the challenger - champion difference on ``metric``, or ``None``."""
-        return _interval(self.ci, metric)
-
-
-@dataclass(frozen=True)
-class RuleOutcome:
-    """What one rule returns.
-
-    Attributes:
-        checks: The rule's checks, in the order their reasons are listed (may be empty: the rule does not apply).
-        hold: True when the rule asks for a human decision; it turns ``promote`` into ``require_approval``
-            but never rescues a failed check.
-    """
-
-    checks: tuple[Check, ...] = ()
-    hold: bool = False
+        return interval_of(self.ci, metric)
 
 
 #: A gate rule: reads the record, returns its checks and hold flag.
@@ -234,11 +167,11 @@ def _floor_check(record: GateInput, metric: str) -> Check:
     if record.lower_is_better(metric):
         ok = value <= bound
         return check("floor", metric, ok, value, bound,
-                     f"{'PASS' if ok else 'FAIL'} ceiling: {metric} = {_fmt(value)} "
-                     f"{'<=' if ok else '>'} {_fmt(bound)} (lower is better)")
+                     f"{'PASS' if ok else 'FAIL'} ceiling: {metric} = {fmt(value)} "
+                     f"{'<=' if ok else '>'} {fmt(bound)} (lower is better)")
     ok = value >= bound
     return check("floor", metric, ok, value, bound,
-                 f"{'PASS' if ok else 'FAIL'} floor: {metric} = {_fmt(value)} {'>=' if ok else '<'} {_fmt(bound)}")
+                 f"{'PASS' if ok else 'FAIL'} floor: {metric} = {fmt(value)} {'>=' if ok else '<'} {fmt(bound)}")
 
 
 def floor_rule(record: GateInput) -> RuleOutcome:
@@ -250,12 +183,37 @@ def floor_rule(record: GateInput) -> RuleOutcome:
 
 
 def champion_rule(record: GateInput) -> RuleOutcome:
-    """Without a champion, one passing check saying that only floors and drift apply; else no check."""
+    """Without a champion, one passing check saying that only floors, the base model and drift apply; else no check."""
     if record.champion is not None:
         return RuleOutcome()
     return RuleOutcome((check("champion", None, True, None, None,
-                              "PASS champion: no champion yet, so only floors and drift apply "
-                              "(no regression or improvement checks)"),))
+                              "PASS champion: no champion yet, so only floors, the base model and drift apply "
+                              "(no regression, improvement or freshness checks)"),))
+
+
+def base_rule(record: GateInput) -> RuleOutcome:
+    """Check the primary metric's gain over the untuned base model against ``gate.min_improvement_over_base``.
+
+    Applies with or without a champion; the check's ``value`` is the direction-aware gain. A missing primary
+    metric fails. Without base metrics (not evaluated) or with ``min_improvement_over_base: null``, one passing
+    check says the base model was not compared.
+    """
+    primary, required = record.params.primary_metric, record.params.min_improvement_over_base
+    if required is None or record.base is None:
+        why = "gate.min_improvement_over_base is null" if required is None else "the base model was not evaluated"
+        return RuleOutcome((check("base", primary, True, None, required, f"PASS base: {why}; not compared"),))
+    gain = record.gain(primary, over="base")
+    if gain is None:
+        missing = "challenger's" if record.new(primary) is None else "base model's"
+        return RuleOutcome((check("base", primary, False, None, required,
+                                  f"FAIL base: primary metric {primary} is missing from the {missing} metrics"),))
+    ok = gain >= required - EPS
+    bounds = interval_of(record.ci_base, primary)
+    shown = f"; CI of the difference [{fmt(bounds[0])}, {fmt(bounds[1])}]" if bounds else ""
+    return RuleOutcome((check("base", primary, ok, gain, required,
+                              f"{'PASS' if ok else 'FAIL'} base: primary {primary} base model "
+                              f"{fmt(number(record.base, primary))} -> challenger {fmt(record.new(primary))}, gain "
+                              f"{fmt(gain)} {'>=' if ok else '<'} required {fmt(required)}{shown}"),))
 
 
 def _regression_check(record: GateInput, metric: str) -> Check:
@@ -272,12 +230,12 @@ def _regression_check(record: GateInput, metric: str) -> Check:
         return check("regression", metric, True, new, tolerance,
                      f"PASS regression: {metric} not compared (the champion has no {metric})")
     worse_by = -record.gain(metric)  # positive is always "worse"
-    ok = worse_by <= tolerance + _EPS
-    change = (f"worse by {_fmt(worse_by)}" if worse_by > 0
-              else f"better by {_fmt(-worse_by)}" if worse_by < 0 else "unchanged")
+    ok = worse_by <= tolerance + EPS
+    change = (f"worse by {fmt(worse_by)}" if worse_by > 0
+              else f"better by {fmt(-worse_by)}" if worse_by < 0 else "unchanged")
     return check("regression", metric, ok, new, tolerance,
-                 f"{'PASS' if ok else 'FAIL'} regression: {metric} {_fmt(old)} -> {_fmt(new)} "
-                 f"({change}; tolerance {_fmt(tolerance)})")
+                 f"{'PASS' if ok else 'FAIL'} regression: {metric} {fmt(old)} -> {fmt(new)} "
+                 f"({change}; tolerance {fmt(tolerance)})")
 
 
 def regression_rule(record: GateInput) -> RuleOutcome:
@@ -301,10 +259,10 @@ def improvement_rule(record: GateInput) -> RuleOutcome:
         missing = "challenger" if new is None else "champion"
         return RuleOutcome((check("improvement", primary, False, new, required,
                                   f"FAIL improvement: primary metric {primary} is missing from the {missing}'s metrics"),))
-    ok = gain >= required - _EPS
+    ok = gain >= required - EPS
     return RuleOutcome((check("improvement", primary, ok, gain, required,
-                              f"{'PASS' if ok else 'FAIL'} improvement: primary {primary} {_fmt(old)} -> {_fmt(new)}, "
-                              f"gain {_fmt(gain)} {'>=' if ok else '<'} required {_fmt(required)}"),))
+                              f"{'PASS' if ok else 'FAIL'} improvement: primary {primary} {fmt(old)} -> {fmt(new)}, "
+                              f"gain {fmt(gain)} {'>=' if ok else '<'} required {fmt(required)}"),))
 
 
 def confidence_rule(record: GateInput) -> RuleOutcome:
@@ -320,7 +278,7 @@ def confidence_rule(record: GateInput) -> RuleOutcome:
     if bounds is None:
         return RuleOutcome((check("confidence", primary, False, None, 0.0,
                                   f"FAIL confidence: gate.require_ci_above_zero is set but no CI was given for {primary}"),))
-    shown = f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]"
+    shown = f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
     if record.lower_is_better(primary):
         ok = bounds[1] < 0.0
         reason = f"CI of {primary} difference {shown} upper bound {'<' if ok else '>='} 0 (lower is better)"
@@ -329,6 +287,38 @@ def confidence_rule(record: GateInput) -> RuleOutcome:
         reason = f"CI of {primary} difference {shown} lower bound {'>' if ok else '<='} 0"
     return RuleOutcome((check("confidence", primary, ok, list(bounds), 0.0,
                               f"{'PASS' if ok else 'FAIL'} confidence: {reason}"),))
+
+
+def _fresh_share(score: Mapping[str, Any] | None) -> tuple[int, float | None]:
+    """``(n, fresh_share)`` of a freshness score; ``(0, None)`` for ``None``."""
+    if score is None:
+        return 0, None
+    return int(score.get("n") or 0), number(score, "fresh_share")
+
+
+def freshness_rule(record: GateInput) -> RuleOutcome:
+    """Check that the challenger is not less fresh than the champion beyond ``gate.freshness_tolerance``.
+
+    Both fresh shares come from the same changed-fact probes (questions whose fact changed after the champion's
+    training data). Without a champion's score, or with no probe (``n == 0``) or no share on either side, one
+    passing check says why freshness was not compared.
+    """
+    tolerance = record.params.freshness_tolerance
+    (n, new), (_, old) = _fresh_share(record.freshness_new), _fresh_share(record.freshness_old)
+    skipped = ("no champion freshness was measured" if record.freshness_old is None
+               else "the challenger's freshness was not measured" if record.freshness_new is None
+               else "no changed-fact probe since the champion's training data (n = 0)" if n == 0
+               else "a fresh share is missing" if new is None or old is None else None)
+    if skipped:
+        return RuleOutcome((check("freshness", "fresh_share", True, None, tolerance,
+                                  f"PASS freshness: {skipped}; not compared"),))
+    worse_by = old - new
+    ok = worse_by <= tolerance + EPS
+    change = (f"worse by {fmt(worse_by)}" if worse_by > 0 else f"better by {fmt(-worse_by)}" if worse_by < 0
+              else "unchanged")
+    return RuleOutcome((check("freshness", "fresh_share", ok, new, tolerance,
+                              f"{'PASS' if ok else 'FAIL'} freshness: fresh share {fmt(old)} -> {fmt(new)} on {n} "
+                              f"changed-fact probes ({change}; tolerance {fmt(tolerance)})"),))
 
 
 def drift_rule(record: GateInput) -> RuleOutcome:
@@ -352,7 +342,8 @@ def drift_rule(record: GateInput) -> RuleOutcome:
 
 
 #: The gate's rules, in the order their reasons are listed. Every rule runs; none short-circuits.
-RULES: tuple[Rule, ...] = (floor_rule, champion_rule, regression_rule, improvement_rule, confidence_rule, drift_rule)
+RULES: tuple[Rule, ...] = (floor_rule, champion_rule, base_rule, regression_rule, improvement_rule, confidence_rule,
+                           freshness_rule, drift_rule)
 
 
 def evaluate(record: GateInput, rules: Sequence[Rule] = RULES) -> GateDecision:
@@ -386,6 +377,11 @@ def decide(
     drift: Any,
     params: GateParams,
     drift_params: DriftParams,
+    *,
+    base: Mapping[str, float] | None = None,
+    ci_base: Mapping[str, Sequence[float]] | None = None,
+    freshness_new: Mapping[str, Any] | None = None,
+    freshness_old: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Decide whether a challenger model replaces the champion, by running :data:`RULES`.
 
@@ -399,6 +395,11 @@ def decide(
             (no drift check was run).
         params: The ``gate`` section.
         drift_params: The ``drift`` section (for ``policy``).
+        base: The untuned base model's metrics on the same set and contexts; ``None``: not evaluated (the base
+            rule passes saying so).
+        ci_base: Per metric, the paired-bootstrap CI of ``challenger - base`` (shown in the base rule's reason).
+        freshness_new: The challenger's freshness score (``n``, ``fresh_share``); ``None``: not measured.
+        freshness_old: The champion's freshness score on the same probes; ``None``: not measured.
 
     Returns:
         The decision with every reason and check.
@@ -406,4 +407,13 @@ def decide(
     Raises:
         ValueError: ``drift`` is given but carries no valid severity.
     """
-    return evaluate(GateInput.build(challenger, champion, ci, drift, params, drift_params))
+    record = GateInput.build(challenger, champion, ci, drift, params, drift_params, base=base, ci_base=ci_base,
+                             freshness_new=freshness_new, freshness_old=freshness_old)
+    return evaluate(record)
+
+
+__all__ = [
+    "RULES", "Action", "Check", "GateDecision", "GateInput", "Rule", "RuleOutcome", "base_rule", "champion_rule",
+    "check", "confidence_rule", "decide", "drift_rule", "evaluate", "floor_rule", "freshness_rule",
+    "improvement_rule", "regression_rule",
+]

@@ -10,17 +10,15 @@ in ``$EVERTUNE_WORK_DIR/tune/<candidate>`` (checkpoints) and in MLflow (runs, mo
 * ``check_drift``: new training data vs the champion's (restored from its recorded data version).
 * ``train_candidate``: LoRA SFT. Skipped when a registered version already has the same candidate key
   (data version + KB version + params hash + base model): re-running the same inputs adds nothing.
-* ``evaluate_candidate``: challenger and champion answer the golden questions through the served answer path
-  (retrieval from the published KB, versioned prompt, generation); token-F1, exact match, ROUGE-L, BLEU,
-  perplexity, paired bootstrap CIs.
-* ``gate_candidate``: the pure gate decision, recorded in MLflow and printed.
+* ``evaluate_candidate`` and ``gate_candidate`` (in :mod:`evertune.tuning.evaluation`): challenger, champion and
+  the untuned base model on the golden set through the served answer path, freshness on the changed-fact probes,
+  then the pure gate decision.
 * ``register_candidate``: every evaluated candidate becomes a version with alias ``challenger``; ``champion``
   moves only for a passing decision.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -283,107 +281,6 @@ def train_candidate(
         mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
     )
     return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
-
-
-def _answers(model_dir: str, questions: list[str], references: list[str], contexts: list, params: Params) -> dict:
-    from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_questions, answer_token_losses
-    from evertune.tuning.metrics import perplexity, score_generations
-
-    model, tokenizer = load_causal_lm(model_dir, device="cpu" if not _cuda() else None)
-    answers = answer_questions(model, tokenizer, questions, None, params, contexts=contexts)
-    losses = answer_token_losses(model, tokenizer, questions, references, None, params, contexts=contexts)
-    scores = score_generations(answers, references)
-    aggregate = {k: float(v) for k, v in scores.aggregate.items() if k != "n"}
-    aggregate["perplexity"] = float(perplexity(losses))
-    del model
-    return {"answers": answers, "aggregate": aggregate, "per_item": scores.per_item}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def evaluate_candidate(
-    dataset: dict[str, Any], trained: dict[str, Any], overrides: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Challenger and champion answer the frozen golden set through the served answer path; compare them."""
-    import mlflow
-
-    from evertune.tuning.answer import kb_retriever, retrieve_contexts
-    from evertune.tuning.figures import log_evaluation
-    from evertune.tuning.metrics import bootstrap_cis
-    from evertune.tuning.registry import champion_version, download_model_checkpoint
-    from evertune.tuning.tracking import configure_mlflow
-
-    params, settings = _context(overrides)
-    configure_mlflow(params, settings)
-    golden = snapshot.read_records(dataset["path"], snapshot.GOLDEN_QA)
-    questions = [item["question"] for item in golden]
-    references = [item["answer"] for item in golden]
-    # Both models see the same retrieved contexts, from the KB version pinned at training time.
-    tag = trained["kb_version"].rsplit("@v", 1)[1]
-    contexts = retrieve_contexts(questions, kb_retriever(params, settings, version_or_tag=int(tag)), params)
-    challenger = _answers(trained["merged_dir"], questions, references, contexts, params)
-    champion_v = champion_version(params.registry.model_name, settings=settings)
-    champion = None
-    if champion_v is not None:
-        folder = settings.work_dir / "tune" / "champions" / f"v{champion_v}"
-        downloaded = sorted(folder.rglob("config.json")) if folder.is_dir() else []
-        checkpoint = downloaded[0].parent if downloaded else download_model_checkpoint(
-            params.registry.model_name, champion_v, folder, settings=settings)
-        champion = _answers(str(checkpoint), questions, references, contexts, params)
-    cis = {}
-    if champion is not None:
-        cis = {k: list(v) for k, v in bootstrap_cis(challenger["per_item"], champion["per_item"],
-                                                    params.evaluate.bootstrap_samples, params.project.seed,
-                                                    params.evaluate.ci_alpha).items()}
-    client = mlflow.tracking.MlflowClient()
-    run_id = trained["run_id"]
-    for name, value in challenger["aggregate"].items():
-        client.log_metric(run_id, f"eval_{name}", value)
-    if champion is not None:
-        for name, value in champion["aggregate"].items():
-            client.log_metric(run_id, f"champion_{name}", value)
-    items = [{"qa_id": g.get("qa_id"), "question": q, "reference": r, "challenger": ca,
-              "champion": champion["answers"][i] if champion else None,
-              **{f"challenger_{m}": challenger["per_item"][m][i] for m in challenger["per_item"]},
-              **({f"champion_{m}": champion["per_item"][m][i] for m in champion["per_item"]} if champion else {})}
-             for i, (g, q, r, ca) in enumerate(zip(golden, questions, references, challenger["answers"], strict=True))]
-    client.log_dict(run_id, {"items": items, "ci": cis}, "eval/per_item.json")
-    models = {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None}
-    log_evaluation(client, run_id, items, models, cis, 1 - params.evaluate.ci_alpha)
-    log.info("challenger %s", challenger["aggregate"])
-    log.info("champion v%s %s", champion_v, champion["aggregate"] if champion else None)
-    return {"challenger": challenger["aggregate"], "champion": champion["aggregate"] if champion else None,
-            "champion_version": champion_v, "ci": cis, "n": len(golden)}
-
-
-def gate_candidate(
-    evaluation: dict[str, Any], drift: dict[str, Any], trained: dict[str, Any], overrides: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Apply the gate; record the decision and every reason in MLflow and in the log."""
-    import mlflow
-
-    from evertune.tuning.gate import decide
-    from evertune.tuning.tracking import configure_mlflow
-
-    params, settings = _context(overrides)
-    decision = decide(evaluation["challenger"], evaluation["champion"], evaluation["ci"] or None,
-                      drift["report"], params.gate, params.drift)
-    configure_mlflow(params, settings)
-    client = mlflow.tracking.MlflowClient()
-    result = decision.to_dict()
-    client.set_tag(trained["run_id"], "gate_decision", result["action"])
-    client.set_tag(trained["run_id"], "gate_passed", str(result["passed"]).lower())
-    client.set_tag(trained["run_id"], "gate_reasons", json.dumps(list(result["reasons"]))[:5000])
-    client.log_dict(trained["run_id"], result, "gate/decision.json")
-    log.info("gate decision: %s", result["action"])
-    for reason in result["reasons"]:
-        log.info("  %s", reason)
-    return result
 
 
 def register_candidate(
