@@ -119,13 +119,24 @@ class RetrievalParams(_Section):
     max_mrr_drop: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class ContextParams(_Section):
+    """``dataset.context``: the retrieved chunks put into each training prompt (see evertune.tuning.contexts)."""
+
+    # Share of examples (by a hash of their id) whose prompt holds only other documents' chunks and whose answer
+    # is ``unknown_answer``: the model learns to say it does not know when the context lacks the answer.
+    distractor_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    # The answer of a distractor example; the prompt template tells the model to say that it does not know.
+    unknown_answer: str = Field("I do not know: the help-center excerpts do not say.", min_length=1)
+    # Chunks retrieved per question; null: retrieval.k (what serving retrieves).
+    k: int | None = Field(None, ge=1, le=100)
+
+
 class DatasetParams(_Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     window_days: int = Field(30, ge=1)
-    include_documents: bool = False
     format: Literal["messages", "prompt_completion"] = "messages"
     system_prompt: str = "You are the Nimbus Notes help-center assistant. Answer briefly and accurately."
-    document_max_chars: int = Field(1500, ge=50)
+    context: ContextParams = ContextParams()
     # Groundedness of QA answers in the article they cite (see evertune.tuning.dataset.check_grounding):
     # below this share of supported answer words a row is dropped as ``answer_not_grounded``.
     min_answer_support: float = Field(0.2, ge=0.0, le=1.0)

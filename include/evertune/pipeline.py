@@ -115,8 +115,10 @@ STEPS: tuple[Step, ...] = (
          params=("freshness", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register"),
          summary="The champion answers the changed-fact probes from the published KB; log freshness to MLflow."),
     Step(TUNE, "dataset", "build_dataset", f"{_TUNING}:build_dataset", "dataset",
-         params=("dataset",), window=("version",),
-         summary="Assemble, dedupe, ground-check and version the SFT dataset of the window; freeze the golden set."),
+         params=("dataset", "embed", "chunk", "index", "retrieval", "evaluate", "base_model", "train"),
+         window=("version", "publish"),
+         summary="Assemble, dedupe and ground-check the SFT dataset of the window, each prompt with chunks of the "
+                 "published KB; version it; freeze the golden set."),
     Step(TUNE, "drift", "check_drift", f"{_TUNING}:check_drift", "drift", ("dataset",),
          params=("project", "drift", "embed", "register"),
          summary="Compare the new training data with the champion's; log statistics to MLflow."),

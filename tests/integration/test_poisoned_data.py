@@ -27,13 +27,16 @@ PASS = GateDecision(passed=True, action="promote", reasons=("registered by the t
 
 
 @pytest.fixture
-def poisoned_home(evertune_home: Path, tiny_model_dir: Path) -> dict:
-    """Validated and versioned demo days 1-6, and a champion (v1) already registered."""
+def poisoned_home(evertune_home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Validated and versioned demo days 1-6, the KB of days 1-5 published, and a champion (v1) registered."""
+    from conftest import write_tiny_dag_params
     from evertune.demo.generator import generate_range
     from evertune.kb import refresh
     from evertune.tuning.promotion import promote
     from evertune.tuning.registry import register_candidate
 
+    # The tiny model's tokenizer (the base model's) counts the training prompts' tokens.
+    monkeypatch.setenv("EVERTUNE_PARAMS", str(write_tiny_dag_params(evertune_home, tiny_model_dir)))
     params, settings = load_params(), get_settings()
     settings.ensure_local_dirs()
     manifests = generate_range(settings.landing_uri, start_date=params.demo.start_date, days=6,
@@ -45,6 +48,9 @@ def poisoned_home(evertune_home: Path, tiny_model_dir: Path) -> dict:
         refresh.validate_documents(day)
     for day in days[-2:]:  # the tuning step only needs its as_of day versioned; the rest is read from disk
         refresh.version_snapshot(day)
+    for day in days[:-1]:  # training prompts hold chunks of the published KB (the good window's)
+        synced = refresh.sync_index(day)
+        refresh.publish_index(day, None, synced, refresh.evaluate_retrieval(day, None, synced), {})
     champion = register_candidate(tiny_model_dir, params, run_id=None, data_version="sft/earlier@test",
                                   kb_table_version=1, base_model=str(tiny_model_dir), settings=settings)
     promote(params.registry.model_name, champion.version, PASS, settings=settings)
@@ -71,7 +77,7 @@ def test_poisoned_window_fails_the_tuning_step_and_the_champion_stays(poisoned_h
     # The good window (days 1-5) builds: nothing is dropped as ungrounded.
     good = steps.build_dataset(good_day, {}, "manual__good")
     assert good["stats"]["grounding"]["ungrounded"] == 0 and good["stats"]["grounding"]["checked"] > 100
-    assert good["n_train"] > 0
+    assert good["n_train"] > 0 and good["kb_version"] == good["stats"]["context"]["kb_version"]
 
     # The poisoned window: the domain error, then the same call as the DAG task makes it, through its mapping.
     with pytest.raises(PoisonedDataError, match=r"max_ungrounded_fraction=5\.0%"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_contexts import memory_contexts
 
 from evertune.config import load_params
 from evertune.data import snapshot
@@ -144,6 +145,8 @@ def tuning_history(evertune_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path
         _qa("t-4", "How do I pick the moment to restore?", "Use fjordctl restore --at.", "pitr"),
     ])  # fmt: skip
     monkeypatch.setattr(steps, "resolve_as_of", lambda as_of, settings: as_of)
+    # Contexts from an in-memory KB of the article (the LanceDB path: tests/integration/test_warm_start.py).
+    monkeypatch.setattr(steps, "_training_contexts", lambda params, settings: memory_contexts(params, {"pitr": ARTICLE}))
     versioned = []
     fake = SimpleNamespace(version_folder=lambda folder, key, message: versioned.append(key) or SimpleNamespace(
         data_version=f"{key}@test", git_rev="0" * 40))  # fmt: skip

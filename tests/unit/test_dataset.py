@@ -61,6 +61,11 @@ def write_interval(folder: Path, qa_rows: list[dict], docs: list[dict] = (), tom
 
 @pytest.fixture
 def intervals(tmp_path: Path) -> list[Path]:
+    return make_intervals(tmp_path)
+
+
+def make_intervals(tmp_path: Path) -> list[Path]:
+    """Three validated days exercising every rule (also the fixture of tests/unit/test_contexts.py)."""
     root = tmp_path / "validated"
     day1 = write_interval(
         root / "ds=2026-11-01",
@@ -215,16 +220,6 @@ def test_prompt_completion_format(intervals: list[Path], tmp_path: Path) -> None
     write_sft_dataset(ds, tmp_path / "pc")
     back = read_sft_jsonl(tmp_path / "pc" / "train.jsonl")
     assert back == ds.train
-
-
-def test_include_documents_adds_grounded_examples(intervals: list[Path]) -> None:
-    params = PARAMS.model_copy(update={"include_documents": True, "document_max_chars": 60})
-    ds = build_sft_dataset(intervals, params, golden_qa_ids=set(), deleted_doc_ids=set())
-    docs = {row["id"]: row for row in ds.train + ds.validation if row["kind"] == "document"}
-    assert sorted(docs) == ["doc:d1", "doc:d2"]  # d3 is deleted
-    answer = docs["doc:d2"]["messages"][-1]["content"]
-    assert answer.startswith("Plans and pricing.") and len(answer) <= 60
-    assert ds.stats["counts"]["document_examples"] == 2
 
 
 def test_drift_inputs_and_datasets_loading(intervals: list[Path], tmp_path: Path) -> None:

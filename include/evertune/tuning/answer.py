@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from evertune.tuning.chat import chat_text, end_of_turn_ids
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 Chunk = Mapping[str, Any]
 Retriever = Callable[[str], Sequence[Chunk]]
 
-#: Used when a tokenizer has no chat template (plain base models); real instruct models bring their own.
-_FALLBACK_CHAT = "{system}\n\nUser: {user}\nAssistant:"
 
 
 @dataclass(frozen=True)
@@ -213,10 +213,25 @@ def build_messages(question: str, contexts: Sequence[Chunk], spec: AnswerSpec) -
     return [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": user}]
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return _FALLBACK_CHAT.format(system=messages[0]["content"], user=messages[1]["content"])
+def fit_contexts(
+    tokenizer: PreTrainedTokenizerBase, question: str, chunks: Sequence[Chunk], spec: AnswerSpec, answer_tokens: int
+) -> list[dict[str, Any]]:
+    """The contexts a prompt shows: ``chunks`` guarded (:func:`guard_context`), best first within
+    ``spec.max_context_chars`` (:func:`select_contexts`), then the lowest-ranked dropped until the rendered prompt
+    (chat template applied) plus ``answer_tokens`` fits ``spec.max_length`` tokens; ``[]`` when none fits.
+
+    Serving (:func:`render_prompt`) and the training data (:mod:`evertune.tuning.contexts`) both cut with it.
+    """
+    # Flagged text never enters a prompt unmarked; the scan sees each chunk whole, before any cut.
+    contexts = [guard_context(kept, whole) for kept, whole in zip(select_contexts(chunks, spec.max_context_chars),
+                                                                  chunks, strict=False)]  # fmt: skip
+    budget = spec.max_length - answer_tokens
+    while contexts:
+        text = chat_text(tokenizer, build_messages(question, contexts, spec))
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget:
+            break
+        contexts = contexts[:-1]
+    return contexts
 
 
 def render_prompt(
@@ -237,18 +252,11 @@ def render_prompt(
         answer_tokens: Tokens to leave free for the answer; default ``spec.max_new_tokens``.
 
     Returns:
-        The prompt; lowest-ranked chunks were dropped until it fits ``spec.max_length - answer_tokens`` tokens
-        (a prompt without any context is returned even if it is longer).
+        The prompt with the contexts of :func:`fit_contexts` (a prompt without any context is returned even if
+        it is longer than the budget).
     """
-    # Flagged text never enters a prompt unmarked; the scan sees each chunk whole, before any cut.
-    contexts = [guard_context(kept, whole) for kept, whole in zip(select_contexts(chunks, spec.max_context_chars),
-                                                                  chunks, strict=False)]  # fmt: skip
-    budget = spec.max_length - (spec.max_new_tokens if answer_tokens is None else answer_tokens)
-    while True:
-        text = _chat_text(tokenizer, build_messages(question, contexts, spec))
-        if not contexts or len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= budget:
-            return text
-        contexts = contexts[:-1]
+    free = spec.max_new_tokens if answer_tokens is None else answer_tokens
+    return chat_text(tokenizer, build_messages(question, fit_contexts(tokenizer, question, chunks, spec, free), spec))
 
 
 def retrieve_contexts(questions: Sequence[str], retrieve: Retriever | None, params: Params | None) -> list[list[Chunk]]:
@@ -261,12 +269,8 @@ def retrieve_contexts(questions: Sequence[str], retrieve: Retriever | None, para
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids: list[int] = []
-    for candidate in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        for value in candidate if isinstance(candidate, list) else [candidate]:
-            if value is not None and value not in ids:
-                ids.append(int(value))
-    return ids
+    """Generation stops on the tokenizer's EOS, the chat template's end-of-turn token and the model's own EOS ids."""
+    return end_of_turn_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
 
 
 def generate_answers(
@@ -434,17 +438,7 @@ def answer_logprob_losses(
 
 
 __all__ = [
-    "AnswerSpec",
-    "Retriever",
-    "answer_logprob_losses",
-    "answer_questions",
-    "answer_spec",
-    "answer_token_losses",
-    "build_messages",
-    "generate_answers",
-    "kb_retriever",
-    "no_retrieval",
-    "render_prompt",
-    "retrieve_contexts",
-    "select_contexts",
-]
+    "AnswerSpec", "Retriever", "answer_logprob_losses", "answer_questions", "answer_spec", "answer_token_losses",
+    "build_messages", "fit_contexts", "generate_answers", "kb_retriever", "no_retrieval", "render_prompt",
+    "retrieve_contexts", "select_contexts",
+]  # fmt: skip

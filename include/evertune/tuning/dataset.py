@@ -11,8 +11,14 @@ document is not in the window, or whose answer is not grounded in it (:func:`che
 listed in ``stats["grounding"]``; when the ungrounded share of the checked rows exceeds
 ``dataset.max_ungrounded_fraction`` the whole dataset is rejected (:class:`~evertune.errors.PoisonedDataError`);
 duplicates by normalised question+answer keep the earliest-seen row (so adding data never renames an example);
-optional document-grounded examples are added; each example goes to train or validation by a hash of its id
-(stable as rows are added, never random per run).
+each example's prompt is rendered as served, with chunks of the pinned KB version (:mod:`evertune.tuning.contexts`:
+the cited article's chunk, or only distractors and the "do not know" answer); each example goes to train or
+validation by a hash of its id (stable as rows are added, never random per run).
+
+A row holds ``id``, ``kind`` (``qa``), ``doc_id``, ``fact_key``, ``topic``, ``question`` and ``answer`` (the
+reference QA pair, what drift compares), ``messages`` (system, the rendered user turn, the assistant answer) or
+``prompt``/``completion``, and, when built against a KB, ``context`` (``cited``/``distractors``),
+``context_doc_ids``, ``kb_version`` and ``template``.
 
 Output (:func:`write_sft_dataset`): ``train.jsonl``, ``validation.jsonl``, ``stats.json``, byte-deterministic
 (sorted rows, sorted keys, no timestamps). Versioning the folder (DVC) is the caller's job: this module only
@@ -26,7 +32,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +54,7 @@ from evertune.tuning.metrics import normalize_answer
 
 if TYPE_CHECKING:
     from evertune.config import DatasetParams
+    from evertune.tuning.contexts import ContextBuilder
 
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
@@ -70,27 +77,13 @@ def split_of(example_id: str, val_fraction: float) -> str:
     return "validation" if bucket < val_fraction else "train"
 
 
-def format_prompt(question: str, system_prompt: str) -> str:
-    """The plain-text prompt of the ``prompt_completion`` format (use the same at inference)."""
-    return f"{system_prompt}\n\nQuestion: {question.strip()}\nAnswer:"
-
-
-def format_messages(question: str, system_prompt: str, answer: str | None = None) -> list[dict[str, str]]:
-    """Chat messages of the ``messages`` format; without ``answer`` it is the inference prompt."""
-    messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": question.strip()}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": answer.strip()})
-    return messages
-
-
 @dataclass(frozen=True)
 class SFTDataset:
     """An SFT dataset in memory.
 
     Attributes:
-        train: Training rows, sorted by ``id``. Each row has ``id``, ``kind`` (``qa``/``document``), ``doc_id``,
-            ``fact_key``, ``topic`` and either ``messages`` or ``prompt``/``completion`` (TRL column names; the
-            other keys are dropped by TRL's ``remove_unused_columns``).
+        train: Training rows, sorted by ``id`` (fields in the module docstring); only ``messages`` or
+            ``prompt``/``completion`` reach TRL (:func:`evertune.tuning.train_data.to_sft_example`).
         validation: Validation rows, same shape.
         stats: Counts of what was read, dropped and kept (written as ``stats.json``).
         format: ``messages`` or ``prompt_completion``.
@@ -148,18 +141,12 @@ def _topic(meta: Mapping[str, Any], document: Mapping[str, Any] | None) -> str:
     return str(topic) if topic else UNKNOWN_TOPIC
 
 
-def _truncate(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip()
-
-
 def _record(question: str, answer: str, params: DatasetParams) -> dict[str, Any]:
+    """A bare-question row (no KB given): the served template without contexts is the question itself."""
+    messages = [{"role": "system", "content": params.system_prompt}, {"role": "user", "content": question}]
     if params.format == "messages":
-        return {"messages": format_messages(question, params.system_prompt, answer)}
-    return {"prompt": format_prompt(question, params.system_prompt), "completion": " " + answer.strip()}
+        return {"messages": [*messages, {"role": "assistant", "content": answer}]}
+    return {"prompt": f"{params.system_prompt}\n\nQuestion: {question}\nAnswer:", "completion": " " + answer}
 
 
 @dataclass(frozen=True)
@@ -241,39 +228,17 @@ def _keep_qa(
     return kept
 
 
-def _qa_example(qa_id: str, row: Mapping[str, Any], docs: Mapping[str, Mapping[str, Any]],
-                params: DatasetParams) -> dict[str, Any]:
+def _qa_example(qa_id: str, row: Mapping[str, Any], docs: Mapping[str, Mapping[str, Any]], params: DatasetParams,
+                contexts: ContextBuilder | None) -> dict[str, Any] | None:
     doc_id = as_text(row.get("doc_id"))
-    return {
-        "id": qa_id,
-        "kind": "qa",
-        "doc_id": doc_id,
-        "fact_key": as_text(row.get("fact_key")),
-        "topic": _topic(_metadata(row.get("metadata")), docs.get(doc_id)),
-        **_record(as_text(row.get("question")), as_text(row.get("answer")), params),
-    }
-
-
-def _document_examples(
-    docs: Mapping[str, Mapping[str, Any]], deleted: set[str], params: DatasetParams
-) -> list[dict[str, Any]]:
-    """One example per current, non-deleted document with a title and text (``dataset.include_documents``)."""
-    examples = []
-    for doc_id in sorted(docs):
-        document = docs[doc_id]
-        title, text = as_text(document.get("title")).strip(), as_text(document.get("text"))
-        if doc_id in deleted or not title or not text.strip():
-            continue
-        examples.append({
-            "id": f"doc:{doc_id}",
-            "kind": "document",
-            "doc_id": doc_id,
-            "fact_key": "",
-            "topic": _topic({}, document),
-            **_record(f'What does the help-center article "{title}" say?',
-                      _truncate(text, params.document_max_chars), params),
-        })  # fmt: skip
-    return examples
+    question, answer = as_text(row.get("question")).strip(), as_text(row.get("answer")).strip()
+    fields = (contexts.fields(qa_id, question, answer, doc_id) if contexts is not None
+              else _record(question, answer, params))  # fmt: skip
+    if fields is None:
+        return None
+    return {"id": qa_id, "kind": "qa", "doc_id": doc_id, "fact_key": as_text(row.get("fact_key")),
+            "topic": _topic(_metadata(row.get("metadata")), docs.get(doc_id)), "question": question,
+            "answer": answer, **fields}
 
 
 def _stats(
@@ -283,13 +248,14 @@ def _stats(
     splits: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     exclusions: _Exclusions,
     grounding: dict[str, Any],
+    context: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """``stats.json``: settings, counts, topics per split, exclusion sizes and the grounding summary."""
+    """``stats.json``: settings, counts, topics per split, exclusion sizes, the grounding summary and the KB the
+    contexts came from (``context``, ``None`` for bare-question rows)."""
     train, validation = splits
     return {
         "format": params.format,
         "val_fraction": params.val_fraction,
-        "include_documents": params.include_documents,
         "system_prompt_sha256": hashlib.sha256(params.system_prompt.encode("utf-8")).hexdigest(),
         "intervals": intervals,
         "counts": dict(sorted(counts.items())),
@@ -300,6 +266,7 @@ def _stats(
         "excluded": {"deleted_doc_ids": len(exclusions.deleted), "golden_ids": len(exclusions.golden_ids),
                      "golden_questions": len(exclusions.golden_texts)},
         "grounding": grounding,
+        "context": context,
     }
 
 
@@ -311,6 +278,7 @@ def build_sft_dataset(
     deleted_doc_ids: set[str],
     documents: Any = None,
     golden_questions: Iterable[str] = (),
+    contexts: Callable[[], ContextBuilder] | None = None,
 ) -> SFTDataset:
     """Assemble the SFT dataset from validated interval folders.
 
@@ -324,9 +292,12 @@ def build_sft_dataset(
             :func:`collect_deleted_doc_ids`); their QA is excluded.
         documents: Current documents (DataFrame or iterable of dicts with ``doc_id``, ``title``, ``text``,
             ``updated_at``, ``metadata``); defaults to the folders' ``documents``. Used for topics,
-            tombstone ordering, the groundedness check of each QA answer and, with
-            ``dataset.include_documents``, document-grounded examples.
+            tombstone ordering and the groundedness check of each QA answer.
         golden_questions: Extra golden question texts (matched after normalisation).
+        contexts: Makes the :class:`~evertune.tuning.contexts.ContextBuilder` that renders each kept example
+            against the pinned KB; called only after the groundedness rejection, so a poisoned window is
+            rejected before any KB or tokenizer is needed. ``None``: bare-question prompts (the served template
+            without contexts), for tests of the selection rules.
 
     Returns:
         The dataset, rows sorted by id. ``stats["grounding"]`` lists every row the groundedness check excluded
@@ -335,7 +306,8 @@ def build_sft_dataset(
     Raises:
         PoisonedDataError: More than ``dataset.max_ungrounded_fraction`` of the checked QA rows (those whose
             cited document is in the window) are not grounded in it; ``report`` is the grounding summary.
-        NothingToDo: No example is left (no QA read, or everything was filtered out).
+        NothingToDo: No example is left (no QA read, everything was filtered out, or no example fit the KB and
+            the token budget), or ``contexts`` found no published KB.
         CriticalValidationError: A ``qa`` table lacks required columns, a timestamp is invalid, or a
             ``golden_qa`` file is malformed.
     """
@@ -356,11 +328,13 @@ def build_sft_dataset(
     if grounding["checked"] and grounding["ungrounded"] / grounding["checked"] > params.max_ungrounded_fraction:
         raise PoisonedDataError(poisoned_message(grounding), grounding)
 
-    examples = [_qa_example(qa_id, row, docs, params) for _, qa_id, row in kept.values()]
+    builder = contexts() if contexts is not None else None
+    if builder is not None:
+        builder.counts = counts
+        builder.prepare(as_text(row.get("doc_id")) for _, _, row in kept.values())
+    built = [_qa_example(qa_id, row, docs, params, builder) for _, qa_id, row in kept.values()]
+    examples = [example for example in built if example is not None]
     counts["qa_examples"] = len(examples)
-    if params.include_documents:
-        examples += _document_examples(docs, exclusions.deleted, params)
-        counts["document_examples"] = len(examples) - counts["qa_examples"]
     if not examples:
         raise NothingToDo(
             f"no SFT examples from {len(folders)} interval folder(s): "
@@ -370,7 +344,8 @@ def build_sft_dataset(
     train = [e for e in examples if split_of(e["id"], params.val_fraction) == "train"]
     validation = [e for e in examples if split_of(e["id"], params.val_fraction) == "validation"]
     counts["train"], counts["validation"] = len(train), len(validation)
-    stats = _stats(params, [folder.name for folder in folders], counts, (train, validation), exclusions, grounding)
+    stats = _stats(params, [folder.name for folder in folders], counts, (train, validation), exclusions, grounding,
+                   builder.summary() if builder is not None else None)
     return SFTDataset(train=train, validation=validation, stats=stats, format=params.format)
 
 
@@ -426,7 +401,10 @@ def read_sft_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def example_text(row: Mapping[str, Any]) -> str:
-    """The text of one SFT row for drift checks: user + assistant turns, or prompt + completion."""
+    """The text of one SFT row for drift checks: its question and reference answer (the retrieved contexts are not
+    the data that drifts); rows without them (older datasets) give user + assistant turns, or prompt + completion."""
+    if "question" in row and "answer" in row:
+        return f"{row['question']}\n{row['answer']}"
     if "messages" in row:
         return "\n".join(m["content"] for m in row["messages"] if m.get("role") in ("user", "assistant"))
     return f"{row.get('prompt', '')}{row.get('completion', '')}"

@@ -4,7 +4,8 @@ Data flows as small JSON-able dicts (XCom); files live in the data repository (d
 in ``$EVERTUNE_WORK_DIR/tune/<candidate>`` (checkpoints) and in MLflow (runs, models, registry).
 
 * ``build_dataset``: the SFT dataset of the window ending at ``as_of`` (the newest validated interval by
-  default), plus the frozen golden QA set, versioned with DVC. A window where too many answers contradict the
+  default), each prompt rendered as served with chunks of the KB version published at build time (pinned for
+  the run: ``kb_version``), plus the frozen golden QA set, versioned with DVC. A window where too many answers contradict the
   articles they cite is rejected here (``PoisonedDataError``, logged to ``<work_dir>/tune/rejections.jsonl``):
   nothing is trained or registered, so the champion stays.
 * ``check_drift``: new training data vs the champion's (restored from its recorded data version).
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evertune.config import Params, apply_overrides, load_params
 from evertune.data import snapshot
@@ -30,6 +32,9 @@ from evertune.data.versioning import DataRepo
 from evertune.errors import NothingToDo, PoisonedDataError
 from evertune.settings import Settings, get_settings
 from evertune.tuning.rejections import log_excluded, record_rejection
+
+if TYPE_CHECKING:
+    from evertune.tuning.contexts import ContextBuilder
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +86,20 @@ def build_dataset(
     golden file still has one. The training exclusion covers every golden QA id and question ever dropped up to
     ``as_of``, also those older than the window and those retired since.
 
+    Prompts hold chunks of the KB version published now (:func:`_training_contexts`), pinned for the run.
+
     Returns:
-        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, ``golden_qa`` (the
-        frozen set's summary and versions) and counts (``stats["grounding"]`` lists the QA rows dropped as not
-        grounded in their article).
+        ``as_of``, the dataset folder, its fingerprint, the DVC data version and git revision, ``kb_version``
+        (``<table>@v<N>``, the pinned KB version), ``golden_qa`` (the frozen set's summary and versions) and counts
+        (``stats["grounding"]`` lists the QA rows dropped as not grounded in their article, ``stats["context"]``
+        the KB, template and budget of the contexts).
 
     Raises:
         PoisonedDataError: Too many QA answers of the window are not grounded in the article they cite; nothing
             is written or versioned, and the rejection is appended to :func:`evertune.tuning.rejections.rejections_path`.
         NoGoldenSetError: The carried golden QA set is empty (nothing to evaluate a candidate on); nothing is
             written or versioned.
+        NothingToDo: No knowledge-base version is published yet (checked after the groundedness rejection).
     """
     from evertune.kb.golden import QA, require_golden
     from evertune.kb.golden_carry import carried_golden, log_golden
@@ -108,13 +117,14 @@ def build_dataset(
     # The golden QA set carried to as_of; every id and question any golden drop ever held is kept out of training.
     golden = carried_golden(settings.data_repo / "validated", as_of, QA)
     golden_summary = log_golden(golden, log)
+    frozen = require_golden(golden.fitted)  # NoGoldenSetError now, not "nothing to score" after training
     try:
         dataset = build_sft_dataset(dirs, params.dataset, golden_qa_ids=set(golden.seen_ids), deleted_doc_ids=deleted,
-                                    documents=list(documents.values()), golden_questions=golden.seen_texts)
+                                    documents=list(documents.values()), golden_questions=golden.seen_texts,
+                                    contexts=_training_contexts(params, settings))
     except PoisonedDataError as exc:
         record_rejection(settings, as_of, dag_run_id, exc)
         raise
-    frozen = require_golden(golden.fitted)  # NoGoldenSetError now, not "nothing to score" after training
     grounding = dataset.stats["grounding"]
     log.info("grounding: %d of %d checked QA rows dropped as not grounded, %d without their article in the window",
              grounding["ungrounded"], grounding["checked"], grounding["source_missing"])
@@ -132,6 +142,7 @@ def build_dataset(
         "fingerprint": written.fingerprint,
         "data_version": version.data_version,
         "data_git_rev": version.git_rev,
+        "kb_version": dataset.stats["context"]["kb_version"],
         "n_train": len(dataset.train),
         "n_validation": len(dataset.validation),
         "golden_qa": golden_summary,
@@ -140,6 +151,15 @@ def build_dataset(
     log.info("dataset %s: %d train / %d validation rows", version.data_version, len(dataset.train),
              len(dataset.validation))
     return summary
+
+
+def _training_contexts(params: Params, settings: Settings) -> Callable[[], ContextBuilder]:
+    """Makes the dataset's :class:`~evertune.tuning.contexts.ContextBuilder`: the KB version published when it is
+    called (pinned: training and evaluation use it, whatever is published meanwhile) and the base model's tokenizer
+    (token counts within ``train.max_length``). Raises ``NothingToDo`` while no KB version is published."""
+    from evertune.tuning.contexts import context_builder
+
+    return lambda: context_builder(params, settings, _published_kb_version(params, settings))
 
 
 def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag_run_id: str | None) -> str:
@@ -248,7 +268,7 @@ def train_candidate(
 
     Returns:
         ``TrainResult.to_dict()`` (with ``cost``: device-seconds, tokens, peak memory, estimated cost and the
-        projection), plus ``candidate_key`` and ``kb_version``.
+        projection), plus ``candidate_key`` and ``kb_version`` (the dataset's pinned KB version).
 
     Raises:
         NothingToDo: A registered version has the same candidate key.
@@ -260,7 +280,7 @@ def train_candidate(
     from evertune.tuning.train import train_adapter
 
     params, settings = _context(overrides)
-    kb_version = _published_kb_version(params, settings)
+    kb_version = dataset["kb_version"]  # the version the training contexts came from, pinned by build_dataset
     reference = _champion_reference(params, settings) if params.train.warm_start_from_champion else None
     # A warm start depends on which champion it starts from: part of the candidate's identity.
     data_identity = dataset["data_version"] + (f"+warm:v{reference['version']}" if reference else "")
