@@ -2,7 +2,7 @@
 
 Runs against a finished demo state, not a scratch one: ``EVERTUNE_HOME`` must point at it (``make demo`` leaves
 ``.evertune/`` and a running stack behind; the MLflow server of that stack is read for the champion). Nothing is
-written there except the champion's checkpoint download under ``<work_dir>/bench``.
+written there except the champion's checkpoint download (where evaluation caches it).
 
 Measured, in the same run and on the same retrieved contexts (``production`` KB, ``retrieval.k``):
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.common import machine_info, save_result
@@ -87,7 +86,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     from evertune.models.bootstrap import load_causal_lm, resolve_base_model
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
     from evertune.tuning.freshness import freshness_probes, score_freshness
-    from evertune.tuning.registry import download_model_checkpoint
+    from evertune.tuning.registry import cached_model_checkpoint, champion_version
     from evertune.tuning.steps import validated_intervals
 
     settings, params = _settings_and_params()
@@ -102,8 +101,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     rag = retrieve_contexts(questions, retrieve, params)
     probe_rag = retrieve_contexts([p.question for p in probes], retrieve, params)
     bare = [[] for _ in questions]
-    champion_dir = download_model_checkpoint(params.registry.model_name, "champion",
-                                             Path(settings.work_dir) / "bench" / "champion", settings=settings)
+    champion_dir = cached_model_checkpoint(params.registry.model_name,
+                                           champion_version(params.registry.model_name, settings=settings),
+                                           settings=settings)
     systems = {"champion": str(champion_dir), "base": resolve_base_model(params.base_model, settings)}
     result: dict[str, Any] = {"machine": info, "as_of": newest, "n_golden": len(golden), "n_probes": len(probes)}
     for name, folder in systems.items():

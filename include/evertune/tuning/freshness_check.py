@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.config import apply_overrides, load_params
@@ -45,17 +44,6 @@ def probes_version(probes: list[FreshnessProbe]) -> str:
     """sha256 of the probes' canonical JSON (ids, questions, values): which probe set was scored."""
     data = json.dumps([p.to_dict() for p in probes], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
-def _champion_checkpoint(params: Params, settings: Settings, version: int) -> Path:
-    """The champion's merged checkpoint: the copy under ``work_dir/tune/champions/v<N>``, else downloaded there."""
-    from evertune.tuning.registry import download_model_checkpoint
-
-    folder = settings.work_dir / "tune" / "champions" / f"v{version}"
-    downloaded = sorted(folder.rglob("config.json")) if folder.is_dir() else []
-    if downloaded:
-        return downloaded[0].parent
-    return download_model_checkpoint(params.registry.model_name, version, folder, settings=settings)
 
 
 def _champion_as_of(params: Params, settings: Settings, version: int) -> str | None:
@@ -105,10 +93,12 @@ def _measure(params: Params, settings: Settings, probes: list[FreshnessProbe], t
              champion: int) -> tuple[dict[str, Any], list[str]]:
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
     from evertune.tuning.freshness import measure_freshness
+    from evertune.tuning.registry import cached_model_checkpoint
 
     retrieve = kb_retriever(params, settings, version_or_tag=table_version)
     contexts = retrieve_contexts([p.question for p in probes], retrieve, params)
-    result = measure_freshness(str(_champion_checkpoint(params, settings, champion)), probes, contexts, params)
+    result = measure_freshness(str(cached_model_checkpoint(params.registry.model_name, champion, settings=settings)),
+                               probes, contexts, params)
     return result, result["answers"]
 
 

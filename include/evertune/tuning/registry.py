@@ -253,6 +253,23 @@ def download_model_checkpoint(
     return candidates[0]
 
 
+def cached_model_checkpoint(
+    model_name: str, version: int, *, settings: Settings | None = None
+) -> Path:
+    """A registered version's merged checkpoint, downloaded once into ``<work_dir>/tune/champions/v<N>``.
+
+    Versions are immutable, so a folder that already holds a checkpoint is reused as it is (evaluation, the
+    post-publish freshness check and benchmarks all load the champion from here).
+    """
+    from evertune.settings import get_settings
+
+    folder = (settings or get_settings()).work_dir / "tune" / "champions" / f"v{version}"
+    downloaded = sorted(folder.rglob("config.json")) if folder.is_dir() else []
+    if downloaded:
+        return downloaded[0].parent
+    return download_model_checkpoint(model_name, version, folder, settings=settings)
+
+
 def download_champion_adapter(model_name: str, dst: str | Path, *, settings: Settings | None = None) -> Path | None:
     """Download the champion's LoRA adapter (the ``adapter`` artifact of its training run) for a warm start.
 
