@@ -66,7 +66,8 @@ def respond(client: AirflowClient, dag_id: str, run_id: str, option: str, task_i
     """Answer a waiting approval with ``option`` (``Approve`` or ``Reject``) as the client's user.
 
     Returns:
-        The updated HITL detail (``chosen_options``, ``responded_by_user``, ``responded_at``).
+        The answer as recorded: ``chosen_options``, ``params_input``, ``responded_by`` (``id``, ``name``),
+        ``responded_at``.
 
     Raises:
         StackError: 404 (the task has not parked yet: :func:`wait_for_approval` first), 409 (already answered),

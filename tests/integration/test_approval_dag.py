@@ -75,7 +75,7 @@ def held_run(client: AirflowClient, run_id: str, overrides: dict, answer: str) -
     assert request["task_instance"]["task_id"] == "approval" and request["defaults"] == ["Reject"]
     assert [r["task_instance"]["dag_run_id"] for r in pending_approvals(client, DAG)] == [run_id]
     answered = respond(client, DAG, run_id, answer)
-    assert answered["chosen_options"] == [answer] and answered["responded_by_user"]["name"] == ADMIN_USER
+    assert answered["chosen_options"] == [answer] and answered["responded_by"]["name"] == ADMIN_USER
     return request, finish(client, run_id)
 
 
