@@ -1,4 +1,4 @@
-"""Continuous tuning: build the dataset, check drift, fine-tune, evaluate, gate, register, notify.
+"""Continuous tuning: build the dataset, check drift, fine-tune, evaluate, gate, register, promote, notify.
 
 Runs when validated training data is updated (the ``validated_data`` asset, emitted by
 ``refresh_knowledge_base``) or weekly, whichever comes first. One run at a time. Training takes a slot of the
@@ -6,8 +6,13 @@ Runs when validated training data is updated (the ``validated_data`` asset, emit
 
 A window whose QA answers too often contradict the articles they cite is rejected by ``build_dataset``
 (``PoisonedDataError``: the run fails, the failure notifier reports it, nothing is trained or registered).
-Every evaluated candidate becomes a registered version with alias ``challenger``; ``champion`` moves only
-when the gate passes. Re-running with the same inputs (data version, KB version, params, base model) skips
+Every evaluated candidate becomes a registered version with alias ``challenger`` (``register``); ``promote``
+moves ``champion`` when the gate passes, or when a person approves a candidate the gate held
+(``require_approval``: severe drift under ``drift.policy: require_approval``). A held run waits at the
+``approval`` task (Required Actions in the UI, or the REST API) for at most ``approval.response_timeout_hours``,
+then takes ``approval.timeout_answer`` (Reject). Promotion is compare-and-set: an approval for a candidate whose
+champion or challenger moved while it waited fails ``promote`` with the reason. ``promote`` succeeds (and
+emits ``champion_model``) only when ``champion`` moved; otherwise it is skipped. Re-running with the same inputs (data version, KB version, params, base model) skips
 training and registers nothing new. Rollback: ``evertune model rollback``.
 
 Params: ``as_of`` picks the last interval of the training window (default: the newest validated interval);
@@ -19,6 +24,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from evertune_airflow.approval import approval_task, needs_approval
 from evertune_airflow.assets import CHAMPION_MODEL, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, GPU_POOL, GPU_QUEUE
 from evertune_airflow.notifiers import EvertuneNotifier, failure_notifier
@@ -56,17 +62,26 @@ def tune_model():
     )
     evaluation = evertune_task("evaluate")(dataset, trained)
     decision = evertune_task("gate", retries=0)(evaluation, drift, trained)
-    outcome = evertune_task("register", outlets={CHAMPION_MODEL: champion_model_extra})(
-        dataset, trained, evaluation, decision
-    )
+    outcome = evertune_task("register")(dataset, trained, evaluation, decision, drift)
+
+    # Only a held candidate waits: for any other decision the short-circuit skips `approval` (and nothing else).
+    held = task.short_circuit(task_id="needs_approval", ignore_downstream_trigger_rules=False)(needs_approval)(outcome)
+    approval = approval_task()
+    # Runs after a skipped approval (gate settled it) or an Approve; Reject skips it. Success == champion moved.
+    promoted = evertune_task("promote", outlets={CHAMPION_MODEL: champion_model_extra}, retries=0,
+                             xcom_context={"review": approval.task_id},
+                             trigger_rule="none_failed_min_one_success")(outcome)
+    held >> approval >> promoted
 
     # Failures reach the notifier through the DAG's on_failure_callback; this task reports the decision.
-    @task(retries=0)
-    def notify(outcome: dict, **context) -> str:
-        """Send a gate rejection (or a hold for approval) through the notifier; log a promotion."""
-        return notify_outcome(outcome, context)
+    # Not wired to `approval` (its Reject would skip this task too): its answer is pulled instead.
+    @task(retries=0, trigger_rule="none_failed")
+    def notify(outcome: dict, promotion: dict | None, **context) -> str:
+        """Send a candidate that did not take champion (rejected, held and rejected) through the notifier."""
+        review = context["ti"].xcom_pull(task_ids=approval.task_id)
+        return notify_outcome(outcome, promotion, review, context)
 
-    notify(outcome)
+    notify(outcome, promoted)
 
 
 tune_model()

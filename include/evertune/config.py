@@ -261,6 +261,18 @@ class ServeParams(_Section):
     max_body_bytes: int = Field(1_000_000, ge=1024)
 
 
+class ApprovalParams(_Section):
+    """A candidate the gate holds for a human (``require_approval``): how long ``tune_model`` waits, and the answer
+    taken when nobody responds in time (docs/configuration.md, "Approval").
+
+    The wait is bounded so a held run cannot stall ``tune_model`` (``max_active_runs=1``) for more than a week,
+    the schedule's period. Read when the DAG is parsed: a run's ``overrides`` do not change them.
+    """
+
+    response_timeout_hours: float = Field(24.0, gt=0, le=168)
+    timeout_answer: Literal["Reject", "Approve"] = "Reject"
+
+
 class CostParams(_Section):
     """Cost accounting and the training budget (see docs/configuration.md, "Cost and budget").
 
@@ -318,6 +330,7 @@ class Params(_Section):
     cost: CostParams = CostParams()
     freshness: FreshnessParams = FreshnessParams()
     serve: ServeParams = ServeParams()
+    approval: ApprovalParams = ApprovalParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

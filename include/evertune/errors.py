@@ -8,6 +8,7 @@
 | ``CriticalValidationError`` | the drop as a whole is unusable             | fail, no retry |
 | ``PoisonedDataError``  | too many training answers contradict their sources | fail, no retry |
 | ``QualityGateFailed``  | a candidate did not pass its gate                | fail, no retry |
+| ``PromotionConflict``  | the registry moved since the candidate was judged | fail, no retry |
 | ``TransientError``     | a dependency was busy (lock, server)             | retry      |
 
 The answer service maps ``BadRequest`` to HTTP 400 and ``NotReady`` to HTTP 409 (docs/serving.md).
@@ -65,6 +66,15 @@ class QualityGateFailed(EvertuneError):
     def __init__(self, message: str, reasons: list[str] | None = None) -> None:
         super().__init__(message)
         self.reasons = reasons or []
+
+
+class PromotionConflict(QualityGateFailed):
+    """A promotion was refused because the registry changed since the candidate was evaluated.
+
+    Promotion is compare-and-set: ``champion`` must still be the version the challenger was compared with, and
+    ``challenger`` must still be this candidate (a newer registered candidate supersedes a waiting one). A retry
+    would be refused the same way: tune again to judge the candidate against the current champion.
+    """
 
 
 class TransientError(EvertuneError):

@@ -29,10 +29,11 @@ from typing import Any
 REFRESH = "refresh"
 TUNE = "tune"
 
-#: Per pipeline: the context values a step callable may take by name, besides upstream results.
+#: Per pipeline: the context values a step callable may take by name, besides upstream results. ``review`` is
+#: the answer of ``tune_model``'s approval task (Airflow only; ``None`` when the task was skipped).
 CONTEXT: dict[str, tuple[str, ...]] = {
     REFRESH: ("interval", "overrides"),
-    TUNE: ("as_of", "overrides", "dag_id", "dag_run_id"),
+    TUNE: ("as_of", "overrides", "dag_id", "dag_run_id", "review"),
 }
 
 #: Per pipeline: the receipts folder of one run key (interval or as_of), relative to the work dir.
@@ -92,6 +93,7 @@ _KB = "evertune.kb.refresh"
 _TUNING = "evertune.tuning.steps"
 _FRESHNESS = "evertune.tuning.freshness_check"
 _EVALUATION = "evertune.tuning.evaluation"
+_RELEASE = "evertune.tuning.release"
 
 STEPS: tuple[Step, ...] = (
     Step(REFRESH, "ingest", "ingest_documents", f"{_KB}:ingest_documents", "ingested",
@@ -134,10 +136,14 @@ STEPS: tuple[Step, ...] = (
     Step(TUNE, "gate", "gate", f"{_EVALUATION}:gate_candidate", "decision", ("evaluate", "drift", "train"),
          params=("drift", "gate", "register"),
          summary="The promotion decision with every reason (a pure function of the metrics, base and freshness)."),
-    Step(TUNE, "register", "register", f"{_TUNING}:register_candidate", "outcome",
-         ("dataset", "train", "evaluate", "gate"),
-         params=("base_model", "evaluate", "register"),
-         summary="Register the candidate as ``challenger``; move ``champion`` only on a passing decision."),
+    Step(TUNE, "register", "register", f"{_RELEASE}:register_candidate", "outcome",
+         ("dataset", "train", "evaluate", "gate", "drift"),
+         params=("base_model", "evaluate", "register", "approval"),
+         summary="Register the candidate as ``challenger`` with its gate decision; write the approval request "
+                 "of a held one."),
+    Step(TUNE, "promote", "promote", f"{_RELEASE}:promote_candidate", "promotion", ("register",),
+         params=("register",),
+         summary="Move ``champion`` (compare-and-set) for a passing or approved candidate; skipped otherwise."),
 )
 
 

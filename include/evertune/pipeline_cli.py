@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_override(parser, "retrieval.k=10")
     parser.set_defaults(func=_run_refresh)
 
-    tune = subparsers.add_parser("tune", help="run the continuous-tuning steps (dataset .. register)")
+    tune = subparsers.add_parser("tune", help="run the continuous-tuning steps (dataset .. promote)")
     tune.add_argument("step", nargs="?", default="all", choices=(*_names(TUNE), "all"),
                       help="one step, or all of them in order (default)")
     tune.add_argument("--as-of", default=None, help="last interval of the training window (default: newest)")

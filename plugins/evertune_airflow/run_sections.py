@@ -142,10 +142,18 @@ def mlflow_links(record: RunRecord, tracking_uri: str | None) -> str:
     return section("MLflow", where + "<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>", anchor="mlflow")
 
 
-def registered_section(register: Mapping[str, Any]) -> str:
-    """The registered candidate and what happened to the ``champion`` alias."""
-    body = (f"<h3>Candidate</h3>{key_values(_dict(register.get('candidate')))}"
-            f"<h3>Promotion</h3>{key_values(_dict(register.get('promotion')))}")
+def registered_section(register: Mapping[str, Any], record: RunRecord | None = None) -> str:
+    """The registered candidate and what happened to the ``champion`` alias (the ``promote`` task's result, or
+    the states of ``approval`` and ``promote`` when it did not move)."""
+    promoted = _dict(record.results.get("promote")) if record is not None else {}
+    promotion = promoted.get("promotion") or register.get("promotion")
+    body = f"<h3>Candidate</h3>{key_values(_dict(register.get('candidate')))}"
+    if promotion:
+        body += f"<h3>Promotion</h3>{key_values({**_dict(promotion), 'approved_by': promoted.get('approved_by')})}"
+    elif record is not None:
+        states = {task: record.task_states.get(task) or "not started" for task in ("approval", "promote")}
+        body += (f"<h3>Promotion</h3><p><code>champion</code> did not move in this run "
+                 f"(approval {esc(states['approval'])}, promote {esc(states['promote'])}).</p>")
     return section("Registered", body, anchor="registered")
 
 
@@ -164,7 +172,7 @@ def tune_body(record: RunRecord, tracking_uri: str | None) -> str:
     if isinstance(results.get("check_drift"), Mapping):
         parts.append(drift_section(results["check_drift"]))
     if isinstance(results.get("register"), Mapping):
-        parts.append(registered_section(results["register"]))
+        parts.append(registered_section(results["register"], record))
     parts.append(mlflow_links(record, tracking_uri))
     return "".join(parts)
 

@@ -58,10 +58,12 @@ def kb_index_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[st
 
 
 def champion_model_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """``champion_model``: the model name and version, whether it was promoted, the previous champion."""
+    """``champion_model`` (emitted by ``promote``, which succeeds only when ``champion`` moved): the model name and
+    the new champion version, the previous champion, the gate action and who approved (``gate`` when automatic)."""
     promotion = result["promotion"]
     return {"model_name": promotion["model_name"], "version": promotion["version"],
-            "promoted": promotion["promoted"], "previous_version": promotion["previous_champion"]}
+            "promoted": promotion["promoted"], "previous_version": promotion["previous_champion"],
+            "action": promotion["action"], "approved_by": result.get("approved_by")}
 
 
 def check_wiring(step: Step, upstream: tuple[Any, ...]) -> None:
@@ -78,13 +80,17 @@ def check_wiring(step: Step, upstream: tuple[Any, ...]) -> None:
 
 
 def evertune_task(
-    task_id: str, *, outlets: Mapping[Asset, ExtraBuilder | None] | None = None, **task_kwargs: Any
+    task_id: str, *, outlets: Mapping[Asset, ExtraBuilder | None] | None = None,
+    xcom_context: Mapping[str, str] | None = None, **task_kwargs: Any
 ) -> Callable[..., Any]:
     """The Airflow task of one registry step; call the result with the upstream tasks' results.
 
     Args:
         task_id: The step's task id (:attr:`evertune.pipeline.Step.task_id`).
         outlets: Assets the task updates, each with the builder of its event extra (``None``: no extra).
+        xcom_context: Context names of the step filled from other tasks' return values (``{"review":
+            "approval"}``): a task that is no registry step (an operator), pulled when the task runs (``None``
+            when that task was skipped). Wire the dependency with ``>>``.
         **task_kwargs: Anything else ``@task`` takes: pool, queue, retries, callbacks, timeouts.
 
     Returns:
@@ -97,6 +103,8 @@ def evertune_task(
     def body(*upstream: dict, **context: Any) -> dict:
         with task_states():
             step_context = build_context(context)
+            for name, source in (xcom_context or {}).items():
+                step_context[name] = context["ti"].xcom_pull(task_ids=source)
             result = call_step(step, step_context, upstream)
         inputs = step_inputs(step, step_context, upstream)
         for asset, builder in extras.items():
@@ -117,15 +125,27 @@ def evertune_task(
     return wire
 
 
-def notify_outcome(outcome: dict[str, Any], context: Mapping[str, Any]) -> str:
-    """Send a gate rejection (or a hold for approval) through the notifier; a promotion is only logged."""
+def notify_outcome(outcome: dict[str, Any], promotion: dict[str, Any] | None, review: dict[str, Any] | None,
+                   context: Mapping[str, Any]) -> str:
+    """Send a candidate that did not take champion through the notifier (with the reviewer, if one answered);
+    a promotion is only logged.
+
+    Args:
+        outcome: The ``register`` summary.
+        promotion: The ``promote`` summary; ``None`` when ``promote`` was skipped (champion did not move).
+        review: The approval task's answer; ``None`` when it was skipped.
+        context: The Airflow context.
+    """
+    from evertune.tuning.approval import review_of
     from evertune_airflow.notifiers import EvertuneNotifier
 
     version = outcome["candidate"]["version"]
-    if outcome["decision"] != "promote":
-        EvertuneNotifier(
-            title=f"gate {outcome['decision']}: challenger v{version} did not take champion",
-            details=outcome["reasons"],
-        ).notify(context)
-        return f"{outcome['decision']} notified for v{version}"
-    return f"promoted v{version}"
+    if promotion is not None:
+        return f"promoted v{version} (approved by {promotion.get('approved_by')})"
+    answer = review_of(review)
+    why = outcome["decision"] if answer is None else f"rejected by {answer.by or 'timeout'}"
+    EvertuneNotifier(
+        title=f"gate {outcome['decision']}: challenger v{version} did not take champion ({why})",
+        details=outcome["reasons"],
+    ).notify(context)
+    return f"{why} notified for v{version}"

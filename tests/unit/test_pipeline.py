@@ -55,7 +55,10 @@ def test_arguments_are_bound_by_name_in_the_callables_order() -> None:
     assert kwargs["synced"] == {"from": "sync"} and kwargs["version"] == {"from": "version"}
     register = pipeline.step_for_task("register")
     kwargs = bind_arguments(register.load(), _all_inputs(register))
-    assert list(kwargs) == ["dataset", "trained", "evaluation", "decision", "overrides", "dag_id", "dag_run_id"]
+    assert list(kwargs) == ["dataset", "trained", "evaluation", "decision", "drift", "overrides", "dag_id",
+                            "dag_run_id"]
+    promote = pipeline.step_for_task("promote")
+    assert list(bind_arguments(promote.load(), _all_inputs(promote))) == ["outcome", "review", "overrides"]
     # version_snapshot takes no overrides; the validate summary feeds only the asset extra.
     version = pipeline.step_for_task("version_snapshot")
     assert list(bind_arguments(version.load(), _all_inputs(version))) == ["interval"]

@@ -60,7 +60,8 @@ def test_choices_and_order_come_from_the_registry() -> None:
     assert refresh.step == "sync"
     assert pipeline_cli._names(REFRESH) == ("ingest", "validate", "version", "sync", "evaluate", "publish",
                                             "freshness")
-    assert pipeline_cli._names(TUNE) == ("dataset", "drift", "train", "evaluate", "gate", "register")
+    assert pipeline_cli._names(TUNE) == ("dataset", "drift", "train", "evaluate", "gate", "register",
+                                          "promote")
     assert parser.parse_args(["tune"]).step == "all"
     with pytest.raises(SystemExit):
         parser.parse_args(["refresh", "train", "--interval", "2026-11-01"])

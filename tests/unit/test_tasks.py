@@ -109,9 +109,10 @@ def test_asset_extras() -> None:
     none = tasks.kb_index_extra({"status": "no_champion", "message": "no champion"}, {"published": published})
     assert none["freshness"] == {"status": "no_champion", "message": "no champion"} and none["table_version"] == 7
     outcome = {"promotion": {"model_name": "m", "version": 2, "promoted": True, "previous_champion": 1,
-                             "alias": "champion"}}
+                             "action": "require_approval"}, "approved_by": "alice"}
     assert tasks.champion_model_extra(outcome, {}) == {"model_name": "m", "version": 2, "promoted": True,
-                                                       "previous_version": 1}
+                                                       "previous_version": 1, "action": "require_approval",
+                                                       "approved_by": "alice"}
     assert {KB_INDEX.name, CHAMPION_MODEL.name} == {"kb_index", "champion_model"}
 
 
@@ -121,7 +122,13 @@ def test_notify_outcome_notifies_only_a_rejection(monkeypatch: pytest.MonkeyPatc
     sent = []
     monkeypatch.setattr(notifiers.EvertuneNotifier, "notify", lambda self, ctx: sent.append(self.title))
     outcome = {"candidate": {"version": 3}, "decision": "reject", "reasons": ["worse"]}
-    assert tasks.notify_outcome(outcome, {}) == "reject notified for v3"
-    assert sent == ["gate reject: challenger v3 did not take champion"]
-    assert tasks.notify_outcome({**outcome, "decision": "promote"}, {}) == "promoted v3"
-    assert len(sent) == 1
+    assert tasks.notify_outcome(outcome, None, None, {}) == "reject notified for v3"
+    assert sent == ["gate reject: challenger v3 did not take champion (reject)"]
+    held = {**outcome, "decision": "require_approval"}
+    review = {"chosen_options": ["Reject"], "responded_by_user": {"id": "1", "name": "bob"}}
+    assert tasks.notify_outcome(held, None, review, {}) == "rejected by bob notified for v3"
+    assert sent[-1] == "gate require_approval: challenger v3 did not take champion (rejected by bob)"
+    promoted = {"promotion": {"changed": True}, "approved_by": "gate"}
+    assert tasks.notify_outcome({**outcome, "decision": "promote"}, promoted, None, {}) == \
+        "promoted v3 (approved by gate)"
+    assert len(sent) == 2

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from evertune.errors import ConfigError, NothingToDo, QualityGateFailed
+from evertune.errors import ConfigError, NothingToDo, PromotionConflict, QualityGateFailed
 from evertune.tuning.registry import CHALLENGER, CHAMPION, HISTORY_TAG, PREVIOUS_CHAMPION, TAG_LIMIT, alias_version
 from evertune.tuning.tracking import mlflow_client
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _HISTORY_LIMIT = 200
+#: ``expected_champion`` of :func:`promote` when the caller does not compare (the CLI's manual path).
+ANY = object()
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ def promote(
     *,
     approved_by: str | None = None,
     force: bool = False,
+    expected_champion: int | None | object = ANY,
     settings: Settings | None = None,
 ) -> PromotionResult:
     """Record a gate decision on a version and move ``champion`` to it when allowed.
@@ -160,6 +163,9 @@ def promote(
             ``reasons``; ``None`` for a manual promotion.
         approved_by: Who approved a manual promotion (recorded as a tag).
         force: Promote even against a recorded ``reject`` (manual path only).
+        expected_champion: Compare-and-set: the champion the candidate was evaluated against (``None``: there was
+            none). When given, the alias moves only if ``champion`` still points there and ``challenger`` still
+            points to ``version``; else :class:`~evertune.errors.PromotionConflict`. :data:`ANY` skips the check.
         settings: Deployment settings.
 
     Returns:
@@ -167,6 +173,8 @@ def promote(
 
     Raises:
         QualityGateFailed: A manual promotion of a rejected (or never evaluated) version without ``force``.
+        PromotionConflict: ``expected_champion`` was given and the champion or the challenger moved since; the
+            refusal is tagged on the version (``promotion.refused``) and nothing else changes.
         ConfigError: The version does not exist, or a manual promotion has no ``approved_by``.
     """
     from mlflow.exceptions import MlflowException
@@ -179,19 +187,46 @@ def promote(
         raise ConfigError(f"{model_name} has no version {version}") from exc
     if decision is not None:
         verdict = gate_verdict(decision, approved_by)
-        _record_decision(client, model_name, version, decision)
+        record_decision(client, model_name, version, decision)
     else:
         verdict = manual_verdict(model_name, version, model_version.tags, approved_by, force)
     current = alias_version(client, model_name, CHAMPION)
     if not verdict.allowed or current == version:
         promoted = current == version
         return PromotionResult(model_name, version, promoted, False, current, verdict.action, verdict.reasons)
+    if expected_champion is not ANY:
+        _compare(client, model_name, version, current, expected_champion)
     _move_champion(client, model_name, model_version, current, approved_by)
     log.info("%s: champion v%s -> v%s (%s)", model_name, current, version, verdict.action)
     return PromotionResult(model_name, version, True, True, current, verdict.action, verdict.reasons)
 
 
-def _record_decision(client: MlflowClient, model_name: str, version: int, decision: Any) -> None:
+def _compare(client: MlflowClient, model_name: str, version: int, current: int | None, expected: Any) -> None:
+    """The compare of compare-and-set: refuse when ``champion`` is not ``expected`` or ``challenger`` moved on.
+
+    Raises:
+        PromotionConflict: With the reason; the version is tagged ``promotion.refused`` with it.
+    """
+    challenger = alias_version(client, model_name, CHALLENGER)
+    reason = None
+    if current != expected:
+        reason = (f"champion moved from {_named(expected)} to {_named(current)} after v{version} was evaluated "
+                  f"against {_named(expected)}: v{version} is not promoted; tune again to compare it with "
+                  f"{_named(current)}")
+    elif challenger is not None and challenger != version:
+        reason = (f"superseded: challenger is now v{challenger}, registered after v{version}; "
+                  f"v{version} is not promoted")
+    if reason is not None:
+        client.set_model_version_tag(model_name, str(version), "promotion.refused", reason[:TAG_LIMIT])
+        log.warning("%s: %s", model_name, reason)
+        raise PromotionConflict(reason, [reason])
+
+
+def _named(version: int | None) -> str:
+    return "no champion" if version is None else f"v{version}"
+
+
+def record_decision(client: MlflowClient, model_name: str, version: int, decision: Any) -> None:
     """Tag the version with the gate decision (``gate.passed``, ``gate.action``, ``gate.reasons``)."""
     passed, action, reasons = decision_fields(decision)
     for key, value in {
@@ -262,6 +297,7 @@ def rollback(model_name: str, *, settings: Settings | None = None) -> RollbackRe
 
 
 __all__ = [
+    "ANY",
     "PromotionResult",
     "RollbackResult",
     "Verdict",
@@ -269,5 +305,6 @@ __all__ = [
     "gate_verdict",
     "manual_verdict",
     "promote",
+    "record_decision",
     "rollback",
 ]

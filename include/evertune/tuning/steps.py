@@ -14,8 +14,7 @@ in ``$EVERTUNE_WORK_DIR/tune/<candidate>`` (checkpoints) and in MLflow (runs, mo
 * ``evaluate_candidate`` and ``gate_candidate`` (in :mod:`evertune.tuning.evaluation`): challenger, champion and
   the untuned base model on the golden set through the served answer path, freshness on the changed-fact probes,
   then the pure gate decision.
-* ``register_candidate``: every evaluated candidate becomes a version with alias ``challenger``; ``champion``
-  moves only for a passing decision.
+* ``register`` and ``promote`` live in :mod:`evertune.tuning.release`.
 """
 
 from __future__ import annotations
@@ -301,34 +300,3 @@ def train_candidate(
         mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
     )
     return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
-
-
-def register_candidate(
-    dataset: dict[str, Any],
-    trained: dict[str, Any],
-    evaluation: dict[str, Any],
-    decision: dict[str, Any],
-    overrides: dict[str, Any] | None = None,
-    dag_id: str | None = None,
-    dag_run_id: str | None = None,
-) -> dict[str, Any]:
-    """Register the evaluated candidate (alias ``challenger``) and promote it only when the gate passed."""
-    from evertune.tuning.promotion import promote
-    from evertune.tuning.registry import register_candidate as register
-
-    params, settings = _context(overrides)
-    headline = {f"eval_{k}": round(v, 4) for k, v in evaluation["challenger"].items()}
-    candidate = register(
-        trained["merged_dir"], params, run_id=trained["run_id"], data_version=dataset["data_version"],
-        kb_table_version=trained["kb_version"], base_model=params.base_model.name_or_path,
-        dag_id=dag_id, dag_run_id=dag_run_id, settings=settings,
-        extra_tags={"as_of": dataset["as_of"], "data_git_rev": dataset["data_git_rev"],
-                    "data_folder": dataset["folder"], **headline},
-    )
-    promotion = promote(params.registry.model_name, candidate.version, decision, settings=settings)
-    summary = {"candidate": candidate.to_dict(),
-               "promotion": promotion.to_dict(),
-               "decision": decision["action"], "reasons": decision["reasons"]}
-    log.info("registered %s v%s (%s); decision %s", candidate.model_name, candidate.version,
-             "new" if candidate.created else "existing", decision["action"])
-    return summary
