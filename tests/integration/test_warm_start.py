@@ -1,7 +1,7 @@
 """Warm start from the champion with replay, through the real tune steps (tiny model, MLflow SQLite, DVC, LanceDB).
 
-Day 1 of the demo is validated, versioned and published, and the tune steps (build_dataset .. register_candidate)
-make a first champion from it. Day 2's drop then promotes two of the champion's training questions to golden QA
+Day 1 of a small demo is validated, versioned and published, and the tune steps (build_dataset ..
+register_candidate) make a first champion from it. Day 2's drop then promotes two of the champion's training questions to golden QA
 items (one under a new id, one under the training row's own id) and re-drops one of its QA rows unchanged. The
 second run (as of day 2, ``train.warm_start_from_champion``) must start from the champion's adapter (run tags),
 replay ``train.replay_fraction`` of the mix from the champion's training rows, never replay a golden item or a row
@@ -21,11 +21,13 @@ from evertune.settings import get_settings
 from evertune.tuning.metrics import normalize_answer
 from evertune.tuning.train_data import read_jsonl, row_question
 
-# About 60-90 s on 2 shared cores: GX validation and DVC of 2 demo days, 2 KB publishes, 2 tiny trainings and
-# evaluations (challenger, champion, base model) and 2 registrations.
+# GX validation and DVC of 2 small demo days (12 articles), 2 KB publishes, 2 tiny trainings, one evaluation
+# (challenger and base model) and one registration.
 pytestmark = pytest.mark.slow
 
-COLD = {"dataset.window_days": 1}  # each run trains on its own day: replay then brings back the champion's rows
+# Each run trains on its own day (replay then brings back the champion's rows); the drift embedding test is
+# skipped (too few samples: reported, severity none), it is not what this test is about.
+COLD = {"dataset.window_days": 1, "drift.min_samples": 2000}
 WARM = {**COLD, "train.warm_start_from_champion": True, "train.replay_fraction": 0.3}
 
 
@@ -50,8 +52,8 @@ def _step(name: str):
     return next(step for step in STEPS if step.pipeline == TUNE and step.name == name).load()
 
 
-def _tune(day: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The tune steps in DAG order (as ``tune_model`` calls them), with timings."""
+def _tune(day: str, overrides: dict[str, Any], *, until: str = "register") -> dict[str, Any]:
+    """The tune steps in DAG order (as ``tune_model`` calls them) up to ``until`` (``train`` or ``register``)."""
     import time
 
     run_id, started = f"manual__{day}", time.perf_counter()
@@ -59,11 +61,13 @@ def _tune(day: str, overrides: dict[str, Any]) -> dict[str, Any]:
     drift = _step("drift")(dataset, overrides, run_id)
     trained = _step("train")(dataset, drift, overrides)
     trained_at = time.perf_counter()
+    print(f"tune {day}: dataset+drift+train {trained_at - started:.1f} s")
+    if until == "train":
+        return {"dataset": dataset, "drift": drift, "trained": trained}
     evaluation = _step("evaluate")(dataset, trained, overrides)
     decision = _step("gate")(evaluation, drift, trained, overrides)
     registered = _step("register")(dataset, trained, evaluation, decision, overrides, "tune_model", run_id)
-    print(f"tune {day}: dataset+drift+train {trained_at - started:.1f} s, evaluate+gate+register "
-          f"{time.perf_counter() - trained_at:.1f} s")
+    print(f"tune {day}: evaluate+gate+register {time.perf_counter() - trained_at:.1f} s")
     return {"dataset": dataset, "drift": drift, "trained": trained, "registered": registered}
 
 
@@ -96,7 +100,7 @@ def warm_home(evertune_home: Path, tiny_model_dir: Path, monkeypatch: pytest.Mon
     params, settings = load_params(), get_settings()
     settings.ensure_local_dirs()
     manifests = generate_range(settings.landing_uri, start_date=params.demo.start_date, days=2,
-                               seed=params.demo.seed, n_articles=params.demo.n_articles,
+                               seed=params.demo.seed, n_articles=12,  # 45 QA rows, 30 golden QA items
                                max_file_bytes=params.ingest.max_file_bytes)
     return {"days": [m["date"] for m in manifests], "landing": Path(settings.landing_uri)}
 
@@ -115,7 +119,9 @@ def test_warm_start_continues_the_champion_and_replays_only_what_may_be_replayed
 
     planted = _late_golden_and_redrop(warm_home["landing"], second_day, champion_rows)
     _publish(second_day)
-    second = _tune(second_day, WARM)
+    # The warm start happens in train_candidate; evaluation, gate and registration of the warm candidate are the
+    # same code as the first run's (and tests/integration/test_tune_dag.py's), so the run stops after training.
+    second = _tune(second_day, WARM, until="train")
     dataset, trained = second["dataset"], second["trained"]
 
     # It started from the champion's adapter: recorded on the result and on the MLflow run.
@@ -137,13 +143,14 @@ def test_warm_start_continues_the_champion_and_replays_only_what_may_be_replayed
     # The replay pool holds no golden item (by id or normalised question) and no row the new data supersedes.
     counts = warm["replay"]
     assert counts["replay_dropped_golden"] >= 2 and counts["replay_dropped_superseded"] >= 1, counts
-    assert counts["replay_kept"] + counts["replay_dropped_golden"] + counts["replay_dropped_superseded"] == \
+    assert counts["replay_kept"] + sum(v for k, v in counts.items() if k.startswith("replay_dropped_")) == \
         counts["replay_rows"] == len(champion_rows)
     pool = read_jsonl(Path(trained["output_dir"]) / "replay.jsonl")
     assert len(pool) == counts["replay_kept"] >= n_replay
     golden = read_jsonl(Path(dataset["path"]) / "golden_qa.jsonl")
-    new_rows = read_jsonl(Path(dataset["path"]) / "train.jsonl") + read_jsonl(Path(dataset["path"]) /
-                                                                              "validation.jsonl")
+    validation = Path(dataset["path"]) / "validation.jsonl"  # empty when the window is this small
+    new_rows = read_jsonl(Path(dataset["path"]) / "train.jsonl") + (
+        read_jsonl(validation) if validation.read_text(encoding="utf-8").strip() else [])
     pool_ids = {row["id"] for row in pool}
     pool_questions = {normalize_answer(row_question(row)) for row in pool}
     assert not pool_ids & {item["qa_id"] for item in golden}
@@ -157,5 +164,4 @@ def test_warm_start_continues_the_champion_and_replays_only_what_may_be_replayed
     assert trained["candidate_key"] == candidate_identity(warm_params, dataset, champion)
     assert trained["candidate_key"] != candidate_identity(warm_params, dataset, None)
     assert trained["candidate_key"] != candidate_identity(cold_params, dataset, None)
-    assert second["registered"]["candidate"]["version"] == champion + 1
 

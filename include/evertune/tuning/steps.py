@@ -291,29 +291,41 @@ def _warm_start(params: Params, settings: Settings) -> tuple[dict[str, Any] | No
     return reference, adapter
 
 
+def _has_rows(path: Path) -> bool:
+    """Whether a JSON-lines file exists and holds a non-blank line."""
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as handle:
+        return any(line.strip() for line in handle)
+
+
 def _replay_set(settings: Settings, dataset: dict[str, Any], reference: dict[str, Any],
                 output_dir: Path) -> tuple[Path, dict[str, int]]:
     """The champion's training rows that may be replayed, written to ``output_dir/replay.jsonl``: its train set
-    (restored from DVC) less every golden QA item carried to ``as_of`` (ids and questions any golden drop held)
-    and less the rows superseded by the new dataset (:func:`evertune.tuning.train_data.filter_replay`)."""
+    (restored from DVC) less every golden QA item carried to ``as_of`` (ids and questions any golden drop held),
+    less the rows about documents deleted up to ``as_of`` and less the rows superseded by the new dataset
+    (:func:`evertune.tuning.train_data.filter_replay`)."""
     from evertune.kb.golden import QA
     from evertune.kb.golden_carry import carried_golden
+    from evertune.tuning.history import collect_deleted_doc_ids, current_documents, select_interval_dirs
     from evertune.tuning.train_data import filter_replay, read_jsonl, write_jsonl
 
     golden = carried_golden(settings.data_repo / "validated", dataset["as_of"], QA)
+    history = select_interval_dirs(settings.data_repo / "validated", dataset["as_of"], None)
     frozen = snapshot.read_records(dataset["path"], snapshot.GOLDEN_QA)
     folder = Path(dataset["path"])
     new_rows = read_jsonl(folder / "train.jsonl")
-    if (folder / "validation.jsonl").is_file() and (folder / "validation.jsonl").stat().st_size:
+    if _has_rows(folder / "validation.jsonl"):
         new_rows += read_jsonl(folder / "validation.jsonl")
     kept, counts = filter_replay(
         read_jsonl(_restore_reference(settings, reference) / "train.jsonl"), new_rows,
         golden_ids={*golden.seen_ids, *(str(item["qa_id"]) for item in frozen)},
         golden_questions={*golden.seen_texts, *(item["question"] for item in frozen)},
+        deleted_doc_ids=collect_deleted_doc_ids(history, current_documents(history)),
     )  # fmt: skip
-    log.info("replay from champion v%s: %d of %d rows kept (%d golden, %d superseded by new rows)",
-             reference["version"], counts["replay_kept"], counts["replay_rows"], counts["replay_dropped_golden"],
-             counts["replay_dropped_superseded"])
+    log.info("replay from champion v%s: %d of %d rows kept (%d golden, %d of deleted documents, %d superseded by "
+             "new rows)", reference["version"], counts["replay_kept"], counts["replay_rows"],
+             counts["replay_dropped_golden"], counts["replay_dropped_deleted_doc"], counts["replay_dropped_superseded"])
     return write_jsonl(output_dir / "replay.jsonl", kept), counts
 
 
@@ -357,8 +369,10 @@ def train_candidate(
         tags = {"warm_start_from": f"v{reference['version']}",
                 "warm_start_data_version": str(reference["data_version"]),
                 **{key_: str(value) for key_, value in counts.items()}}
+    # A small window may leave no validation row: then there is no eval loss (an empty file is not an error).
+    validation = folder / "validation.jsonl" if _has_rows(folder / "validation.jsonl") else None
     result = train_adapter(
-        folder / "train.jsonl", folder / "validation.jsonl", params, settings,
+        folder / "train.jsonl", validation, params, settings,
         output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
         mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version, tags=tags,
     )

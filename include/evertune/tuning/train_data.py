@@ -93,34 +93,40 @@ def filter_replay(
     *,
     golden_ids: Iterable[str] = (),
     golden_questions: Iterable[str] = (),
+    deleted_doc_ids: Iterable[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The reference rows that may be replayed into a warm start, in their order.
 
-    A reference row (e.g. of the champion's training set) is left out when it is, by ``id`` or normalised
-    question (:func:`evertune.tuning.metrics.normalize_answer`):
+    A reference row (e.g. of the champion's training set) is left out when it is (matching by ``id`` or by
+    question normalised with :func:`evertune.tuning.metrics.normalize_answer`, the last user turn for a row
+    without ``question``):
 
     * a golden QA item (``golden_ids`` / ``golden_questions``): the champion may have trained on an item that
       joined the golden set later, and no golden item is ever trained on;
+    * about a deleted document (its ``doc_id`` in ``deleted_doc_ids``): a deletion must reach the model too;
     * superseded by a new row (``new_rows``, train and validation): the new row, whose answer or context may have
       changed since, is what the model should learn; replaying the old one would teach the stale version, and a
       reference row that became a validation row would leak into the eval loss.
 
     Returns:
-        ``(kept, counts)`` with counts ``replay_rows``, ``replay_kept``, ``replay_dropped_golden`` and
-        ``replay_dropped_superseded``.
+        ``(kept, counts)`` with counts ``replay_rows``, ``replay_kept``, ``replay_dropped_golden``,
+        ``replay_dropped_deleted_doc`` and ``replay_dropped_superseded`` (each dropped row counted under the first reason that applies).
     """
     from evertune.tuning.metrics import normalize_answer
 
     gold_ids, gold_texts = set(golden_ids), {normalize_answer(q) for q in golden_questions}
+    deleted = set(deleted_doc_ids)
     new_ids = {str(row["id"]) for row in new_rows if row.get("id") is not None}
     new_texts = {normalize_answer(row_question(row)) for row in new_rows}
     kept: list[dict[str, Any]] = []
     counts = {"replay_rows": len(replay_rows), "replay_kept": 0, "replay_dropped_golden": 0,
-              "replay_dropped_superseded": 0}
+              "replay_dropped_deleted_doc": 0, "replay_dropped_superseded": 0}
     for row in replay_rows:
         row_id, text = str(row.get("id", "")), normalize_answer(row_question(row))
         if row_id in gold_ids or text in gold_texts:
             counts["replay_dropped_golden"] += 1
+        elif row.get("doc_id") and str(row["doc_id"]) in deleted:
+            counts["replay_dropped_deleted_doc"] += 1
         elif row_id in new_ids or text in new_texts:
             counts["replay_dropped_superseded"] += 1
         else:
