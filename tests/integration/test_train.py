@@ -14,7 +14,7 @@ from evertune.config import Params, load_params, parse_params, training_params_h
 from evertune.errors import ConfigError
 from evertune.settings import get_settings
 from evertune.tuning.train import train_adapter
-from evertune.tuning.train_data import mix_replay, to_sft_example
+from evertune.tuning.train_data import filter_replay, mix_replay, to_sft_example
 from evertune.tuning.train_state import STATE_FILE, last_checkpoint
 
 FACTS = [
@@ -96,6 +96,27 @@ def test_replay_mix_has_the_configured_share_and_is_seeded() -> None:
     assert mix_replay(new, old, 0.2, seed=6)[0] != mixed
     assert mix_replay(new, old, 0.0, seed=5) == (new, 0)
     assert mix_replay(new, old[:3], 0.5, seed=5)[1] == 3  # capped by what the replay set has
+
+
+def test_replay_filter_drops_golden_items_and_rows_the_new_data_supersedes() -> None:
+    def row(row_id: str, question: str) -> dict:
+        return {"id": row_id, "question": question, "answer": "a"}
+
+    old = [row("q1", "How do I export?"), row("q2", "Where are invoices?"), row("q3", "Can I sync offline?"),
+           row("q4", "How much is Pro?"), row("q5", "How do I reset my password?"),
+           {**row("q7", "What was the legacy sync?"), "doc_id": "legacy-sync"},
+           {"id": "q6", "messages": [{"role": "user", "content": "What is two-factor login?"},
+                                     {"role": "assistant", "content": "a"}]}]
+    new = [row("q3", "Can I sync when offline?"), row("n1", "how much is PRO")]
+    kept, counts = filter_replay(old, new, golden_ids={"q1"},
+                                 golden_questions={"Where are the invoices?", "WHAT is two-factor login"},
+                                 deleted_doc_ids={"legacy-sync"})
+    # Golden: q1 by id, q2 and q6 (its user turn) by normalised question; q7 cites a deleted document;
+    # superseded: q3 by id, q4 by normalised question.
+    assert [r["id"] for r in kept] == ["q5"]
+    assert counts == {"replay_rows": 7, "replay_kept": 1, "replay_dropped_golden": 3,
+                      "replay_dropped_deleted_doc": 1, "replay_dropped_superseded": 2}
+    assert filter_replay(old, [], golden_ids=(), golden_questions=())[0] == old
 
 
 @pytest.mark.slow

@@ -260,43 +260,119 @@ def _published_kb_version(params: Params, settings: Settings) -> str:
     return f"{name}@v{version}"
 
 
+def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int | None) -> str:
+    """The candidate key of a training: data version, pinned KB version, training params hash and base model; a
+    warm start also depends on the champion version it starts from (``+warm:v<N>`` on the data identity), so the
+    same data warm-started, or started from another champion, is another candidate than a cold start."""
+    from evertune.config import training_params_hash
+    from evertune.tuning.registry import candidate_key
+
+    data_identity = dataset["data_version"] + (f"+warm:v{warm_from}" if warm_from is not None else "")
+    return candidate_key(data_identity, dataset["kb_version"], training_params_hash(params),
+                         params.base_model.name_or_path)
+
+
+def _warm_start(params: Params, settings: Settings) -> tuple[dict[str, Any] | None, Path | None]:
+    """``(champion reference, its adapter folder)`` for a warm start; ``(None, None)`` when
+    ``train.warm_start_from_champion`` is off, there is no champion, or it has no adapter or data to replay
+    (then the training starts cold, with a warning)."""
+    from evertune.tuning.registry import download_champion_adapter
+
+    reference = _champion_reference(params, settings) if params.train.warm_start_from_champion else None
+    if reference is None:
+        return None, None
+    folder = settings.work_dir / "tune" / "champions" / f"v{reference['version']}-adapter"
+    adapter = download_champion_adapter(params.registry.model_name, folder, settings=settings)
+    if adapter is None or not reference.get("data_git_rev") or not reference.get("data_folder"):
+        log.warning("warm start asked, but champion v%s has no adapter or no recorded training data: cold start",
+                    reference["version"])
+        return None, None
+    return reference, adapter
+
+
+def _has_rows(path: Path) -> bool:
+    """Whether a JSON-lines file exists and holds a non-blank line."""
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as handle:
+        return any(line.strip() for line in handle)
+
+
+def _replay_set(settings: Settings, dataset: dict[str, Any], reference: dict[str, Any],
+                output_dir: Path) -> tuple[Path, dict[str, int]]:
+    """The champion's training rows that may be replayed, written to ``output_dir/replay.jsonl``: its train set
+    (restored from DVC) less every golden QA item carried to ``as_of`` (ids and questions any golden drop held),
+    less the rows about documents deleted up to ``as_of`` and less the rows superseded by the new dataset
+    (:func:`evertune.tuning.train_data.filter_replay`)."""
+    from evertune.kb.golden import QA
+    from evertune.kb.golden_carry import carried_golden
+    from evertune.tuning.history import collect_deleted_doc_ids, current_documents, select_interval_dirs
+    from evertune.tuning.train_data import filter_replay, read_jsonl, write_jsonl
+
+    golden = carried_golden(settings.data_repo / "validated", dataset["as_of"], QA)
+    history = select_interval_dirs(settings.data_repo / "validated", dataset["as_of"], None)
+    frozen = snapshot.read_records(dataset["path"], snapshot.GOLDEN_QA)
+    folder = Path(dataset["path"])
+    new_rows = read_jsonl(folder / "train.jsonl")
+    if _has_rows(folder / "validation.jsonl"):
+        new_rows += read_jsonl(folder / "validation.jsonl")
+    kept, counts = filter_replay(
+        read_jsonl(_restore_reference(settings, reference) / "train.jsonl"), new_rows,
+        golden_ids={*golden.seen_ids, *(str(item["qa_id"]) for item in frozen)},
+        golden_questions={*golden.seen_texts, *(item["question"] for item in frozen)},
+        deleted_doc_ids=collect_deleted_doc_ids(history, current_documents(history)),
+    )  # fmt: skip
+    log.info("replay from champion v%s: %d of %d rows kept (%d golden, %d of deleted documents, %d superseded by "
+             "new rows)", reference["version"], counts["replay_kept"], counts["replay_rows"],
+             counts["replay_dropped_golden"], counts["replay_dropped_deleted_doc"], counts["replay_dropped_superseded"])
+    return write_jsonl(output_dir / "replay.jsonl", kept), counts
+
+
 def train_candidate(
     dataset: dict[str, Any], drift: dict[str, Any], overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on the dataset, unless this exact candidate is already registered.
 
+    With ``train.warm_start_from_champion`` (and a champion with an adapter and recorded training data), training
+    continues the champion's adapter and replays ``train.replay_fraction`` of the mix from the champion's
+    training rows, filtered by :func:`_replay_set`; the run is tagged ``warm_start_from`` (``v<N>``),
+    ``warm_start_data_version`` and the replay counts.
+
     Returns:
         ``TrainResult.to_dict()`` (with ``cost``: device-seconds, tokens, peak memory, estimated cost and the
-        projection), plus ``candidate_key`` and ``kb_version`` (the dataset's pinned KB version).
+        projection), plus ``candidate_key``, ``kb_version`` (the dataset's pinned KB version) and ``warm_start``
+        (``None``, or ``{"from_version", "data_version", "replay": counts}``).
 
     Raises:
         NothingToDo: A registered version has the same candidate key.
         BudgetExceeded: The projected tokens or time exceed the ``cost`` budget (refused before the model loads;
             the tuning run is tagged ``budget_refused``).
     """
-    from evertune.config import training_params_hash
-    from evertune.tuning.registry import candidate_key, download_champion_adapter, find_candidate
+    from evertune.tuning.registry import find_candidate
     from evertune.tuning.train import train_adapter
 
     params, settings = _context(overrides)
     kb_version = dataset["kb_version"]  # the version the training contexts came from, pinned by build_dataset
-    reference = _champion_reference(params, settings) if params.train.warm_start_from_champion else None
-    # A warm start depends on which champion it starts from: part of the candidate's identity.
-    data_identity = dataset["data_version"] + (f"+warm:v{reference['version']}" if reference else "")
-    key = candidate_key(data_identity, kb_version, training_params_hash(params), params.base_model.name_or_path)
+    reference, adapter = _warm_start(params, settings)
+    key = candidate_identity(params, dataset, reference["version"] if reference else None)
     existing = find_candidate(params.registry.model_name, key, settings=settings)
     if existing is not None:
         raise NothingToDo(f"candidate {key[:12]} (same data, KB, params and base model) is already version "
                           f"{existing.version}: nothing new to train")
     folder = Path(dataset["path"])
     output_dir = settings.work_dir / "tune" / key[:16]
-    adapter = replay = None
-    if reference is not None and reference.get("data_git_rev"):
-        adapter = download_champion_adapter(params.registry.model_name, output_dir / "warm-start", settings=settings)
-        replay = _restore_reference(settings, reference) / "train.jsonl"
+    replay, warm, tags = None, None, {}
+    if reference is not None:
+        replay, counts = _replay_set(settings, dataset, reference, output_dir)
+        warm = {"from_version": reference["version"], "data_version": reference["data_version"], "replay": counts}
+        tags = {"warm_start_from": f"v{reference['version']}",
+                "warm_start_data_version": str(reference["data_version"]),
+                **{key_: str(value) for key_, value in counts.items()}}
+    # A small window may leave no validation row: then there is no eval loss (an empty file is not an error).
+    validation = folder / "validation.jsonl" if _has_rows(folder / "validation.jsonl") else None
     result = train_adapter(
-        folder / "train.jsonl", folder / "validation.jsonl", params, settings,
+        folder / "train.jsonl", validation, params, settings,
         output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
-        mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version,
+        mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version, tags=tags,
     )
-    return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version}
+    return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version, "warm_start": warm}

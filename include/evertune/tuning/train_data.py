@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,14 +79,79 @@ def to_sft_example(row: Mapping[str, Any], *, completion_only: bool) -> dict[str
     return {"prompt": clean[:-1], "completion": clean[-1:]}
 
 
+def row_question(row: Mapping[str, Any]) -> str:
+    """The question of an SFT row: its ``question`` field, else the text of its last user turn."""
+    if row.get("question"):
+        return str(row["question"])
+    users = [m for m in row.get("messages") or [] if isinstance(m, Mapping) and m.get("role") == "user"]
+    return str(users[-1].get("content") or "") if users else str(row.get("prompt") or "")
+
+
+def filter_replay(
+    replay_rows: Sequence[dict[str, Any]],
+    new_rows: Sequence[dict[str, Any]],
+    *,
+    golden_ids: Iterable[str] = (),
+    golden_questions: Iterable[str] = (),
+    deleted_doc_ids: Iterable[str] = (),
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The reference rows that may be replayed into a warm start, in their order.
+
+    A reference row (e.g. of the champion's training set) is left out when it is (matching by ``id`` or by
+    question normalised with :func:`evertune.tuning.metrics.normalize_answer`, the last user turn for a row
+    without ``question``):
+
+    * a golden QA item (``golden_ids`` / ``golden_questions``): the champion may have trained on an item that
+      joined the golden set later, and no golden item is ever trained on;
+    * about a deleted document (its ``doc_id`` in ``deleted_doc_ids``): a deletion must reach the model too;
+    * superseded by a new row (``new_rows``, train and validation): the new row, whose answer or context may have
+      changed since, is what the model should learn; replaying the old one would teach the stale version, and a
+      reference row that became a validation row would leak into the eval loss.
+
+    Returns:
+        ``(kept, counts)`` with counts ``replay_rows``, ``replay_kept``, ``replay_dropped_golden``,
+        ``replay_dropped_deleted_doc`` and ``replay_dropped_superseded`` (each dropped row counted under the first reason that applies).
+    """
+    from evertune.tuning.metrics import normalize_answer
+
+    gold_ids, gold_texts = set(golden_ids), {normalize_answer(q) for q in golden_questions}
+    deleted = set(deleted_doc_ids)
+    new_ids = {str(row["id"]) for row in new_rows if row.get("id") is not None}
+    new_texts = {normalize_answer(row_question(row)) for row in new_rows}
+    kept: list[dict[str, Any]] = []
+    counts = {"replay_rows": len(replay_rows), "replay_kept": 0, "replay_dropped_golden": 0,
+              "replay_dropped_deleted_doc": 0, "replay_dropped_superseded": 0}
+    for row in replay_rows:
+        row_id, text = str(row.get("id", "")), normalize_answer(row_question(row))
+        if row_id in gold_ids or text in gold_texts:
+            counts["replay_dropped_golden"] += 1
+        elif row.get("doc_id") and str(row["doc_id"]) in deleted:
+            counts["replay_dropped_deleted_doc"] += 1
+        elif row_id in new_ids or text in new_texts:
+            counts["replay_dropped_superseded"] += 1
+        else:
+            kept.append(row)
+    counts["replay_kept"] = len(kept)
+    return kept, counts
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write rows as JSON lines (UTF-8, keys in their order): the same rows always give the same bytes."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return target
+
+
 def mix_replay(
     new_rows: Sequence[dict[str, Any]], replay_rows: Sequence[dict[str, Any]], fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], int]:
     """Mix replayed reference examples into the new training set (against forgetting on warm starts).
 
     ``fraction`` is the share of replayed examples in the resulting mix: ``n_replay = fraction / (1 - fraction)
-    * n_new``, capped by what the replay set has (rows identical to a new row are not replayed). Sampling and the
-    final order are seeded, so the mix is the same on every retry.
+    * n_new``, capped by what the replay set has (rows identical to a new row are not replayed; a warm start from
+    the champion filters its rows first with :func:`filter_replay`). Sampling and the final order are seeded, so
+    the mix is the same on every retry.
 
     Returns:
         ``(rows, n_replayed)``.
@@ -137,4 +202,5 @@ def load_examples(
     )
 
 
-__all__ = ["TrainingExamples", "load_examples", "mix_replay", "read_jsonl", "to_sft_example"]
+__all__ = ["TrainingExamples", "filter_replay", "load_examples", "mix_replay", "read_jsonl", "row_question",
+           "to_sft_example", "write_jsonl"]
