@@ -10,8 +10,8 @@ Measured, in the same run and on the same retrieved contexts (``production`` KB,
   base without retrieval (the base is ``base_model`` untuned, through the same answer path and prompt);
 * freshness on the changed-fact probes carried to the newest interval (all of them: ``since=None``): the share of
   answers carrying the new value and not the old one, with its Wilson interval, for champion + RAG and base + RAG;
-* answer endings: the share of champion answers whose raw ``generate`` output holds an EOS token before
-  ``evaluate.max_new_tokens`` (no post-hoc cutting), and how many contain a second turn.
+* answer endings, per system: the share of answers whose raw ``generate`` output holds an EOS / end-of-turn id
+  before ``evaluate.max_new_tokens`` (no post-hoc cutting), and how many contain a second turn.
 
 ``python -m bench answer_quality`` (``--quick``: 8 questions per set).
 """
@@ -42,40 +42,19 @@ def _settings_and_params() -> tuple[Any, Any]:
     return get_settings(), load_params()
 
 
-def _endings(model: Any, tokenizer: Any, questions: list[str], contexts: list, params: Any) -> dict[str, Any]:
-    """EOS before ``max_new_tokens`` on the raw ``generate`` output, and second turns in the decoded text."""
-    import torch
-    from transformers import GenerationConfig
-
-    from evertune.tuning.answer import _eos_ids, answer_spec, render_prompt
-
-    spec = answer_spec(params)
-    eos = _eos_ids(model, tokenizer)
-    config = GenerationConfig(max_new_tokens=spec.max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-    ended = second_turns = 0
-    tokenizer.padding_side = "left"
-    for question, chunks in zip(questions, contexts, strict=True):
-        prompt = render_prompt(tokenizer, question, chunks, spec)
-        encoded = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            output = model.generate(**encoded, generation_config=config)
-        new = output[0, encoded["input_ids"].shape[1]:].tolist()
-        ended += any(token in eos for token in new)
-        text = tokenizer.decode(new, skip_special_tokens=False).lower()
-        second_turns += any(marker in text for marker in SECOND_TURN_MARKERS)
-    return {"n": len(questions), "eos_share": ended / max(len(questions), 1), "second_turns": second_turns}
-
-
 def _score(model: Any, tokenizer: Any, questions: list[str], references: list[str], contexts: list,
            params: Any) -> dict[str, Any]:
-    from evertune.tuning.answer import answer_questions
+    """token-F1 of the served answers, and how many ended on their own (raw ``generate`` ids) or ran into a
+    second turn."""
+    from evertune.tuning.answer import answer_spec, generate_for_questions
     from evertune.tuning.metrics import score_generations
 
     started = time.perf_counter()
-    answers = answer_questions(model, tokenizer, questions, None, params, contexts=contexts)
-    scores = score_generations(answers, references)
-    return {"answers": answers, "token_f1": float(scores.aggregate["token_f1"]),
+    generations = generate_for_questions(model, tokenizer, questions, answer_spec(params), contexts)
+    scores = score_generations(generations.answers, references)
+    second_turns = sum(any(m in a.lower() for m in SECOND_TURN_MARKERS) for a in generations.answers)
+    return {"answers": generations.answers, "token_f1": float(scores.aggregate["token_f1"]),
+            "ended_share": generations.ended_share, "second_turns": second_turns,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -117,8 +96,6 @@ def run(quick: bool = False) -> dict[str, Any]:
         result[f"{name}_freshness_examples"] = [
             {"question": p.question, "new": p.new_value, "old": p.old_value, "answer": a}
             for p, a in list(zip(probes, probe_answers, strict=True))[:6]]
-        if name == "champion":
-            result["champion_endings"] = _endings(model, tokenizer, questions, rag, params)
         del model
     result["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _print(result)
@@ -136,6 +113,6 @@ def _print(result: dict[str, Any]) -> None:
         fresh = result[key]
         print(f"  {key:18s} fresh {fresh['fresh']}/{fresh['n']} = {fresh['fresh_share']}  CI {fresh['ci']}  "
               f"both {fresh['both_values']}  old-only {fresh['old_only']}  token-F1 {fresh['token_f1']}")
-    endings = result["champion_endings"]
-    print(f"  champion endings: EOS before max_new_tokens in {endings['eos_share']:.1%} of {endings['n']}, "
-          f"second turns {endings['second_turns']}")
+    for key in ("champion_rag", "base_rag"):
+        print(f"  {key} endings: EOS before max_new_tokens in {result[key]['ended_share']:.1%} of "
+              f"{result['n_golden']}, second turns {result[key]['second_turns']}")

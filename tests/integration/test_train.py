@@ -127,7 +127,8 @@ def test_lora_training_logs_falling_loss_to_mlflow_and_warm_starts(
     from peft import PeftModel
 
     from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_logprob_losses, no_retrieval
+    from evertune.tuning.answer import no_retrieval
+    from evertune.tuning.answer_scoring import answer_logprob_losses
 
     settings = get_settings()
     params = tiny_params(tiny_model_dir)

@@ -15,14 +15,14 @@ from evertune.config import load_params
 from evertune.errors import ConfigError
 from evertune.tuning.answer import (
     AnswerSpec,
-    answer_logprob_losses,
     answer_questions,
     answer_spec,
-    answer_token_losses,
+    generate_for_questions,
     no_retrieval,
     render_prompt,
     select_contexts,
 )
+from evertune.tuning.answer_scoring import answer_logprob_losses, answer_token_losses
 from evertune.tuning.prompts import available_templates, load_template, render_template
 
 CHATML = (
@@ -166,6 +166,29 @@ def test_batched_generation_matches_one_by_one_and_uses_retriever(model, tokeniz
     # Context changes the prompt and therefore (for this model) the answer.
     without = answer_questions(model, tokenizer, questions, no_retrieval, spec)
     assert without != batched
+
+
+def test_endings_are_read_from_the_raw_generate_output(model, tokenizer, spec) -> None:
+    from evertune.tuning.answer import _eos_ids
+
+    questions = ["how do i export a notebook ?", "can i sync offline ?", "reset my password ?"]
+    contexts = [[KB[0]], [KB[1]], []]
+    # A random model almost never picks one of ~49k ids within 6 tokens: no answer ends by itself.
+    running = generate_for_questions(model, tokenizer, questions, spec, contexts)
+    assert running.ended == [False, False, False] and running.ended_share == 0.0
+    end_of_turn = _eos_ids(model, tokenizer)[-1]
+
+    def favour_end_of_turn(module, inputs, output):
+        output[..., end_of_turn] += 1000.0  # the end-of-turn id now wins every greedy step
+        return output
+
+    hook = model.lm_head.register_forward_hook(favour_end_of_turn)
+    try:
+        stopping = generate_for_questions(model, tokenizer, questions, spec, contexts)
+    finally:
+        hook.remove()
+    assert stopping.ended == [True, True, True] and stopping.answers == ["", "", ""]
+    assert running.answers == answer_questions(model, tokenizer, questions, None, spec, contexts=contexts)
 
 
 def test_precomputed_contexts_skip_the_retriever(model, tokenizer, spec) -> None:

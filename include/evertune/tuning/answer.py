@@ -273,9 +273,28 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
     return end_of_turn_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
 
 
+@dataclass(frozen=True)
+class Generations:
+    """Greedy answers and, per answer, whether the raw ``generate`` output ended it.
+
+    Attributes:
+        answers: The decoded new tokens of each prompt, special tokens removed, stripped.
+        ended: Whether the model emitted an end-of-turn / EOS id (:func:`_eos_ids`) before ``max_new_tokens``,
+            read from the raw token ids (nothing is cut after the fact).
+    """
+
+    answers: list[str]
+    ended: list[bool]
+
+    @property
+    def ended_share(self) -> float:
+        """Share of answers that ended on their own (``nan`` for none)."""
+        return sum(self.ended) / len(self.ended) if self.ended else math.nan
+
+
 def generate_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], spec: AnswerSpec
-) -> list[str]:
+) -> Generations:
     """Greedy-generate one answer per rendered prompt, in batches of ``spec.batch_size`` (left padding).
 
     Args:
@@ -285,7 +304,7 @@ def generate_answers(
         spec: Generation settings.
 
     Returns:
-        The decoded new tokens of each prompt, special tokens removed, stripped.
+        The answers and whether each one ended before ``spec.max_new_tokens``.
     """
     import torch
     from transformers import GenerationConfig
@@ -301,6 +320,7 @@ def generate_answers(
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     answers: list[str] = []
+    ended: list[bool] = []
     try:
         for start in range(0, len(prompts), spec.batch_size):
             batch = list(prompts[start : start + spec.batch_size])
@@ -309,11 +329,12 @@ def generate_answers(
                 output = model.generate(**encoded, generation_config=config)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
             answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            ended.extend(any(token in eos_ids for token in row) for row in new_tokens.tolist())
     finally:
         tokenizer.padding_side = previous_side
         if was_training:
             model.train()
-    return answers
+    return Generations(answers, ended)
 
 
 def answer_questions(
@@ -344,101 +365,25 @@ def answer_questions(
         contexts = retrieve_contexts(questions, retrieve, None if isinstance(params, AnswerSpec) else params)
     if len(contexts) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
+    return generate_for_questions(model, tokenizer, questions, spec, contexts).answers
+
+
+def generate_for_questions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    spec: AnswerSpec,
+    contexts: Sequence[Sequence[Chunk]],
+) -> Generations:
+    """:func:`answer_questions` on already retrieved contexts, keeping whether each answer ended by itself."""
+    if len(contexts) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} context lists")
     prompts = [render_prompt(tokenizer, q, c, spec) for q, c in zip(questions, contexts, strict=True)]
     return generate_answers(model, tokenizer, prompts, spec)
 
 
-def answer_token_losses(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    questions: Sequence[str],
-    references: Sequence[str],
-    retrieve: Retriever | None,
-    params: Params | AnswerSpec,
-    *,
-    contexts: Sequence[Sequence[Chunk]] | None = None,
-) -> list[list[float]]:
-    """Per-token negative log-likelihood (natural log) of each reference answer given its RAG prompt.
-
-    The scored tokens are the reference answer followed by the tokenizer's EOS (the end-of-turn token the model
-    must learn to emit), exactly the tokens SFT trains on. Feed the result to
-    :func:`evertune.tuning.metrics.perplexity`.
-
-    Args:
-        model: A causal LM.
-        tokenizer: Its tokenizer.
-        questions: The questions.
-        references: The reference answers, aligned with ``questions``.
-        retrieve: As in :func:`answer_questions`.
-        params: Pipeline params or an :class:`AnswerSpec`.
-        contexts: Already retrieved chunks per question.
-
-    Returns:
-        One list of token NLLs per item.
-    """
-    import torch
-
-    if len(references) != len(questions):
-        raise ValueError(f"{len(questions)} questions but {len(references)} references")
-    spec = answer_spec(params)
-    if contexts is None:
-        contexts = retrieve_contexts(questions, retrieve, None if isinstance(params, AnswerSpec) else params)
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    sequences: list[tuple[list[int], int]] = []
-    for question, chunks, reference in zip(questions, contexts, references, strict=True):
-        answer_ids = tokenizer(reference, add_special_tokens=False)["input_ids"] + (
-            [eos_id] if eos_id is not None else []
-        )
-        prompt = render_prompt(tokenizer, question, chunks, spec, answer_tokens=len(answer_ids))
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        sequences.append((prompt_ids + answer_ids, len(prompt_ids)))
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    losses: list[list[float]] = []
-    try:
-        for start in range(0, len(sequences), spec.batch_size):
-            batch = sequences[start : start + spec.batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (ids, _) in enumerate(batch):  # right padding: positions stay 0..n-1 as in training
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = input_ids[:, 1:].to(device)
-            nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-            for row, (ids, prompt_len) in enumerate(batch):
-                # logits at position t predict token t+1: answer tokens start at prompt_len.
-                losses.append([float(v) for v in nll[row, prompt_len - 1 : len(ids) - 1]])
-    finally:
-        if was_training:
-            model.train()
-    return losses
-
-
-def answer_logprob_losses(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    questions: Sequence[str],
-    references: Sequence[str],
-    retrieve: Retriever | None,
-    params: Params | AnswerSpec,
-    *,
-    contexts: Sequence[Sequence[Chunk]] | None = None,
-) -> list[float]:
-    """Per-item mean NLL of the reference answers (see :func:`answer_token_losses`); ``exp`` of it is the
-    item's perplexity."""
-    token_losses = answer_token_losses(model, tokenizer, questions, references, retrieve, params, contexts=contexts)
-    return [sum(item) / len(item) if item else math.nan for item in token_losses]
-
-
 __all__ = [
-    "AnswerSpec", "Retriever", "answer_logprob_losses", "answer_questions", "answer_spec", "answer_token_losses",
-    "build_messages", "fit_contexts", "generate_answers", "kb_retriever", "no_retrieval", "render_prompt",
+    "AnswerSpec", "Generations", "Retriever", "answer_questions", "answer_spec", "build_messages", "fit_contexts",
+    "generate_answers", "generate_for_questions", "kb_retriever", "no_retrieval", "render_prompt",
     "retrieve_contexts", "select_contexts",
 ]  # fmt: skip

@@ -42,15 +42,19 @@ def _answers(model_dir: str, questions: list[str], references: list[str], contex
              revision: str | None = None) -> dict:
     """Load a model, answer the questions with the given contexts and score the answers (and their perplexity)."""
     from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_questions, answer_token_losses
+    from evertune.tuning.answer import answer_spec, generate_for_questions
+    from evertune.tuning.answer_scoring import answer_token_losses
     from evertune.tuning.metrics import perplexity, score_generations
 
     model, tokenizer = load_causal_lm(model_dir, revision, device="cpu" if not _cuda() else None)
-    answers = answer_questions(model, tokenizer, questions, None, params, contexts=contexts)
+    generations = generate_for_questions(model, tokenizer, questions, answer_spec(params), contexts)
+    answers = generations.answers
     losses = answer_token_losses(model, tokenizer, questions, references, None, params, contexts=contexts)
     scores = score_generations(answers, references)
     aggregate = {k: float(v) for k, v in scores.aggregate.items() if k != "n"}
     aggregate["perplexity"] = float(perplexity(losses))
+    # Answers whose raw generate output ended (EOS / end of turn) before max_new_tokens: nothing cut after the fact.
+    aggregate["ended_share"] = float(generations.ended_share)
     del model
     return {"answers": answers, "aggregate": aggregate, "per_item": scores.per_item}
 
