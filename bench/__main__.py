@@ -12,7 +12,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "train", "embed_backends", "answer_quality")
+BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "kb_query_scale", "train", "embed_backends", "answer_quality")
 #: Benchmarks that need a state a person made first; left out of the default run.
 ON_DEMAND = ("answer_quality",)
 

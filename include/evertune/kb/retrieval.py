@@ -126,13 +126,38 @@ def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
     return embed_queries(queries, params)
 
 
+def ann_settings(params: Params) -> dict[str, int]:
+    """Query-time ANN settings from ``params.index`` (``nprobes``, ``refine_factor``; 0 means no refine).
+
+    LanceDB ignores them on a table without a vector index (exact search).
+    """
+    settings = {"nprobes": params.index.vector_nprobes}
+    if params.index.vector_refine_factor:
+        settings["refine_factor"] = params.index.vector_refine_factor
+    return settings
+
+
+def _tune(builder: Any, ann: dict[str, int] | None) -> Any:
+    for name, value in (ann or {}).items():
+        builder = getattr(builder, name)(value)
+    return builder
+
+
 def _run_query(
-    table: Any, query: str, vector: list[float] | None, mode: str, limit: int, vector_weight: float = 0.7
+    table: Any,
+    query: str,
+    vector: list[float] | None,
+    mode: str,
+    limit: int,
+    vector_weight: float = 0.7,
+    ann: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """One LanceDB query and its rows; ``ann`` holds query-time ANN settings (:func:`ann_settings`)."""
     from lancedb.rerankers import LinearCombinationReranker
 
     if mode == "vector":
         builder = table.search(vector, query_type="vector", vector_column_name=VECTOR_COLUMN).distance_type(DISTANCE)
+        builder = _tune(builder, ann)
     elif mode == "fts":
         builder = table.search(query, query_type="fts", fts_columns=FTS_COLUMN)
     elif mode == "hybrid":
@@ -145,6 +170,7 @@ def _run_query(
             # every batch of new articles push golden hits down (MRR -0.08 on the drift day), fusion -0.03.
             .rerank(LinearCombinationReranker(weight=vector_weight))
         )
+        builder = _tune(builder, ann)
     else:
         raise ConfigError(f"search mode must be one of {MODES}, got {mode!r}")
     # No .select(): with an explicit projection Lance warns on every query about auto-projected score columns.
@@ -213,9 +239,8 @@ def search(
     else:
         table = _pinned_table(params, settings, version_or_tag)
     vector = _query_vectors([query], params)[0] if mode != "fts" else None
-    rows = _run_query(
-        table, query, vector, mode, k * FETCH_PER_DOC if dedupe_docs else k, params.retrieval.hybrid_vector_weight
-    )
+    limit = k * FETCH_PER_DOC if dedupe_docs else k
+    rows = _run_query(table, query, vector, mode, limit, params.retrieval.hybrid_vector_weight, ann_settings(params))
     return _dedupe_docs(rows, k) if dedupe_docs else rows
 
 
@@ -253,7 +278,9 @@ def _score_version(table: Any, golden: list[dict[str, Any]], vectors: list[Any],
     started = time.perf_counter()
     for item, vector in zip(golden, vectors, strict=True):
         ranked = _dedupe_docs(
-            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight), k
+            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight,
+                       ann_settings(params)),
+            k,
         )
         doc_ids = [row["doc_id"] for row in ranked]
         relevant = set(item["relevant_doc_ids"])
