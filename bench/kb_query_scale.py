@@ -34,8 +34,9 @@ from typing import Any
 
 from bench import common
 
-FULL = {"n_base": 10_000, "n_rows": 100_000, "n_queries": 1_000, "warmup": 30, "curve_queries": 150}
-QUICK = {"n_base": 300, "n_rows": 3_000, "n_queries": 60, "warmup": 5, "curve_queries": 20}
+FULL = {"n_base": 10_000, "n_rows": 100_000, "n_queries": 1_000, "warmup": 30, "curve_queries": 150,
+        "backend_queries": 300}
+QUICK = {"n_base": 300, "n_rows": 3_000, "n_queries": 60, "warmup": 5, "curve_queries": 20, "backend_queries": 20}
 MIN_WORDS, MAX_WORDS = 40, 80
 BASE_INTERVAL = "2026-11-01"
 RECALL_TARGET = 0.95
@@ -308,6 +309,42 @@ def end_to_end(queries: list[str], params: Any, settings: Any) -> dict[str, list
     return parts
 
 
+def query_embedding_backends(queries: list[str], params: Any, settings: Any) -> dict[str, Any]:
+    """Embedding one query: ``embed_queries`` (torch, as ``search()``) against ONNX Runtime at one thread.
+
+    A side measurement of what bounds the query embedding: the ONNX exports of ``embed.backend`` (exported
+    here when missing), loaded with a one-thread session, interleaved per query with torch. A backend whose
+    export fails is reported as skipped.
+    """
+    from evertune.kb.embedding import embed_texts
+    from evertune.kb.retrieval import _query_vectors
+    from evertune.models.embedder import ensure_backend_artifact, resolve_embedder
+    from evertune.models.onnx_export import load_onnx_embedder
+
+    runners: dict[str, Any] = {"torch (search())": lambda query: _query_vectors([query], params)}
+    skipped = {}
+    for backend in ("onnx", "onnx-int8"):
+        embed = params.embed.model_copy(update={"backend": backend})
+        try:
+            folder, _, _ = ensure_backend_artifact(embed, settings.models_dir)
+            model = load_onnx_embedder(resolve_embedder(embed.model), folder, threads=1)
+        except Exception as exc:  # noqa: BLE001 (a side measurement: report, do not fail the run)
+            skipped[backend] = f"{type(exc).__name__}: {exc}"
+            continue
+        runners[f"{backend}, 1 thread"] = lambda query, model=model: embed_texts(model, [query], params)
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for query in queries[:10]:
+        for run_one in runners.values():
+            run_one(query)
+    for number, query in enumerate(queries):
+        names = list(runners)
+        for name in names[number % len(names):] + names[: number % len(names)]:
+            start = time.perf_counter()
+            runners[name](query)
+            samples[name].append(time.perf_counter() - start)
+    return {"samples": {name: _summary(values) for name, values in samples.items()}, "skipped": skipped}
+
+
 def _index_coverage(table: Any) -> dict[str, Any]:
     coverage = {}
     for index in table.list_indices():
@@ -368,11 +405,17 @@ def run(quick: bool = False) -> dict[str, Any]:
     parts = end_to_end(queries[cfg["warmup"] :], chosen_params, settings)
     load.append(common.load_average())
     results = {name: _summary(values) for name, values in parts.items()}
+    backends = query_embedding_backends(queries[cfg["warmup"] :][: cfg["backend_queries"]], chosen_params, settings)
+    load.append(common.load_average())
     hybrid = results["total"]
     chosen = curve["chosen"]
     print(f"{'':24s}{'p50 ms':>9s}{'p95 ms':>9s}{'mean ms':>9s}")
     for name, row in results.items():
         print(f"{'search() ' + name:24s}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['mean_ms']:9.1f}")
+    for name, row in backends["samples"].items():
+        print(f"{'embed ' + name:24s}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['mean_ms']:9.1f}")
+    for name, why in backends["skipped"].items():
+        print(f"embed {name}: skipped ({why})")
     print(
         f"RESULT kb_query_scale: hybrid search() p50 {hybrid['p50_ms']:.1f} ms "
         f"({common.verdict(hybrid['p50_ms'] <= 20)} 20), p95 {hybrid['p95_ms']:.1f} ms "
@@ -386,6 +429,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     record = {"benchmark": "kb_query_scale", "quick": quick, "config": cfg, "machine": info, "base": base_info,
               "build": {**built, "chosen_index_build_s": round(chosen_build_s, 1), "total_s": round(build_total_s, 1)},
               "coverage": _index_coverage(table), "curve": curve, "load": load, "end_to_end": results,
+              "query_embedding_backends": backends,
               "chosen_index_params": chosen_params.index.model_dump()}  # fmt: skip
     common.save_result("kb_query_scale", quick, record)
     return record

@@ -9,6 +9,14 @@ the first time and 176-237 ms (three versions: it also compacts) after; on 20,00
 301 ms, then 806-1003 ms. Both leave no unindexed rows; on 20,000 rows full-text queries ran in 4.8 ms on the
 rebuilt single-segment index and in 9.1 ms on the incrementally optimised one.
 
+Vector index. Below ``index.vector_index_min_rows`` search is exact (no index). Above it, one ANN index
+(``index.vector_index_type``, partitions sized by ``index.vector_rows_per_partition``) whose name records its
+settings and the row count it was built on; it is rebuilt when the settings change or the table has grown
+past ``index.vector_rebuild_growth`` times that count. Rows written after the build are searched exactly
+until the next ``optimize()`` or rebuild folds them in (correct, a little slower). Parameters and query-time
+``nprobes`` / ``refine_factor`` come from a measured curve (``python -m bench kb_query_scale``,
+docs/benchmarks.md section 3c).
+
 Versions are never pruned here: LanceDB raises when a tagged version would be pruned, and a rollback may
 return to any previously published version (most of them untagged), so pruning is a deliberate
 maintenance step, not part of the nightly sync.

@@ -7,7 +7,9 @@ same code path against a pinned version, so the gate measures what readers would
 Per query, :func:`search` resolves the tag to its version (one read of the table's tags) and reuses the
 table checked out at that version, identity already checked, from a small per-process cache: versions are
 immutable, so only a tag move opens and checks a table again. Call :func:`clear_table_cache` after
-dropping and re-creating a table under the same name in a running process.
+dropping and re-creating a table under the same name in a running process. Vector and hybrid queries carry
+the tuned query-time ANN settings (``index.vector_nprobes`` / ``index.vector_refine_factor``, see
+:func:`ann_settings`); on a table below the vector-index threshold LanceDB searches exactly and ignores them.
 """
 
 from __future__ import annotations
