@@ -108,10 +108,10 @@ class IndexParams(_Section):
     # (partitions = rows / rows_per_partition at build), PQ sub-vectors, and the query-time nprobes /
     # refine_factor (0: no re-ranking with exact distances) that search() and evaluation use.
     vector_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
-    vector_rows_per_partition: int = Field(4_000, ge=64)
+    vector_rows_per_partition: int = Field(2_000, ge=64)
     vector_num_sub_vectors: int = Field(48, ge=1)
-    vector_nprobes: int = Field(20, ge=1)
-    vector_refine_factor: int = Field(0, ge=0)
+    vector_nprobes: int = Field(24, ge=1)
+    vector_refine_factor: int = Field(10, ge=0)
     # Rebuild the ANN index once the table holds more than this many times the rows it was built on.
     vector_rebuild_growth: float = Field(2.0, gt=1.0)
     optimize_every_n_writes: int = Field(20, ge=1)
