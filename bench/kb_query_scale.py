@@ -363,11 +363,12 @@ def lancedb_by_mode(table: Any, queries: list[str], vectors: list[Any], params: 
     Modes interleaved per query in rotating order, with the same ``_run_query`` and ANN settings as
     ``search()``: what the hybrid query's time is made of.
     """
+    from evertune.kb.indexes import vector_index_partitions
     from evertune.kb.retrieval import _run_query, ann_settings
 
     modes = ("hybrid", "vector", "fts")
     samples: dict[str, list[float]] = {mode: [] for mode in modes}
-    ann, weight, k = ann_settings(params), params.retrieval.hybrid_vector_weight, params.retrieval.k
+    ann, weight, k = ann_settings(params, vector_index_partitions(table)), params.retrieval.hybrid_vector_weight, params.retrieval.k
     for number, (query, vector) in enumerate(zip(queries, vectors, strict=True)):
         for mode in modes[number % 3 :] + modes[: number % 3]:
             start = time.perf_counter()
@@ -393,7 +394,10 @@ def _summary(values: list[float]) -> dict[str, float]:
 def _chosen_params(chosen: dict[str, Any]) -> Any:
     keys = ("vector_index_type", "vector_rows_per_partition", "vector_num_sub_vectors")
     index = {key: chosen[key] for key in keys if key in chosen}
-    index |= {"vector_nprobes": chosen["nprobes"], "vector_refine_factor": chosen["refine_factor"]}
+    from evertune.kb.indexes import partitions_in_name
+
+    fraction = chosen["nprobes"] / partitions_in_name(chosen["index"])  # 24 of 50 -> 0.48: search() probes 24
+    index |= {"vector_probe_fraction": min(1.0, fraction), "vector_refine_factor": chosen["refine_factor"]}
     return common.load_bench_params(index=index)
 
 

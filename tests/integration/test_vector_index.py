@@ -24,7 +24,7 @@ def params():
     return apply_overrides(
         load_params(),
         {"index.vector_index_min_rows": 256, "index.vector_rows_per_partition": 64, "index.vector_num_sub_vectors": 2,
-         "index.vector_nprobes": 4, "index.vector_refine_factor": 5, "index.vector_rebuild_growth": 2.0},
+         "index.vector_probe_fraction": 0.8, "index.vector_refine_factor": 5, "index.vector_rebuild_growth": 2.0},
     )  # fmt: skip
 
 
@@ -90,14 +90,15 @@ def test_queries_use_the_tuned_nprobes_and_refine_factor(table, params) -> None:
     exact = [row["chunk_id"] for row in _run_query(table, "word0", query, "vector", 5)]
     indexes.ensure_vector_index(table, params, 400)
     indexes.ensure_fts_index(table, 400)
-    ann = ann_settings(params)
-    assert ann == {"nprobes": 4, "refine_factor": 5}
+    assert indexes.vector_index_partitions(table) == 6  # 400 rows / 64 per partition
+    ann = ann_settings(params, indexes.vector_index_partitions(table))
+    assert ann == {"nprobes": 5, "refine_factor": 5}  # ceil(0.8 x 6)
     found = [row["chunk_id"] for row in _run_query(table, "word0", query, "vector", 5, ann=ann)]
     assert found[0] == exact[0] == "c0"  # refine re-ranks with exact distances: the vector itself comes first
     hybrid = _run_query(table, "word0", query, "hybrid", 5, ann=ann)
     assert hybrid and hybrid[0]["chunk_id"] == "c0"
-    # The plan of the builder _run_query tunes: 4 partitions probed, 5 x 5 candidates re-ranked exactly.
+    # The plan of the builder _run_query tunes: 5 partitions probed, 5 x 5 candidates re-ranked exactly.
     plan = _tune(table.search(query, vector_column_name="vector").distance_type("cosine").limit(5), ann)
     text = plan.explain_plan(verbose=True)
-    assert "minimum_nprobes=4, maximum_nprobes=Some(4)" in text
+    assert "minimum_nprobes=5, maximum_nprobes=Some(5)" in text
     assert "k=25" in text and "KNNVectorDistance" in text

@@ -33,10 +33,16 @@ def test_index_name_records_settings_and_rows_at_build() -> None:
     assert indexes._built_for("vector_ivf_hnsw_sq_p1_n1000", hnsw) == 1_000
 
 
-def test_ann_settings_leave_out_a_zero_refine_factor() -> None:
-    params = apply_overrides(load_params(), {"index.vector_nprobes": 7, "index.vector_refine_factor": 0})
-    assert ann_settings(params) == {"nprobes": 7}
-    assert ann_settings(apply_overrides(params, {"index.vector_refine_factor": 3})) == {"nprobes": 7, "refine_factor": 3}
+def test_ann_settings_probe_a_share_of_the_partitions() -> None:
+    params = apply_overrides(load_params(), {"index.vector_probe_fraction": 0.48, "index.vector_refine_factor": 0})
+    assert ann_settings(params, 50) == {"nprobes": 24}  # the tuned point at 100k rows
+    assert ann_settings(params, 100) == {"nprobes": 48}  # after a rebuild at 2x: the same share of the data
+    assert ann_settings(params, 1) == {"nprobes": 1}
+    assert ann_settings(params, None) == {}  # no index (exact search), or one whose name records nothing
+    refined = apply_overrides(params, {"index.vector_refine_factor": 3})
+    assert ann_settings(refined, 25) == {"nprobes": 12, "refine_factor": 3}
+    assert indexes.partitions_in_name("vector_ivf_pq_p50_s48_n100000") == 50
+    assert indexes.partitions_in_name("vector_idx") is None
 
 
 def _base(n: int) -> list[dict]:

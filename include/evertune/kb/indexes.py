@@ -13,8 +13,9 @@ Vector index. Below ``index.vector_index_min_rows`` search is exact (no index). 
 (``index.vector_index_type``, partitions sized by ``index.vector_rows_per_partition``) whose name records its
 settings and the row count it was built on; it is rebuilt when the settings change or the table has grown
 past ``index.vector_rebuild_growth`` times that count. Rows written after the build are searched exactly
-until the next ``optimize()`` or rebuild folds them in (correct, a little slower). Parameters and query-time
-``nprobes`` / ``refine_factor`` come from a measured curve (``python -m bench kb_query_scale``,
+until the next ``optimize()`` or rebuild folds them in (correct, a little slower). Queries probe
+``index.vector_probe_fraction`` of the partitions (so recall holds when a rebuild adds partitions) and
+re-rank ``index.vector_refine_factor`` x k candidates exactly. The parameters come from a measured curve (``python -m bench kb_query_scale``,
 docs/benchmarks.md section 3c).
 
 Versions are never pruned here: LanceDB raises when a tagged version would be pruned, and a rollback may
@@ -117,6 +118,21 @@ def vector_index_spec(params: Params, rows: int) -> tuple[str, dict[str, Any]]:
         settings = {"num_partitions": partitions}
         shape = f"p{partitions}"
     return f"{VECTOR_COLUMN}_{index.vector_index_type.lower()}_{shape}_n{rows}", settings
+
+
+def partitions_in_name(name: str) -> int | None:
+    """IVF partitions recorded in an index name of :func:`vector_index_spec`, or ``None`` for another name."""
+    match = _VECTOR_NAME.fullmatch(name)
+    return int(match["p"]) if match else None
+
+
+def vector_index_partitions(table: Any) -> int | None:
+    """IVF partitions of the table's ANN index (from its name); ``None`` without one or for an unnamed one."""
+    for name in vector_index_names(table):
+        partitions = partitions_in_name(name)
+        if partitions is not None:
+            return partitions
+    return None
 
 
 def _built_for(name: str, params: Params) -> int | None:

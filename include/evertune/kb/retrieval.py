@@ -8,7 +8,7 @@ Per query, :func:`search` resolves the tag to its version (one read of the table
 table checked out at that version, identity already checked, from a small per-process cache: versions are
 immutable, so only a tag move opens and checks a table again. Call :func:`clear_table_cache` after
 dropping and re-creating a table under the same name in a running process. Vector and hybrid queries carry
-the tuned query-time ANN settings (``index.vector_nprobes`` / ``index.vector_refine_factor``, see
+the tuned query-time ANN settings (``index.vector_probe_fraction`` / ``index.vector_refine_factor``, see
 :func:`ann_settings`); on a table below the vector-index threshold LanceDB searches exactly and ignores them.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, NothingToDo
-from evertune.kb.indexes import FTS_COLUMN
+from evertune.kb.indexes import FTS_COLUMN, vector_index_partitions
 from evertune.kb.table import (
     DISTANCE,
     VECTOR_COLUMN,
@@ -94,8 +95,11 @@ def _tag_version(settings: Settings, name: str, tag: str) -> int:
     return version
 
 
-def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str) -> Any:
+def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str) -> tuple[Any, int | None]:
     """The chunk table checked out at a version or a tag's version, identity checked once per version.
+
+    Returns:
+        The table and the IVF partitions of its ANN index (``None`` without one), both cached per version.
 
     Raises:
         NothingToDo: The table or the tag does not exist.
@@ -109,17 +113,18 @@ def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str)
     identity = tuple(sorted(expected_metadata(params, 0).items()))
     key = (settings.lancedb_uri, name, version, identity)
     with _CACHE_LOCK:
-        table = _PINNED.get(key)
-        if table is not None:
+        cached = _PINNED.get(key)
+        if cached is not None:
             _PINNED.move_to_end(key)
-            return table
+            return cached
     table = _open_version(params, settings, version, name)
     check_table_identity(table, params)
+    cached = (table, vector_index_partitions(table))
     with _CACHE_LOCK:
-        _PINNED[key] = table
+        _PINNED[key] = cached
         while len(_PINNED) > PINNED_CACHE_SIZE:
             _PINNED.popitem(last=False)
-    return table
+    return cached
 
 
 def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
@@ -128,12 +133,16 @@ def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
     return embed_queries(queries, params)
 
 
-def ann_settings(params: Params) -> dict[str, int]:
-    """Query-time ANN settings from ``params.index`` (``nprobes``, ``refine_factor``; 0 means no refine).
+def ann_settings(params: Params, partitions: int | None) -> dict[str, int]:
+    """Query-time ANN settings for an index of ``partitions`` IVF partitions (``None``: no or an unnamed index).
 
-    LanceDB ignores them on a table without a vector index (exact search).
+    ``nprobes`` is ``ceil(index.vector_probe_fraction x partitions)``, so the share of the data searched, and
+    with it recall, holds when a rebuild for a grown table adds partitions; ``refine_factor`` is
+    ``index.vector_refine_factor`` (left out at 0). LanceDB ignores both on a table without a vector index.
     """
-    settings = {"nprobes": params.index.vector_nprobes}
+    settings = {}
+    if partitions:
+        settings["nprobes"] = max(1, math.ceil(params.index.vector_probe_fraction * partitions - 1e-9))
     if params.index.vector_refine_factor:
         settings["refine_factor"] = params.index.vector_refine_factor
     return settings
@@ -238,11 +247,13 @@ def search(
     if version_or_tag is None or version_or_tag == "latest":
         table = _open_version(params, settings, version_or_tag)  # the head moves: never cached
         check_table_identity(table, params)
+        partitions = vector_index_partitions(table)
     else:
-        table = _pinned_table(params, settings, version_or_tag)
+        table, partitions = _pinned_table(params, settings, version_or_tag)
     vector = _query_vectors([query], params)[0] if mode != "fts" else None
     limit = k * FETCH_PER_DOC if dedupe_docs else k
-    rows = _run_query(table, query, vector, mode, limit, params.retrieval.hybrid_vector_weight, ann_settings(params))
+    ann = ann_settings(params, partitions)
+    rows = _run_query(table, query, vector, mode, limit, params.retrieval.hybrid_vector_weight, ann)
     return _dedupe_docs(rows, k) if dedupe_docs else rows
 
 
@@ -278,10 +289,10 @@ def _score_version(table: Any, golden: list[dict[str, Any]], vectors: list[Any],
     mode = params.retrieval.mode
     recalls, reciprocal_ranks, misses = [], [], []
     started = time.perf_counter()
+    ann = ann_settings(params, vector_index_partitions(table))
     for item, vector in zip(golden, vectors, strict=True):
         ranked = _dedupe_docs(
-            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight,
-                       ann_settings(params)),
+            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight, ann),
             k,
         )
         doc_ids = [row["doc_id"] for row in ranked]
