@@ -111,7 +111,7 @@ class IndexParams(_Section):
     vector_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
     vector_rows_per_partition: int = Field(2_000, ge=64)
     vector_num_sub_vectors: int = Field(48, ge=1)
-    vector_probe_fraction: float = Field(0.48, gt=0.0, le=1.0)
+    vector_probe_fraction: float = Field(0.64, gt=0.0, le=1.0)
     vector_refine_factor: int = Field(10, ge=0)
     # Rebuild the ANN index once the table holds more than this many times the rows it was built on.
     vector_rebuild_growth: float = Field(2.0, gt=1.0)
