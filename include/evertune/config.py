@@ -99,6 +99,17 @@ class EmbedParams(Section):
 class IndexParams(Section):
     table_prefix: str = Field("kb_chunks", pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     vector_index_min_rows: int = Field(20_000, ge=256)
+    # The ANN index (tuned on a 100k-chunk table, docs/benchmarks.md section 3c): its kind, IVF partition size
+    # (partitions = rows / rows_per_partition at build), PQ sub-vectors, and at query time (search() and
+    # evaluation) the share of partitions probed (nprobes = ceil(fraction x partitions)) and the refine_factor
+    # (0: no re-ranking with exact distances).
+    vector_index_type: Literal["IVF_PQ", "IVF_HNSW_SQ"] = "IVF_PQ"
+    vector_rows_per_partition: int = Field(2_000, ge=64)
+    vector_num_sub_vectors: int = Field(48, ge=1)
+    vector_probe_fraction: float = Field(0.64, gt=0.0, le=1.0)
+    vector_refine_factor: int = Field(10, ge=0)
+    # Rebuild the ANN index once the table holds more than this many times the rows it was built on.
+    vector_rebuild_growth: float = Field(2.0, gt=1.0)
     optimize_every_n_writes: int = Field(20, ge=1)
     publish_tag: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 

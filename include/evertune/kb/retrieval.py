@@ -7,13 +7,16 @@ same code path against a pinned version, so the gate measures what readers would
 Per query, :func:`search` resolves the tag to its version (one read of the table's tags) and reuses the
 table checked out at that version, identity already checked, from a small per-process cache: versions are
 immutable, so only a tag move opens and checks a table again. Call :func:`clear_table_cache` after
-dropping and re-creating a table under the same name in a running process.
+dropping and re-creating a table under the same name in a running process. Vector and hybrid queries carry
+the tuned query-time ANN settings (``index.vector_probe_fraction`` / ``index.vector_refine_factor``, see
+:func:`ann_settings`); on a table below the vector-index threshold LanceDB searches exactly and ignores them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, NothingToDo
-from evertune.kb.indexes import FTS_COLUMN
+from evertune.kb.indexes import FTS_COLUMN, vector_index_partitions
 from evertune.kb.table import (
     DISTANCE,
     VECTOR_COLUMN,
@@ -92,8 +95,11 @@ def _tag_version(settings: Settings, name: str, tag: str) -> int:
     return version
 
 
-def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str) -> Any:
+def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str) -> tuple[Any, int | None]:
     """The chunk table checked out at a version or a tag's version, identity checked once per version.
+
+    Returns:
+        The table and the IVF partitions of its ANN index (``None`` without one), both cached per version.
 
     Raises:
         NothingToDo: The table or the tag does not exist.
@@ -107,17 +113,18 @@ def _pinned_table(params: Params, settings: Settings, version_or_tag: int | str)
     identity = tuple(sorted(expected_metadata(params, 0).items()))
     key = (settings.lancedb_uri, name, version, identity)
     with _CACHE_LOCK:
-        table = _PINNED.get(key)
-        if table is not None:
+        cached = _PINNED.get(key)
+        if cached is not None:
             _PINNED.move_to_end(key)
-            return table
+            return cached
     table = _open_version(params, settings, version, name)
     check_table_identity(table, params)
+    cached = (table, vector_index_partitions(table))
     with _CACHE_LOCK:
-        _PINNED[key] = table
+        _PINNED[key] = cached
         while len(_PINNED) > PINNED_CACHE_SIZE:
             _PINNED.popitem(last=False)
-    return table
+    return cached
 
 
 def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
@@ -126,13 +133,42 @@ def _query_vectors(queries: list[str], params: Params) -> list[list[float]]:
     return embed_queries(queries, params)
 
 
+def ann_settings(params: Params, partitions: int | None) -> dict[str, int]:
+    """Query-time ANN settings for an index of ``partitions`` IVF partitions (``None``: no or an unnamed index).
+
+    ``nprobes`` is ``ceil(index.vector_probe_fraction x partitions)``, so the share of the data searched, and
+    with it recall, holds when a rebuild for a grown table adds partitions; ``refine_factor`` is
+    ``index.vector_refine_factor`` (left out at 0). LanceDB ignores both on a table without a vector index.
+    """
+    settings = {}
+    if partitions:
+        settings["nprobes"] = max(1, math.ceil(params.index.vector_probe_fraction * partitions - 1e-9))
+    if params.index.vector_refine_factor:
+        settings["refine_factor"] = params.index.vector_refine_factor
+    return settings
+
+
+def _tune(builder: Any, ann: dict[str, int] | None) -> Any:
+    for name, value in (ann or {}).items():
+        builder = getattr(builder, name)(value)
+    return builder
+
+
 def _run_query(
-    table: Any, query: str, vector: list[float] | None, mode: str, limit: int, vector_weight: float = 0.7
+    table: Any,
+    query: str,
+    vector: list[float] | None,
+    mode: str,
+    limit: int,
+    vector_weight: float = 0.7,
+    ann: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """One LanceDB query and its rows; ``ann`` holds query-time ANN settings (:func:`ann_settings`)."""
     from lancedb.rerankers import LinearCombinationReranker
 
     if mode == "vector":
         builder = table.search(vector, query_type="vector", vector_column_name=VECTOR_COLUMN).distance_type(DISTANCE)
+        builder = _tune(builder, ann)
     elif mode == "fts":
         builder = table.search(query, query_type="fts", fts_columns=FTS_COLUMN)
     elif mode == "hybrid":
@@ -145,6 +181,7 @@ def _run_query(
             # every batch of new articles push golden hits down (MRR -0.08 on the drift day), fusion -0.03.
             .rerank(LinearCombinationReranker(weight=vector_weight))
         )
+        builder = _tune(builder, ann)
     else:
         raise ConfigError(f"search mode must be one of {MODES}, got {mode!r}")
     # No .select(): with an explicit projection Lance warns on every query about auto-projected score columns.
@@ -210,12 +247,13 @@ def search(
     if version_or_tag is None or version_or_tag == "latest":
         table = _open_version(params, settings, version_or_tag)  # the head moves: never cached
         check_table_identity(table, params)
+        partitions = vector_index_partitions(table)
     else:
-        table = _pinned_table(params, settings, version_or_tag)
+        table, partitions = _pinned_table(params, settings, version_or_tag)
     vector = _query_vectors([query], params)[0] if mode != "fts" else None
-    rows = _run_query(
-        table, query, vector, mode, k * FETCH_PER_DOC if dedupe_docs else k, params.retrieval.hybrid_vector_weight
-    )
+    limit = k * FETCH_PER_DOC if dedupe_docs else k
+    ann = ann_settings(params, partitions)
+    rows = _run_query(table, query, vector, mode, limit, params.retrieval.hybrid_vector_weight, ann)
     return _dedupe_docs(rows, k) if dedupe_docs else rows
 
 
@@ -251,9 +289,11 @@ def _score_version(table: Any, golden: list[dict[str, Any]], vectors: list[Any],
     mode = params.retrieval.mode
     recalls, reciprocal_ranks, misses = [], [], []
     started = time.perf_counter()
+    ann = ann_settings(params, vector_index_partitions(table))
     for item, vector in zip(golden, vectors, strict=True):
         ranked = _dedupe_docs(
-            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight), k
+            _run_query(table, item["query"], vector, mode, k * FETCH_PER_DOC, params.retrieval.hybrid_vector_weight, ann),
+            k,
         )
         doc_ids = [row["doc_id"] for row in ranked]
         relevant = set(item["relevant_doc_ids"])
