@@ -1,7 +1,7 @@
 """The answer service's HTTP behaviour with a stand-in model: MLflow's scoring protocol in every form, ``/ask``
 (answer, citations, versions, id), and errors (400 with a one-line reason, 409 with nothing to serve, 500 with
 an error id and never a stack trace). The registry, a real model and a real server: tests/integration/
-test_serving.py."""
+test_serving_live.py."""
 
 from __future__ import annotations
 
