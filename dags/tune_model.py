@@ -76,7 +76,7 @@ def tune_model():
     # Failures reach the notifier through the DAG's on_failure_callback; this task reports the decision.
     # Not wired to `approval` (its Reject would skip this task too): its answer is pulled instead.
     @task(retries=0, trigger_rule="none_failed")
-    def notify(outcome: dict, promotion: dict | None, **context) -> str:
+    def notify(outcome: dict | None, promotion: dict | None, **context) -> str:
         """Send a candidate that did not take champion (rejected, held and rejected) through the notifier."""
         review = context["ti"].xcom_pull(task_ids=approval.task_id)
         return notify_outcome(outcome, promotion, review, context)

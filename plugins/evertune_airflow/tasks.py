@@ -125,13 +125,14 @@ def evertune_task(
     return wire
 
 
-def notify_outcome(outcome: dict[str, Any], promotion: dict[str, Any] | None, review: dict[str, Any] | None,
+def notify_outcome(outcome: dict[str, Any] | None, promotion: dict[str, Any] | None, review: dict[str, Any] | None,
                    context: Mapping[str, Any]) -> str:
     """Send a candidate that did not take champion through the notifier (with the reviewer, if one answered);
     a promotion is only logged.
 
     Args:
-        outcome: The ``register`` summary.
+        outcome: The ``register`` summary; ``None`` when ``register`` was skipped (training found this exact
+            candidate already registered): nothing to report.
         promotion: The ``promote`` summary; ``None`` when ``promote`` was skipped (champion did not move).
         review: The approval task's answer; ``None`` when it was skipped.
         context: The Airflow context.
@@ -139,6 +140,8 @@ def notify_outcome(outcome: dict[str, Any], promotion: dict[str, Any] | None, re
     from evertune.tuning.approval import review_of
     from evertune_airflow.notifiers import EvertuneNotifier
 
+    if outcome is None:
+        return "nothing registered: an identical candidate already exists (training skipped)"
     version = outcome["candidate"]["version"]
     if promotion is not None:
         return f"promoted v{version} (approved by {promotion.get('approved_by')})"

@@ -132,3 +132,6 @@ def test_notify_outcome_notifies_only_a_rejection(monkeypatch: pytest.MonkeyPatc
     assert tasks.notify_outcome({**outcome, "decision": "promote"}, promoted, None, {}) == \
         "promoted v3 (approved by gate)"
     assert len(sent) == 2
+    # A run whose training found the candidate already registered skips register: nothing to notify, no error.
+    assert tasks.notify_outcome(None, None, None, {}).startswith("nothing registered")
+    assert len(sent) == 2
