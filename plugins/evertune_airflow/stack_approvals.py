@@ -42,8 +42,14 @@ def pending_approvals(client: AirflowClient, dag_id: str = "tune_model", run_id:
 
 
 def wait_for_approval(client: AirflowClient, dag_id: str, run_id: str, timeout: float = 600.0,
-                      poll: float = 2.0) -> list[dict]:
-    """Wait until the run has a waiting approval request (its task in ``awaiting_input``).
+                      poll: float = 2.0, settle: float = 10.0) -> list[dict]:
+    """Wait until the run has a waiting approval request (its task in ``awaiting_input``), then ``settle`` more.
+
+    Why the settle time: the task instance turns ``awaiting_input`` before its worker process has exited and the
+    scheduler has processed that exit. An answer given inside that gap resumes the task (``queued``) before the
+    executor's "success" event for the parked process arrives, and the scheduler then fails the task ("finished
+    with state success, but the task instance's state attribute is queued"; seen here with LocalExecutor under
+    load, 0.6 s after parking). A person never answers that fast; a script must wait.
 
     Raises:
         StackError: The run finished, or ``timeout`` passed, without one; the message lists the task states.
@@ -52,6 +58,10 @@ def wait_for_approval(client: AirflowClient, dag_id: str, run_id: str, timeout: 
     while True:
         waiting = [d for d in pending_approvals(client, dag_id, run_id)
                    if (d.get("task_instance") or {}).get("state") == "awaiting_input"]
+        if waiting and settle > 0:
+            time.sleep(settle)
+            settle = 0.0
+            continue  # read it again: still waiting after the scheduler caught up
         if waiting:
             return waiting
         run = client.dag_run(dag_id, run_id)
