@@ -61,14 +61,13 @@ def _answers(model_dir: str, questions: list[str], references: list[str], contex
 
 def _champion(params: Params, settings: Settings) -> tuple[int | None, str | None, str | None]:
     """``(version, checkpoint folder, as_of)`` of the champion (downloaded once per version); all ``None`` without."""
-    from evertune.tuning.registry import cached_model_checkpoint, champion_version
-    from evertune.tuning.tracking import mlflow_client
+    from evertune.tuning.registry import cached_model_checkpoint, champion_with_tags
 
-    version = champion_version(params.registry.model_name, settings=settings)
-    if version is None:
+    champion = champion_with_tags(params.registry.model_name, settings=settings)
+    if champion is None:
         return None, None, None
+    version, tags = champion
     checkpoint = cached_model_checkpoint(params.registry.model_name, version, settings=settings)
-    tags = mlflow_client(settings).get_model_version(params.registry.model_name, str(version)).tags
     return version, str(checkpoint), tags.get("as_of") or None
 
 

@@ -46,13 +46,6 @@ def probes_version(probes: list[FreshnessProbe]) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
-def _champion_as_of(params: Params, settings: Settings, version: int) -> str | None:
-    from evertune.tuning.tracking import mlflow_client
-
-    tags = mlflow_client(settings).get_model_version(params.registry.model_name, str(version)).tags
-    return tags.get("as_of") or None
-
-
 def _find_run(client: Any, experiment_id: str, keys: dict[str, str]) -> Any | None:
     """The run of this (interval, KB version, champion version), finished ones first; ``None`` if none."""
     query = " and ".join(f"tags.{name} = '{value}'" for name, value in sorted(keys.items()))
@@ -119,7 +112,7 @@ def check_freshness(
         ``reused`` (the run of an earlier attempt was returned as it is).
     """
     from evertune.tuning.freshness import freshness_probes
-    from evertune.tuning.registry import champion_version
+    from evertune.tuning.registry import champion_with_tags
     from evertune.tuning.tracking import end_run, ensure_experiment, mlflow_client, open_run
 
     params = apply_overrides(load_params(), overrides)
@@ -128,10 +121,11 @@ def check_freshness(
     base = {"interval": interval, "kb_version": kb_version, "champion_version": None, "champion_as_of": None}
     if not params.freshness.enabled:
         return {**base, "status": "disabled", "message": "freshness.enabled is false: not measured"}
-    champion = champion_version(params.registry.model_name, settings=settings)
-    if champion is None:
+    registered = champion_with_tags(params.registry.model_name, settings=settings)
+    if registered is None:
         return {**base, "status": "no_champion", "message": "no champion registered: freshness not measured"}
-    since = _champion_as_of(params, settings, champion)
+    champion, champion_tags = registered
+    since = champion_tags.get("as_of") or None
     base.update(champion_version=champion, champion_as_of=since)
     probes = freshness_probes(settings.data_repo / "validated", interval, since)[: params.freshness.max_probes]
     if not probes:

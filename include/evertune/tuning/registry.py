@@ -188,6 +188,17 @@ def champion_version(model_name: str, *, settings: Settings | None = None) -> in
         return None
 
 
+def champion_with_tags(model_name: str, *, settings: Settings | None = None) -> tuple[int, dict[str, str]] | None:
+    """The champion's version and its tags (``as_of``, ``data_version``, ``data_git_rev``...), ``None`` without one.
+
+    The lineage a later step needs of the champion (the data it was trained on) lives in these tags.
+    """
+    version = champion_version(model_name, settings=settings)
+    if version is None:
+        return None
+    return version, dict(mlflow_client(settings).get_model_version(model_name, str(version)).tags)
+
+
 def model_status(model_name: str, *, settings: Settings | None = None) -> dict[str, Any]:
     """Aliases, champion history and every version with its lineage and gate tags.
 

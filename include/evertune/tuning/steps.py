@@ -181,13 +181,12 @@ def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag
 
 def _champion_reference(params: Params, settings: Settings) -> dict[str, Any] | None:
     """The champion's version and the data version it was trained on, if there is a champion."""
-    from evertune.tuning.registry import champion_version
-    from evertune.tuning.tracking import mlflow_client
+    from evertune.tuning.registry import champion_with_tags
 
-    version = champion_version(params.registry.model_name, settings=settings)
-    if version is None:
+    champion = champion_with_tags(params.registry.model_name, settings=settings)
+    if champion is None:
         return None
-    tags = mlflow_client(settings).get_model_version(params.registry.model_name, str(version)).tags
+    version, tags = champion
     return {"version": version, "data_version": tags.get("data_version"), "data_git_rev": tags.get("data_git_rev"),
             "data_folder": tags.get("data_folder")}
 
