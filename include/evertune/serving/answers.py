@@ -124,21 +124,17 @@ def _python_model(served: Served) -> Any:
 def shown_chunks(served: Served, question: str, chunks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The leading retrieved chunks that the prompt shows (the rest do not fit its budgets).
 
-    :func:`evertune.tuning.answer.render_prompt` keeps a prefix of the chunks; this finds that prefix by
-    rendering prompts of growing prefixes until one equals the prompt of all chunks. A model without the
-    evertune tokenizer/spec attributes gets every chunk.
+    The prompt shows the prefix :func:`evertune.tuning.answer.fit_contexts` keeps, with room for
+    ``max_new_tokens`` (as :func:`~evertune.tuning.answer.render_prompt` cuts). A model without the evertune
+    tokenizer/spec attributes gets every chunk.
     """
-    from evertune.tuning.answer import render_prompt
+    from evertune.tuning.answer import fit_contexts
 
     python_model = _python_model(served)
     tokenizer, spec = getattr(python_model, "tokenizer", None), getattr(python_model, "spec", None)
     if tokenizer is None or spec is None or not chunks:
         return list(chunks)
-    full = render_prompt(tokenizer, question, chunks, spec)
-    for size in range(len(chunks)):
-        if render_prompt(tokenizer, question, chunks[:size], spec) == full:
-            return list(chunks[:size])
-    return list(chunks)
+    return list(chunks[: len(fit_contexts(tokenizer, question, chunks, spec, spec.max_new_tokens))])
 
 
 def citations(chunks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

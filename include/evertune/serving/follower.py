@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ALIAS = "champion"
 #: MLflow error codes that mean "no such model / alias" (as opposed to an unreachable registry).
 _MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
@@ -141,12 +140,14 @@ class RegistryFollower:
         """
         from mlflow.exceptions import MlflowException
 
+        from evertune.tuning.registry import CHAMPION
+
         if self._client is None:
             from evertune.tuning.tracking import mlflow_client
 
             self._client = mlflow_client(self.settings)
         try:
-            return int(self._client.get_model_version_by_alias(self.model_name, CHAMPION_ALIAS).version)
+            return int(self._client.get_model_version_by_alias(self.model_name, CHAMPION).version)
         except MlflowException as exc:
             if exc.error_code in _MISSING:
                 return None
@@ -227,4 +228,4 @@ def _retrieval(model: Any) -> str:
     return "kb" if config.get("retrieval", "none") == "kb" else "none"
 
 
-__all__ = ["CHAMPION_ALIAS", "RegistryFollower", "Served", "load_version", "published_kb"]
+__all__ = ["RegistryFollower", "Served", "load_version", "published_kb"]
