@@ -231,6 +231,9 @@ class GateParams(Section):
     min_improvement_over_base: float | None = Field(0.05, ge=0.0)
     # Largest allowed drop of the changed-fact fresh share vs the champion (a share, 0..1).
     freshness_tolerance: float = Field(0.05, ge=0.0, le=1.0)
+    # Borderline band: with a champion, a challenger whose primary-gain CI reaches below this is held for a
+    # human (require_approval) instead of promoted; 0.0: the CI straddles zero; null turns the rule off.
+    borderline_ci_low: float | None = 0.0
 
     @field_validator("floors", "tolerances")
     @classmethod

@@ -18,6 +18,7 @@ from evertune.tuning.gate import (
     GateInput,
     RuleOutcome,
     base_rule,
+    borderline_rule,
     champion_rule,
     check,
     confidence_rule,
@@ -39,6 +40,7 @@ GATE = GateParams(
     lower_is_better=["perplexity"],
     min_improvement_over_base=0.05,
     freshness_tolerance=0.05,
+    borderline_ci_low=None,  # the borderline band has its own table (BORDERLINE_CASES)
 )
 CHAMPION = {"token_f1": 0.40, "exact_match": 0.20, "rougeL": 0.45, "perplexity": 20.0}
 GOOD = {"token_f1": 0.45, "exact_match": 0.21, "rougeL": 0.46, "perplexity": 19.0}
@@ -169,7 +171,7 @@ def summary(outcome: RuleOutcome) -> list[tuple]:
 def test_rules_table_has_the_documented_order() -> None:
     names = [rule.__name__ for rule in RULES]
     assert names == ["floor_rule", "champion_rule", "base_rule", "regression_rule", "improvement_rule",
-                     "confidence_rule", "freshness_rule", "drift_rule"]
+                     "confidence_rule", "freshness_rule", "drift_rule", "borderline_rule"]
     # The module docstring's numbered list names the rules in the same order.
     documented = re.findall(r"^\d+\. :func:`(\w+)`", gate.__doc__, flags=re.MULTILINE)
     assert documented == names
@@ -300,16 +302,63 @@ def test_evaluate_combines_the_table_in_order() -> None:
     assert evaluate(rec, ()).action == "promote" and evaluate(rec, ()).checks == []
 
 
-def test_docstring_example_rule_is_one_function_and_one_entry() -> None:
-    example = textwrap.dedent(re.search(r"minimum::\n\n(.*?)\n\nA rule", gate.__doc__, flags=re.DOTALL).group(1))
-    namespace = dict(vars(gate))
-    exec(compile(example, "gate-docstring-example", "exec"), namespace)  # noqa: S102 - the module's own example
-    assert namespace["RULES"] == (*RULES, namespace["borderline_rule"])
-    borderline = {**GOOD, "token_f1": 0.415}  # gain 0.015: clears 0.01, within the band
-    assert decide(borderline, CHAMPION, None, None, GATE, DriftParams()).action == "promote"
-    decision = evaluate(record(challenger=borderline), namespace["RULES"])
-    assert decision.action == "require_approval" and decision.reasons[-1].startswith("HOLD borderline:")
-    assert evaluate(record(), namespace["RULES"]).action == "promote"
+BORDERLINE_CASES = [
+    # id, challenger, champion, ci (challenger - champion), gate overrides, drift, action, failing rules, held
+    ("ci-straddles-zero-holds", GOOD, CHAMPION, {"token_f1": (-0.01, 0.11)}, {}, None, "require_approval", set(), True),
+    ("ci-above-zero-promotes", GOOD, CHAMPION, {"token_f1": (0.01, 0.09)}, {}, None, "promote", set(), False),
+    ("ci-lower-bound-exactly-zero-promotes", GOOD, CHAMPION, {"token_f1": (0.0, 0.1)}, {}, None, "promote", set(),
+     False),
+    ("band-above-zero-holds-a-small-sure-gain", GOOD, CHAMPION, {"token_f1": (0.01, 0.09)},
+     {"borderline_ci_low": 0.02}, None, "require_approval", set(), True),
+    ("band-off", GOOD, CHAMPION, {"token_f1": (-0.01, 0.11)}, {"borderline_ci_low": None}, None, "promote", set(),
+     False),
+    ("no-ci-not-applied", GOOD, CHAMPION, None, {}, None, "promote", set(), False),
+    ("first-model-not-applied", GOOD, None, {"token_f1": (-0.5, 0.5)}, {}, None, "promote", set(), False),
+    ("a-failure-still-rejects", {**GOOD, "exact_match": 0.1}, CHAMPION, {"token_f1": (-0.01, 0.11)}, {}, None,
+     "reject", {"regression"}, True),
+    ("with-require-ci-the-confidence-rule-rejects", GOOD, CHAMPION, {"token_f1": (-0.01, 0.11)},
+     {"require_ci_above_zero": True}, None, "reject", {"confidence"}, True),
+    ("lower-is-better-primary-ci-straddles", GOOD, CHAMPION, {"perplexity": (-2.0, 0.5)},
+     {"primary_metric": "perplexity", "min_improvement": 0.5}, None, "require_approval", set(), True),
+    ("lower-is-better-primary-sure-gain", GOOD, CHAMPION, {"perplexity": (-2.0, -0.5)},
+     {"primary_metric": "perplexity", "min_improvement": 0.5}, None, "promote", set(), False),
+    ("with-severe-drift-both-hold", GOOD, CHAMPION, {"token_f1": (-0.01, 0.11)}, {}, SEVERE, "require_approval", set(),
+     True),
+]
+
+
+@pytest.mark.parametrize(("challenger", "champion", "ci", "gate_update", "drift", "action", "failing", "held"),
+                         [case[1:] for case in BORDERLINE_CASES], ids=[case[0] for case in BORDERLINE_CASES])
+def test_borderline_table(challenger, champion, ci, gate_update, drift, action, failing, held) -> None:
+    gate_params = GATE.model_copy(update={"borderline_ci_low": 0.0, **gate_update})
+    decision = decide(challenger, champion, ci, drift, gate_params, DriftParams(policy="require_approval"))
+    assert decision.action == action, decision.reasons
+    assert {item["rule"] for item in decision.checks if not item["passed"]} == failing
+    holds = [reason for reason in decision.reasons if reason.startswith("HOLD borderline:")]
+    assert bool(holds) is held, decision.reasons
+
+
+def test_borderline_rule() -> None:
+    straddles = record(ci={"token_f1": (-0.02, 0.08)}, gate={"borderline_ci_low": 0.0})
+    outcome = borderline_rule(straddles)
+    assert outcome.hold and summary(outcome) == [("borderline", "token_f1", True)]
+    assert "CI of the token_f1 gain [-0.02, 0.08] reaches below 0" in outcome.checks[0]["reason"]
+    sure = borderline_rule(record(ci={"token_f1": (0.01, 0.08)}, gate={"borderline_ci_low": 0.0}))
+    assert not sure.hold and sure.checks[0]["reason"].startswith("PASS borderline:")
+    assert borderline_rule(record(champion=None, ci={"token_f1": (-1, 1)}, gate={"borderline_ci_low": 0.0})) \
+        == RuleOutcome()
+    assert borderline_rule(record(ci={"token_f1": (-1, 1)})) == RuleOutcome()  # GATE has the band off
+
+
+def test_default_params_hold_a_gain_whose_ci_straddles_zero() -> None:
+    from evertune.config import load_params
+
+    params = load_params()
+    assert params.gate.borderline_ci_low == 0.0 and params.drift.policy == "require_approval"
+    metrics = ({"token_f1": 0.5, "exact_match": 0.3, "rougeL": 0.5}, {"token_f1": 0.4, "exact_match": 0.3, "rougeL": 0.5})
+    held = decide(*metrics, {"token_f1": (-0.02, 0.2)}, None, params.gate, params.drift)
+    assert held.action == "require_approval", held.reasons
+    assert decide(*metrics, {"token_f1": (0.02, 0.2)}, None, params.gate, params.drift).action == "promote"
 
 
 # --- The base model and freshness inputs ------------------------------------------------------------------------

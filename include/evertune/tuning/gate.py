@@ -23,24 +23,16 @@ human-readable reason) and whether it asks for a human decision (``hold``). The 
    share may not fall below the champion's by more than the tolerance.
 8. :func:`drift_rule` (``drift.policy``): severe drift rejects (``block``) or holds for a human
    (``require_approval``).
+9. :func:`borderline_rule` (``gate.borderline_ci_low``): a challenger whose gain over the champion is not
+   established, because the CI of the primary metric's difference reaches below ``borderline_ci_low`` (0: the CI
+   straddles zero), is held for a human instead of promoted.
 
-Without a champion, rules 4-6 return no checks and rule 7 one passing check saying freshness was not compared.
+Without a champion, rules 4-6 and 9 return no checks and rule 7 one passing check saying freshness was not compared.
 Action precedence: any failed check -> ``reject``; else any rule's hold -> ``require_approval``; else ``promote``.
 docs/gate.md explains the defaults (how the base margin was chosen).
 
-Adding a rule is one function and one entry in :data:`RULES` (its position sets where its reasons appear).
-For example, a borderline band that asks a human when the primary gain only just clears the minimum::
-
-    def borderline_rule(record: GateInput) -> RuleOutcome:
-        \"\"\"Hold for a human when the primary gain is under min_improvement + 0.01.\"\"\"
-        gain = record.gain(record.params.primary_metric)
-        if record.champion is None or gain is None or gain >= record.params.min_improvement + 0.01:
-            return RuleOutcome()
-        return RuleOutcome((check("borderline", record.params.primary_metric, True, gain, 0.01,
-                                  f"HOLD borderline: gain {gain:.4g} is within 0.01 of the minimum"),), hold=True)
-
-    RULES = (floor_rule, champion_rule, base_rule, regression_rule, improvement_rule, confidence_rule,
-             freshness_rule, drift_rule, borderline_rule)
+Adding a rule is one function and one entry in :data:`RULES` (its position sets where its reasons appear);
+:func:`borderline_rule` is the model of a rule that holds instead of failing.
 
 A rule that needs an input the record does not carry yet (the deleted training documents, ...) also adds that
 field to :class:`GateInput` (with a default), a keyword argument of the same name to :func:`decide` and
@@ -341,9 +333,43 @@ def drift_rule(record: GateInput) -> RuleOutcome:
                               "a human decision"),), hold=True)
 
 
+def _gain_interval(record: GateInput, metric: str) -> tuple[float, float] | None:
+    """The CI of the direction-aware gain over the champion on ``metric`` (negated for lower-is-better)."""
+    bounds = record.interval(metric)
+    if bounds is None:
+        return None
+    return (-bounds[1], -bounds[0]) if record.lower_is_better(metric) else (bounds[0], bounds[1])
+
+
+def borderline_rule(record: GateInput) -> RuleOutcome:
+    """With a champion and ``gate.borderline_ci_low`` set, hold a challenger whose gain is not established.
+
+    The gain's CI is the paired-bootstrap CI of the primary metric's difference, direction-aware. When its lower
+    bound is below ``borderline_ci_low`` (0: the CI straddles zero, so the data do not rule out that the
+    challenger is worse) the rule holds for a human (``require_approval``); any failed check elsewhere still
+    rejects. Without a CI (not computed) one passing check says the band was not applied. Without a champion or
+    with the setting ``null``, the rule makes no check.
+    """
+    low = record.params.borderline_ci_low
+    if record.champion is None or low is None:
+        return RuleOutcome()
+    primary = record.params.primary_metric
+    bounds = _gain_interval(record, primary)
+    if bounds is None:
+        return RuleOutcome((check("borderline", primary, True, None, low,
+                                  f"PASS borderline: no CI of the {primary} gain was given; band not applied"),))
+    shown = f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
+    if bounds[0] >= low - EPS:
+        return RuleOutcome((check("borderline", primary, True, list(bounds), low,
+                                  f"PASS borderline: CI of the {primary} gain {shown} lower bound >= {fmt(low)}"),))
+    return RuleOutcome((check("borderline", primary, True, list(bounds), low,
+                              f"HOLD borderline: CI of the {primary} gain {shown} reaches below {fmt(low)} "
+                              "(gate.borderline_ci_low): the gain is not established; a human decides"),), hold=True)
+
+
 #: The gate's rules, in the order their reasons are listed. Every rule runs; none short-circuits.
 RULES: tuple[Rule, ...] = (floor_rule, champion_rule, base_rule, regression_rule, improvement_rule, confidence_rule,
-                           freshness_rule, drift_rule)
+                           freshness_rule, drift_rule, borderline_rule)
 
 
 def evaluate(record: GateInput, rules: Sequence[Rule] = RULES) -> GateDecision:
@@ -413,7 +439,8 @@ def decide(
 
 
 __all__ = [
-    "RULES", "Action", "Check", "GateDecision", "GateInput", "Rule", "RuleOutcome", "base_rule", "champion_rule",
+    "RULES", "Action", "Check", "GateDecision", "GateInput", "Rule", "RuleOutcome", "base_rule", "borderline_rule",
+    "champion_rule",
     "check", "confidence_rule", "decide", "drift_rule", "evaluate", "floor_rule", "freshness_rule",
     "improvement_rule", "regression_rule",
 ]
