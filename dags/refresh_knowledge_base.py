@@ -31,6 +31,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from evertune_airflow.assets import KB_INDEX, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, DVC_POOL, LANCEDB_WRITER_POOL
 from evertune_airflow.notifiers import failure_notifier
+from evertune_airflow.run_notes import note_task
 from evertune_airflow.tasks import evertune_task, kb_index_extra, validated_data_extra
 
 
@@ -66,7 +67,9 @@ def refresh_knowledge_base():
     # A failed quality gate is a decision, not a glitch: no retries.
     published = evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, retries=0)(synced, evaluation, version)
     # How fresh the served champion is on the KB just published; the kb_index event carries both summaries.
-    evertune_task("check_freshness", outlets={KB_INDEX: kb_index_extra})(published)
+    checked = evertune_task("check_freshness", outlets={KB_INDEX: kb_index_extra})(published)
+    # The run note (one line: published or not, and why); a teardown, so it never changes the run's state.
+    checked >> note_task()
 
 
 refresh_knowledge_base()

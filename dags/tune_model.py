@@ -28,6 +28,7 @@ from evertune_airflow.approval import approval_task, needs_approval
 from evertune_airflow.assets import CHAMPION_MODEL, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, GPU_POOL, GPU_QUEUE
 from evertune_airflow.notifiers import EvertuneNotifier, failure_notifier
+from evertune_airflow.run_notes import note_task
 from evertune_airflow.tasks import champion_model_extra, evertune_task, notify_outcome
 
 
@@ -81,7 +82,8 @@ def tune_model():
         review = context["ti"].xcom_pull(task_ids=approval.task_id)
         return notify_outcome(outcome, promotion, review, context)
 
-    notify(outcome, promoted)
+    # A teardown: runs after everything, failed runs included, without changing the run's state.
+    notify(outcome, promoted) >> note_task()
 
 
 tune_model()

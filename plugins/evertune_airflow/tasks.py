@@ -138,11 +138,13 @@ def notify_outcome(outcome: dict[str, Any] | None, promotion: dict[str, Any] | N
         context: The Airflow context.
     """
     from evertune.tuning.approval import review_of
+    from evertune.tuning.release import record_review
     from evertune_airflow.notifiers import EvertuneNotifier
 
     if outcome is None:
         return "nothing registered: an identical candidate already exists (training skipped)"
     version = outcome["candidate"]["version"]
+    record_review(outcome, review, (context.get("params") or {}).get("overrides"))
     if promotion is not None:
         return f"promoted v{version} (approved by {promotion.get('approved_by')})"
     answer = review_of(review)

@@ -93,6 +93,10 @@ def test_held_candidates_wait_for_an_answer_through_the_api(approval_stack: Path
             assert states["needs_approval"] == "success" and states["approval"] == "skipped"
             assert states["promote"] == "success" and states["notify"] == "success"
             first = champion()
+            # Every run ends with its one-line verdict as the run note (teardown `note_run`, through the REST API).
+            assert states["note_run"] == "success"
+            assert client.dag_run(DAG, "first")["note"].startswith(f"promoted v{first} to champion"), \
+                client.dag_run(DAG, "first")
             tick = time.monotonic()
 
             request, states = held_run(client, "held_rejected", HOLD, "Reject")
@@ -104,6 +108,9 @@ def test_held_candidates_wait_for_an_answer_through_the_api(approval_stack: Path
             assert states["notify"] == "success"
             assert champion() == first, "Reject must leave champion"
             rejected = int(registry().get_model_version_by_alias(NAME, "challenger").version)
+            note = client.dag_run(DAG, "held_rejected")["note"]
+            assert note.startswith(f"v{rejected} held (HOLD drift") and f"rejected by {ADMIN_USER}" in note, note
+            assert registry().get_model_version(NAME, str(rejected)).tags["review.by"] == ADMIN_USER
 
             _, states = held_run(client, "held_approved", {**HOLD, "train.seed": 18}, "Approve")
             assert states["promote"] == "success"
@@ -111,6 +118,8 @@ def test_held_candidates_wait_for_an_answer_through_the_api(approval_stack: Path
             assert approved not in (first, rejected)
             tags = registry().get_model_version(NAME, str(approved)).tags
             assert tags["approved_by"] == ADMIN_USER and tags["gate.action"] == "require_approval"
+            assert tags["review.answer"] == "Approve"
+            assert client.dag_run(DAG, "held_approved")["note"].endswith(f"approved by {ADMIN_USER}")
             print(f"\n[approval] two held runs (reject, approve) in {time.monotonic() - tick:.0f} s")
 
             events = client.request("GET", "/api/v2/assets/events",

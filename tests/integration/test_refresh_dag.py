@@ -145,6 +145,9 @@ def test_backfill_under_the_scheduler_equals_on_time_runs(
             except stack_env.StackError as exc:
                 pytest.fail(f"{exc}\n--- scheduler log:\n{stack_processes.log_tail(settings, 'scheduler', 80)}")
             assert [r["state"] for r in runs] == ["success"] * len(DAYS), runs
+            # Each run's verdict is its run note (teardown `note_run`, written through the REST API).
+            notes = [client.dag_run("refresh_knowledge_base", r["dag_run_id"])["note"] or "" for r in runs]
+            assert all(note.startswith(("published ", "production already at ")) for note in notes), notes
     finally:
         stack_processes.stop(settings)
     assert _table_state(home) == on_time["table"]

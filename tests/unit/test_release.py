@@ -11,7 +11,7 @@ import pytest
 
 from evertune.errors import NothingToDo, PromotionConflict
 from evertune.settings import get_settings
-from evertune.tuning.release import promote_candidate
+from evertune.tuning.release import promote_candidate, record_review
 from evertune.tuning.tracking import mlflow_client
 
 NAME = "evertune-assistant"
@@ -98,3 +98,14 @@ def test_a_first_champion_and_a_passing_decision_need_no_approval(registry) -> N
     result = promote_candidate(held(expected=None, action="promote"))
     assert result["approved_by"] == "gate" and result["promotion"]["previous_champion"] is None
     assert aliases(registry)["champion"] == 2
+
+
+def test_record_review_tags_the_version_with_the_answer_and_the_reviewer(registry) -> None:
+    assert record_review(held(), None) is None  # the gate did not hold: nothing to record
+    tags = record_review(held(version=2), REJECTED)
+    assert tags == {"review.answer": "Reject", "review.by": "bob", "review.at": "2026-11-05T10:00:00+00:00"}
+    recorded = registry.get_model_version(NAME, "2").tags
+    assert {k: recorded[k] for k in tags} == tags
+    record_review(held(version=3), {"chosen_options": ["Reject"], "params_input": {}})  # the timeout answered
+    assert registry.get_model_version(NAME, "3").tags["review.by"] == "timeout-default"
+    assert aliases(registry) == {"champion": 1, "challenger": 2}  # recording never moves an alias

@@ -117,10 +117,13 @@ def test_asset_extras() -> None:
 
 
 def test_notify_outcome_notifies_only_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evertune.tuning import release
     from evertune_airflow import notifiers
 
-    sent = []
+    sent, reviews = [], []
     monkeypatch.setattr(notifiers.EvertuneNotifier, "notify", lambda self, ctx: sent.append(self.title))
+    # The reviewer is recorded on the version (release.record_review, tested on a real registry in test_release).
+    monkeypatch.setattr(release, "record_review", lambda outcome, review, overrides=None: reviews.append(review))
     outcome = {"candidate": {"version": 3}, "decision": "reject", "reasons": ["worse"]}
     assert tasks.notify_outcome(outcome, None, None, {}) == "reject notified for v3"
     assert sent == ["gate reject: challenger v3 did not take champion (reject)"]
@@ -128,6 +131,7 @@ def test_notify_outcome_notifies_only_a_rejection(monkeypatch: pytest.MonkeyPatc
     review = {"chosen_options": ["Reject"], "responded_by_user": {"id": "1", "name": "bob"}}
     assert tasks.notify_outcome(held, None, review, {}) == "rejected by bob notified for v3"
     assert sent[-1] == "gate require_approval: challenger v3 did not take champion (rejected by bob)"
+    assert reviews[-1] == review
     promoted = {"promotion": {"changed": True}, "approved_by": "gate"}
     assert tasks.notify_outcome({**outcome, "decision": "promote"}, promoted, None, {}) == \
         "promoted v3 (approved by gate)"

@@ -123,3 +123,32 @@ def promote_candidate(
              approved_by or "gate")
     return {"candidate": candidate, "promotion": result.to_dict(), "decision": action,
             "approved_by": approved_by or "gate"}
+
+
+def record_review(outcome: dict[str, Any], review: dict[str, Any] | None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """Record a person's answer to a held candidate on its model version (tags ``review.*``).
+
+    Approvals and rejections alike: ``review.answer`` (``Approve`` / ``Reject``), ``review.by`` (the responding
+    user, or ``timeout-default`` when nobody answered in time) and ``review.at``. An approval is also recorded by
+    ``promote`` as ``approved_by``; a rejection is recorded only here.
+
+    Returns:
+        The tags written, or ``None`` when there was no answer (the gate did not hold the candidate).
+    """
+    from evertune.tuning.approval import APPROVE, REJECT, review_of
+    from evertune.tuning.tracking import mlflow_client
+
+    answer = review_of(review)
+    if answer is None:
+        return None
+    settings = _context(overrides)[1]
+    candidate = outcome["candidate"]
+    tags = {"review.answer": APPROVE if answer.approved else REJECT, "review.by": answer.by or "timeout-default",
+            "review.at": answer.at or ""}
+    client = mlflow_client(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(candidate["model_name"], str(candidate["version"]), key, value)
+    log.info("review of %s v%s: %s by %s", candidate["model_name"], candidate["version"], tags["review.answer"],
+             tags["review.by"])
+    return tags
