@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-import textwrap
 from types import SimpleNamespace
 
 import pytest
