@@ -3,8 +3,12 @@
 1. Bootstrap the models (once) and write the demo landing drops (deterministic per seed and date).
 2. Start the embedded stack (scheduler, DAG processor, API server, triggerer, MLflow server).
 3. Unpause ``refresh_knowledge_base`` and backfill it over the good demo days.
-4. Unpause ``tune_model`` and tune on the good data; the candidate should take ``champion`` (v1 on a fresh
-   state).
+4. Unpause ``tune_model`` and tune twice. First on the days before the drift day: the gate promotes a first
+   champion (v1 on a fresh state). Then on every good day, the drift day (new feature subjects) included: the
+   gate holds that candidate for a human (``drift.policy: require_approval``, and the borderline band when its
+   gain's CI straddles zero), the run parks at its ``approval`` task, the demo prints the HOLD reasons and the
+   run's verdict page, and answers **Approve** through the REST API (``PATCH .../hitlDetails``); ``champion``
+   moves to the approved candidate.
 5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose ``build_dataset`` must
    reject the window before training (``PoisonedDataError``: the answers contradict their articles). That run
    fails on purpose; nothing is trained or registered from it.
@@ -72,10 +76,11 @@ def prepare_data() -> dict[str, Any]:
     days = _days(params.demo.start_date, params.demo.days)
     poisoned = [m["date"] for m in manifests if m.get("poisoned")]
     fresh = [m["date"] for m in manifests if m.get("post_tuning")]
+    drift = [m["date"] for m in manifests if m.get("drift")]
     good = [d for d in days if d not in poisoned and d not in fresh]
-    _say(f"wrote {len(manifests)} demo drops to {settings.landing_uri}; poisoned: {poisoned or 'none'}; "
-         f"after the tuning run: {fresh or 'none'}")
-    return {"days": days, "good": good, "poisoned": poisoned, "fresh": fresh}
+    _say(f"wrote {len(manifests)} demo drops to {settings.landing_uri}; drift: {drift or 'none'}; poisoned: "
+         f"{poisoned or 'none'}; after the tuning run: {fresh or 'none'}")
+    return {"days": days, "good": good, "poisoned": poisoned, "fresh": fresh, "drift": drift}
 
 
 def _wait(client: AirflowClient, dag_id: str, run_ids: list[str]) -> list[dict]:
@@ -124,11 +129,7 @@ def run_demo() -> int:
 
         if has_tuning:
             client.unpause(TUNE_DAG)
-            run_id = client.trigger(TUNE_DAG, conf={}, run_id=f"demo__good_{good[-1]}")
-            _say(f"tuning on the good data (run {run_id})")
-            _wait(client, TUNE_DAG, [run_id])
-            champion_before = _champion(params, settings)
-            outcomes.append(f"{run_id}: expected promote -> champion v{champion_before or '-'}")
+            champion_before = _tune_then_approve(client, dates, params, settings, outcomes, problems)
 
         poisoned_runs = _backfill_days(client, dates["poisoned"], has_tuning, "the poisoned drop")
         fresh_runs = _backfill_days(client, dates.get("fresh", []), has_tuning,
@@ -165,6 +166,59 @@ def run_demo() -> int:
         return 1
     print("DEMO OK")
     return 0
+
+
+def verdict_page(run_id: str, dag_id: str = TUNE_DAG) -> str:
+    """The run's Evertune tab in the Airflow UI (the page itself is served at ``/evertune/runs/<dag>/<run>``)."""
+    return f"{airflow_url()}/dags/{dag_id}/runs/{run_id}/plugin/evertune"
+
+
+def _tune_then_approve(client: AirflowClient, dates: dict[str, Any], params, settings, outcomes: list[str],
+                       problems: list[str]) -> str | None:
+    """Tune on the days before the drift day (the gate promotes a first champion), then on every good day.
+
+    The second candidate trained on the drift day (new feature subjects), so the gate holds it for a human
+    (``drift.policy: require_approval``, or the borderline band when its gain's CI straddles zero): a real gate
+    outcome. The demo answers **Approve** through the REST API, as a person would in Required Actions, and
+    ``champion`` moves. Returns the champion after both runs.
+    """
+    from evertune_airflow.stack_approvals import respond, wait_for_approval
+
+    good, drift = dates["good"], dates.get("drift") or []
+    before_drift = [d for d in good if not drift or d < drift[0]]
+    first, first_champion = None, None
+    if before_drift and before_drift[-1] != good[-1]:
+        first = client.trigger(TUNE_DAG, conf={"as_of": before_drift[-1]}, run_id=f"demo__first_{before_drift[-1]}")
+        _say(f"tuning on {good[0]} .. {before_drift[-1]}, before the drift day (run {first})")
+        _wait(client, TUNE_DAG, [first])
+        first_champion = _champion(params, settings)
+        outcomes.append(f"{first}: expected promote -> champion v{first_champion or '-'}")
+    held = client.trigger(TUNE_DAG, conf={}, run_id=f"demo__drift_{good[-1]}")
+    _say(f"tuning on {good[0]} .. {good[-1]}, drift day {drift or 'none'} included (run {held})")
+    if first is None:
+        _wait(client, TUNE_DAG, [held])
+        return _champion(params, settings)
+    try:
+        [request] = wait_for_approval(client, TUNE_DAG, held, timeout=RUN_TIMEOUT_S, poll=5)
+    except StackError as exc:
+        problems.append(f"the drift day's candidate was not held for approval: {exc}")
+        _wait(client, TUNE_DAG, [held])
+        return _champion(params, settings)
+    reasons = [line[2:] for line in request["body"].splitlines() if line.startswith("- HOLD")]
+    _say(f"{held} waits for approval: {request['subject']}")
+    for reason in reasons:
+        _say(f"  {reason}")
+    _say(f"  verdict page: {verdict_page(held)}")
+    answer = respond(client, TUNE_DAG, held, "Approve")
+    _say(f"approved through the REST API by {answer['responded_by']['name']}")
+    _wait(client, TUNE_DAG, [held])
+    champion = _champion(params, settings)
+    if champion is None or champion == first_champion:
+        problems.append(f"the approved candidate of {held} did not take champion (still v{champion or '-'})")
+    outcomes.append(f"{held}: expected held for approval ({'; '.join(reasons) or 'no HOLD reason'}), approved by "
+                    f"{answer['responded_by']['name']} through the API -> champion v{champion or '-'}; "
+                    f"verdict page {verdict_page(held)}")
+    return champion
 
 
 def _backfill_days(client: AirflowClient, days: list[str], has_tuning: bool, what: str) -> list[str]:
