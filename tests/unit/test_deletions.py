@@ -115,7 +115,8 @@ def test_block_refuses_promotion_and_rollback_and_keeps_a_blocked_champion(kb, t
     block = apply_overrides(params, {"deletion.model_policy": "block"})
     v1 = _version(kb, tmp_path / "v1", [_row("q1", "sync", ["sync"])])
     v2 = _version(kb, tmp_path / "v2", [_row("q2", "export", ["export"])])
-    assert promote(name, v1, PASS, settings=settings, params=block).changed  # not deleted yet: allowed
+    assert promote(name, v1, PASS, settings=settings, params=params).changed  # flag: allowed, nothing tagged yet
+    assert "deleted_docs" not in _tags(kb, v1)
     summary = deletions.tag_versions_with_deleted_docs({"sync": "2026-11-02"}, settings, block)
     assert summary["tagged"] == {str(v1): ["sync"]} and summary["champion_blocked"]
     # No alias moves by itself: the blocked champion keeps serving and is reported.
@@ -129,6 +130,10 @@ def test_block_refuses_promotion_and_rollback_and_keeps_a_blocked_champion(kb, t
     assert deletions.blocked_reason(name, v1, settings, params) is None  # flag never blocks
 
     assert promote(name, v2, PASS, settings=settings, params=block).changed  # a clean retrain replaces it
+    v3 = _version(kb, tmp_path / "v3", [_row("q3", "sync", ["export", "sync"])])  # sync deleted on 11-02 already
+    with pytest.raises(QualityGateFailed, match="v3 was trained on 1 deleted"):  # before apply_deletions runs
+        promote(name, v3, PASS, settings=settings, params=block)
+    assert _tags(kb, v3)["deleted_docs"] == "sync"
     with pytest.raises(QualityGateFailed, match="deletion.model_policy is block") as refused:
         rollback(name, settings=settings, params=block)  # would restore the blocked v1
     assert refused.value.reasons == [reason]

@@ -1,31 +1,27 @@
 """Deletion reaches the models: registered versions trained on a now-tombstoned document are tagged, and the
-``deletion.model_policy`` says whether they may still become champion.
+``deletion.model_policy`` says whether they may still become champion (docs/runbook.md, "Deletion").
 
-What a version was trained on. At register time (:func:`record_training_docs`, called by
-:func:`evertune.tuning.release.register_candidate`) the doc ids of its dataset are written as the artifact
-``training_docs/v<N>.json`` of its MLflow run: every row's ``doc_id`` (the article the QA pair is about) and
-``context_doc_ids`` (the articles shown in its prompt), of ``train.jsonl`` and ``validation.jsonl`` (validation
-rows choose the checkpoint). A warm-started version continues the champion's adapter, so it also carries that
-version's documents (its replay rows are a subset of them): the parent's set is unioned in, recursively. The
-version gets the tags ``training_docs`` (``recorded``, ``restored`` or ``unknown``), ``training_docs_count`` and
-``training_docs_sha256`` (of the sorted ids). A version registered before this existed has no record: the first
-scan restores its dataset from DVC at its ``data_git_rev``/``data_folder`` tags (the warm-start parent from its
-run's ``warm_start_from`` tag) and records it as ``restored``; when that fails it is tagged ``unknown`` (reported
-by ``model status``; it never blocks).
+What a version was trained on: at register time (:func:`record_training_docs`, from
+:func:`evertune.tuning.release.register_candidate`) its dataset's doc ids go to the artifact
+``training_docs/v<N>.json`` of its MLflow run: every row's ``doc_id`` and ``context_doc_ids`` (the articles in its
+prompt) of ``train.jsonl`` and ``validation.jsonl``. A warm-started version continues the champion's adapter, so
+that version's set is unioned in (its replay rows are a subset of it). Tags: ``training_docs`` (``recorded``,
+``restored`` or ``unknown``), ``training_docs_count``, ``training_docs_sha256``. A version registered before
+this is restored once from DVC at its ``data_git_rev``/``data_folder`` tags (``restored``), else ``unknown``
+(sticky: delete the tag to retry; reported by ``model status``, never blocks).
 
-Tagging (:func:`tag_versions_with_deleted_docs`, the refresh step ``apply_deletions`` after ``publish_index``):
-every version whose training docs meet the deleted set gets ``deleted_docs`` (comma list; ``<n> documents, see
-deletions/v<N>.json`` with the list as a run artifact past MLflow's 5000-character tag limit),
-``deleted_docs_count`` and ``deleted_docs_since`` (the earliest interval whose tombstone deleted one of them).
-Tags only grow (the union with what is recorded), so re-running an interval, or a backfill of an earlier one,
-writes nothing new; a document that comes back later does not untag a version. Versions without a deleted
-document are not touched.
+Tagging (:func:`tag_versions_with_deleted_docs`; the refresh step :func:`apply_deletions` after
+``publish_index``): a version whose training docs meet the deleted set gets ``deleted_docs`` (comma list, or
+``<n> documents, see deletions/v<N>.json`` past MLflow's 5000-character tag limit), ``deleted_docs_count`` and
+``deleted_docs_since`` (the earliest interval whose tombstone deleted one of them). Tags only grow (a union), so
+a re-run or a backfill writes nothing new; a document that comes back does not untag a version; versions without
+a deleted document are not touched.
 
-Policy (:func:`blocked_reason`, called by :func:`evertune.tuning.promotion.promote` and ``rollback``): ``flag``
-only reports; ``block`` refuses promotion with the reason (``QualityGateFailed``, also with ``force``) until a
-version trained without those documents replaces it. A champion that becomes blocked is not moved (no alias
-moves by itself): it keeps serving, ``model status`` reports it ``blocked``, the step's summary names it, and
-the next warm start does not continue it (:func:`carries_deleted_docs`): a retrain starts cold.
+Policy (:func:`refuse_if_blocked`, from :func:`evertune.tuning.promotion.promote` and ``rollback``): ``flag``
+only reports; ``block`` refuses such a version (``QualityGateFailed`` with the reason, also with ``force``). A
+champion that becomes blocked is not moved (no alias moves by itself): it keeps serving, ``model status``
+reports it ``blocked``, and the next warm start does not continue it (:func:`carries_deleted_docs`): the
+retrain starts cold.
 """
 
 from __future__ import annotations
@@ -241,6 +237,8 @@ def tag_versions_with_deleted_docs(
     settings: Settings | None,
     params: Params,
     interval: str | None = None,
+    *,
+    versions: Iterable[int] | None = None,
 ) -> dict[str, Any]:
     """Tag every version of ``register.model_name`` whose training data held one of ``doc_ids``.
 
@@ -250,6 +248,7 @@ def tag_versions_with_deleted_docs(
         settings: Deployment settings.
         params: Pipeline params (model name, policy).
         interval: The deletion interval of ids given without one.
+        versions: Only these versions (default: all).
 
     Returns:
         ``policy``, ``tagged`` (``{"<version>": [doc ids of this call]}``, every version that carries one, also
@@ -264,11 +263,14 @@ def tag_versions_with_deleted_docs(
     summary: dict[str, Any] = {"policy": policy, "deleted_docs": len(deleted), "tagged": {}, "changed": [],
                                "unknown": [], "champion": None, "champion_blocked": False}
     try:
-        versions = client.search_model_versions(f"name = '{name}'") if deleted else []
+        found = client.search_model_versions(f"name = '{name}'") if deleted else []
         summary["champion"] = alias_version(client, name, CHAMPION)
     except MlflowException:
         return summary  # no such model yet
-    for mv in sorted(versions, key=lambda v: int(v.version)):
+    only = None if versions is None else {int(v) for v in versions}
+    for mv in sorted(found, key=lambda v: int(v.version)):
+        if only is not None and int(mv.version) not in only:
+            continue
         docs = training_docs(client, mv, settings)
         if docs is None:
             summary["unknown"].append(int(mv.version))
@@ -347,6 +349,9 @@ def refuse_if_blocked(model_name: str, version: int | str, settings: Settings | 
                       params: Params | None = None) -> None:
     """Raise when :func:`blocked_reason` blocks ``version`` from becoming champion (tagged ``promotion.refused``).
 
+    Under ``block`` the version is first tagged against every document deleted in the validated history so far
+    (what the next ``apply_deletions`` would tag), so a tombstone that landed after the last refresh run counts.
+
     Args:
         model_name: Registered model.
         version: The version about to become champion.
@@ -359,7 +364,10 @@ def refuse_if_blocked(model_name: str, version: int | str, settings: Settings | 
     from evertune.config import load_params
     from evertune.errors import QualityGateFailed
 
-    reason = blocked_reason(model_name, version, settings, params or load_params())
+    params = params or load_params()
+    if params.deletion.model_policy == "block":  # tag it now: apply_deletions may not have run since a tombstone
+        tag_versions_with_deleted_docs(deleted_documents(settings), settings, params, versions=[int(version)])
+    reason = blocked_reason(model_name, version, settings, params)
     if reason is not None:
         mlflow_client(settings).set_model_version_tag(model_name, str(version), "promotion.refused", reason)
         log.warning("%s: %s", model_name, reason)
@@ -383,18 +391,26 @@ def apply_deletions(interval: str, overrides: dict[str, Any] | None = None,
     """
     from evertune.config import apply_overrides, load_params
     from evertune.settings import get_settings
-    from evertune.tuning.history import current_documents, deleted_doc_intervals, select_interval_dirs
 
     del published
     params, settings = apply_overrides(load_params(), overrides), get_settings()
     settings.ensure_local_dirs()
-    history = select_interval_dirs(settings.data_repo / "validated", interval, None)
-    deleted = deleted_doc_intervals(history, current_documents(history))
+    deleted = deleted_documents(settings, interval)
     models = tag_versions_with_deleted_docs(deleted, settings, params, interval)
     cache = _invalidate_cache(deleted, params, settings)
     log.info("deletions as of %s: %d documents; versions tagged %s (changed now %s), unknown %s; cache %s",
              interval, len(deleted), sorted(models["tagged"]), models["changed"], models["unknown"], cache)
     return {"interval": interval, "deleted_docs": len(deleted), "models": models, "cache": cache}
+
+
+def deleted_documents(settings: Settings | None, up_to: str | None = None) -> dict[str, str]:
+    """Every document deleted in the validated history up to ``up_to`` (default: all of it), with the interval of
+    the tombstone that deleted it (:func:`evertune.tuning.history.deleted_doc_intervals`)."""
+    from evertune.settings import get_settings
+    from evertune.tuning.history import current_documents, deleted_doc_intervals, select_interval_dirs
+
+    history = select_interval_dirs((settings or get_settings()).data_repo / "validated", up_to or "9999-12-31", None)
+    return deleted_doc_intervals(history, current_documents(history))
 
 
 def _invalidate_cache(deleted: Mapping[str, str], params: Params, settings: Settings) -> dict[str, Any]:
@@ -421,6 +437,7 @@ __all__ = [
     "blocked_reason",
     "carries_deleted_docs",
     "dataset_doc_ids",
+    "deleted_documents",
     "deletion_state",
     "model_status_with_deletions",
     "record_training_docs",
