@@ -1,4 +1,4 @@
-"""Nightly knowledge-base refresh: ingest, validate, version, sync, evaluate, publish, check freshness.
+"""Nightly knowledge-base refresh: ingest, validate, version, sync, evaluate, publish, check freshness, deletions.
 
 Each run handles one day of documents: its data interval ``[D, D+1)`` selects the landing partition
 ``ds=D``. Backfills (``airflow backfill create --dag-id refresh_knowledge_base ...``) give the same state as
@@ -13,6 +13,8 @@ document, so days may run in any order.
 * ``check_freshness`` then has the champion (if any) answer the changed-fact probes from the KB version just
   published, logs the fresh share to MLflow (``freshness.experiment_name``) and emits the ``kb_index`` asset
   event: its extra is the publish summary plus ``freshness``. No champion or no probes: it says so, no error.
+* ``apply_deletions`` tags the registered model versions whose training data held a document deleted up to the
+  interval (``deleted_docs``; ``deletion.model_policy`` flags or blocks them, see docs/runbook.md "Deletion").
 
 A manual run (trigger, ``airflow dags test``) refreshes the interval that ended at its logical date, as Airflow
 infers for data-interval timetables: trigger ``2026-11-04`` to refresh ``ds=2026-11-03``; backfills name days
@@ -68,8 +70,10 @@ def refresh_knowledge_base():
     published = evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, retries=0)(synced, evaluation, version)
     # How fresh the served champion is on the KB just published; the kb_index event carries both summaries.
     checked = evertune_task("check_freshness", outlets={KB_INDEX: kb_index_extra})(published)
+    # Model versions trained on documents deleted up to the interval are tagged (deletion.model_policy).
+    deletions = evertune_task("apply_deletions")(published)
     # The run note (one line: published or not, and why); a teardown, so it never changes the run's state.
-    checked >> note_task()
+    [checked, deletions] >> note_task()
 
 
 refresh_knowledge_base()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evertune.config_ops import ApprovalParams, CostParams, FreshnessParams, ServeParams
+from evertune.config_ops import ApprovalParams, CostParams, DeletionParams, FreshnessParams, ServeParams
 from evertune.config_section import Section
 from evertune.errors import ConfigError
 
@@ -274,6 +274,7 @@ class Params(Section):
     freshness: FreshnessParams = FreshnessParams()
     serve: ServeParams = ServeParams()
     approval: ApprovalParams = ApprovalParams()
+    deletion: DeletionParams = DeletionParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -1,4 +1,4 @@
-"""The operations sections of ``params.yaml``: freshness check, answer service, approvals, cost and budget.
+"""The operations sections of ``params.yaml``: freshness check, answer service, approvals, deletion, cost and budget.
 
 Validated like every section (:class:`evertune.config_section.Section`) and loaded only through
 :func:`evertune.config.load_params`; :class:`evertune.config.Params` holds one attribute per section.
@@ -42,6 +42,17 @@ class ApprovalParams(Section):
 
     response_timeout_hours: float = Field(24.0, gt=0, le=168)
     timeout_answer: Literal["Reject", "Approve"] = "Reject"
+
+
+class DeletionParams(Section):
+    """What a registered model version trained on a now-deleted document does (docs/runbook.md, "Deletion").
+
+    ``flag``: it is tagged and reported (``evertune model status``) and may still be promoted. ``block``: it may
+    not become champion until a retrained version replaces it (promotion and rollback refuse it; a champion that
+    becomes blocked keeps serving, reported as ``blocked``, until the next promotion or rollback moves it).
+    """
+
+    model_policy: Literal["flag", "block"] = "flag"
 
 
 class CostParams(Section):

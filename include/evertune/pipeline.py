@@ -94,6 +94,7 @@ _TUNING = "evertune.tuning.steps"
 _FRESHNESS = "evertune.tuning.freshness_check"
 _EVALUATION = "evertune.tuning.evaluation"
 _RELEASE = "evertune.tuning.release"
+_DELETIONS = "evertune.tuning.deletions"
 
 STEPS: tuple[Step, ...] = (
     Step(REFRESH, "ingest", "ingest_documents", f"{_KB}:ingest_documents", "ingested",
@@ -116,6 +117,10 @@ STEPS: tuple[Step, ...] = (
     Step(REFRESH, "freshness", "check_freshness", f"{_FRESHNESS}:check_freshness", "freshness", ("publish",),
          params=("freshness", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register"),
          summary="The champion answers the changed-fact probes from the published KB; log freshness to MLflow."),
+    Step(REFRESH, "deletions", "apply_deletions", f"{_DELETIONS}:apply_deletions", "deletions", ("publish",),
+         params=("deletion", "register"),
+         summary="Tag the model versions trained on documents deleted up to the interval (``deleted_docs``; "
+                 "``deletion.model_policy`` flags or blocks them); invalidate cached answers citing them."),
     Step(TUNE, "dataset", "build_dataset", f"{_TUNING}:build_dataset", "dataset",
          params=("dataset", "embed", "chunk", "index", "retrieval", "evaluate", "base_model", "train"),
          window=("version", "publish"),

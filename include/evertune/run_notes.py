@@ -111,7 +111,7 @@ def _primary(evaluation: Mapping[str, Any]) -> str:
 
 
 REFRESH_ORDER = ("ingest_documents", "validate_documents", "version_snapshot", "sync_index", "evaluate_retrieval",
-                 "publish_index", "check_freshness")
+                 "publish_index", "check_freshness", "apply_deletions")
 
 
 def refresh_note(results: Mapping[str, Any], states: Mapping[str, str]) -> str:
@@ -141,6 +141,10 @@ def refresh_note(results: Mapping[str, Any], states: Mapping[str, str]) -> str:
         share = _dict(fresh.get("freshness")).get("fresh_share", fresh.get("fresh_share"))
         if isinstance(share, int | float):
             line += f"; champion fresh share {_num(share)}"
+        changed = _dict(_dict(results.get("apply_deletions")).get("models")).get("changed")
+        if changed:
+            line += f"; {len(changed) if isinstance(changed, list | tuple) else changed} model version(s) newly " \
+                    "tagged with deleted documents"
         return _clip(line + (f"; then {failed} failed" if failed else ""))
     if failed == "publish_index":
         return _clip(f"not published: the retrieval gate refused the candidate ({quality}); {counts}")

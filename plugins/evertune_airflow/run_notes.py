@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 API_CONN_ID = "evertune_airflow_api"
 TUNE_TASKS = ("build_dataset", "check_drift", "train", "evaluate", "gate", "register", "approval", "promote")
 REFRESH_TASKS = ("ingest_documents", "validate_documents", "version_snapshot", "sync_index", "evaluate_retrieval",
-                 "publish_index", "check_freshness")
+                 "publish_index", "check_freshness", "apply_deletions")
 
 
 def _client() -> Any:

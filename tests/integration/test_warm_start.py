@@ -108,6 +108,7 @@ def warm_home(evertune_home: Path, tiny_model_dir: Path, monkeypatch: pytest.Mon
 
 
 def test_warm_start_continues_the_champion_and_replays_only_what_may_be_replayed(warm_home: dict[str, Any]) -> None:
+    from evertune.tuning.deletions import dataset_doc_ids
     from evertune.tuning.steps import candidate_identity
     from evertune.tuning.tracking import mlflow_client
 
@@ -118,6 +119,10 @@ def test_warm_start_continues_the_champion_and_replays_only_what_may_be_replayed
     assert first["registered"]["decision"] == "promote" and first["trained"]["warm_start"] is None
     champion = first["registered"]["candidate"]["version"]
     champion_rows = read_jsonl(Path(first["dataset"]["path"]) / "train.jsonl")
+    # register recorded the documents it was trained on (what a tombstone is matched against: test_deletions.py).
+    tags = mlflow_client(settings).get_model_version(first["registered"]["candidate"]["model_name"], str(champion)).tags
+    assert tags["training_docs"] == "recorded"
+    assert int(tags["training_docs_count"]) == len(dataset_doc_ids(first["dataset"]["path"])) > 0
 
     planted = _late_golden_and_redrop(warm_home["landing"], second_day, champion_rows)
     _publish(second_day)

@@ -1,6 +1,6 @@
 """``evertune model ...``: inspect the registry, promote a version by hand, roll the champion back.
 
-evertune model status                      versions, aliases, champion history (JSON)
+evertune model status                      versions, aliases, champion history, deletion state (JSON)
 evertune model promote --version 7         manual approval (e.g. after drift.policy=require_approval)
 evertune model rollback                    champion -> previous champion, in one call
 """
@@ -43,23 +43,28 @@ def _print(data: dict) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from evertune.tuning.registry import model_status
+    from evertune.config import load_params
+    from evertune.tuning.deletions import model_status_with_deletions
 
-    _print(model_status(_name(args)))
+    policy = load_params(args.params).deletion.model_policy
+    _print(model_status_with_deletions(_name(args), None, policy))
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
+    from evertune.config import load_params
     from evertune.tuning.promotion import promote
 
     approved_by = args.approved_by or getpass.getuser()
-    result = promote(_name(args), args.version, None, approved_by=approved_by, force=args.force)
+    result = promote(_name(args), args.version, None, approved_by=approved_by, force=args.force,
+                     params=load_params(args.params))
     _print(result.to_dict())
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from evertune.config import load_params
     from evertune.tuning.promotion import rollback
 
-    _print(rollback(_name(args)).to_dict())
+    _print(rollback(_name(args), params=load_params(args.params)).to_dict())
     return 0

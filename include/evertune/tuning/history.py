@@ -66,6 +66,12 @@ def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, 
     Returns:
         The deleted doc ids.
     """
+    return set(deleted_doc_intervals(validated_dirs, documents))
+
+
+def deleted_doc_intervals(validated_dirs: list[Path], documents: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """The documents :func:`collect_deleted_doc_ids` finds deleted, each with the interval of the drop whose
+    tombstone deleted it (``YYYY-MM-DD``, from the folder name)."""
     events = [
         DocEvent.tombstone(row, interval_of(Path(folder)))
         for folder in validated_dirs
@@ -74,7 +80,7 @@ def collect_deleted_doc_ids(validated_dirs: list[Path], documents: Mapping[str, 
     ]
     events += [DocEvent.upsert({**documents[doc_id], "doc_id": doc_id}) for doc_id in sorted(
         {event.doc_id for event in events} & set(documents))]  # fmt: skip
-    return {doc_id for doc_id, state in resolve_doc_state(events).items() if state.deleted}
+    return {doc_id: state.winner.interval for doc_id, state in resolve_doc_state(events).items() if state.deleted}
 
 
 def read_golden(validated_dirs: list[Path]) -> tuple[set[str], set[str]]:

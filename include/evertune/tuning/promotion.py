@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError, NothingToDo, PromotionConflict, QualityGateFailed
+from evertune.tuning.deletions import refuse_if_blocked
 from evertune.tuning.registry import CHALLENGER, CHAMPION, HISTORY_TAG, PREVIOUS_CHAMPION, TAG_LIMIT, alias_version
 from evertune.tuning.tracking import mlflow_client
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
+    from evertune.config import Params
     from evertune.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,7 @@ def promote(
     force: bool = False,
     expected_champion: int | None | object = ANY,
     settings: Settings | None = None,
+    params: Params | None = None,
 ) -> PromotionResult:
     """Record a gate decision on a version and move ``champion`` to it when allowed.
 
@@ -167,12 +170,15 @@ def promote(
             none). When given, the alias moves only if ``champion`` still points there and ``challenger`` still
             points to ``version``; else :class:`~evertune.errors.PromotionConflict`. :data:`ANY` skips the check.
         settings: Deployment settings.
+        params: Pipeline params (``deletion.model_policy``); default ``params.yaml``.
 
     Returns:
         The :class:`PromotionResult`.
 
     Raises:
-        QualityGateFailed: A manual promotion of a rejected (or never evaluated) version without ``force``.
+        QualityGateFailed: A manual promotion of a rejected (or never evaluated) version without ``force``, or a
+            version that ``deletion.model_policy: block`` blocks (trained on deleted documents; ``force`` does
+            not override it, see :mod:`evertune.tuning.deletions`); tagged ``promotion.refused``.
         PromotionConflict: ``expected_champion`` was given and the champion or the challenger moved since; the
             refusal is tagged on the version (``promotion.refused``) and nothing else changes.
         ConfigError: The version does not exist, or a manual promotion has no ``approved_by``.
@@ -196,6 +202,7 @@ def promote(
         return PromotionResult(model_name, version, promoted, False, current, verdict.action, verdict.reasons)
     if expected_champion is not ANY:
         _compare(client, model_name, version, current, expected_champion)
+    refuse_if_blocked(model_name, version, settings, params)
     _move_champion(client, model_name, model_version, current, approved_by)
     log.info("%s: champion v%s -> v%s (%s)", model_name, current, version, verdict.action)
     return PromotionResult(model_name, version, True, True, current, verdict.action, verdict.reasons)
@@ -256,7 +263,7 @@ def _move_champion(
         client.delete_model_version_tag(name, str(version), "rolled_back")
 
 
-def rollback(model_name: str, *, settings: Settings | None = None) -> RollbackResult:
+def rollback(model_name: str, *, settings: Settings | None = None, params: Params | None = None) -> RollbackResult:
     """Move ``champion`` back to the previous champion in one call.
 
     Semantics: the current champion is popped from ``champion_history`` and tagged ``rolled_back=true``; the
@@ -268,6 +275,7 @@ def rollback(model_name: str, *, settings: Settings | None = None) -> RollbackRe
 
     Raises:
         NothingToDo: There is no champion, or no earlier champion to restore (nothing is changed).
+        QualityGateFailed: ``deletion.model_policy: block`` blocks the version it would restore (nothing is changed).
     """
     from mlflow.exceptions import MlflowException
 
@@ -288,6 +296,7 @@ def rollback(model_name: str, *, settings: Settings | None = None) -> RollbackRe
     if not earlier:
         raise NothingToDo(f"{model_name}: champion v{current} has no earlier champion to roll back to")
     target = earlier[-1]
+    refuse_if_blocked(model_name, target, settings, params)
     client.set_registered_model_alias(model_name, CHAMPION, str(target))
     _save_history(client, model_name, earlier)
     client.set_model_version_tag(model_name, str(current), "rolled_back", "true")

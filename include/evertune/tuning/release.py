@@ -51,6 +51,7 @@ def register_candidate(
         else ``None``).
     """
     from evertune.tuning.approval import approval_request
+    from evertune.tuning.deletions import record_training_docs
     from evertune.tuning.promotion import record_decision
     from evertune.tuning.registry import register_candidate as register
     from evertune.tuning.tracking import mlflow_client
@@ -65,6 +66,8 @@ def register_candidate(
                     "data_folder": dataset["folder"], **headline},
     )
     record_decision(mlflow_client(settings), candidate.model_name, candidate.version, decision)
+    record_training_docs(candidate.model_name, candidate.version, dataset["path"],
+                         warm_start_from=(trained.get("warm_start") or {}).get("from_version"), settings=settings)
     review = None
     if decision["action"] == "require_approval":
         review = approval_request(decision, evaluation, drift, candidate.to_dict(), settings.mlflow_tracking_uri,
@@ -101,7 +104,7 @@ def promote_candidate(
     from evertune.tuning.approval import review_of
     from evertune.tuning.promotion import promote
 
-    settings = _context(overrides)[1]
+    params, settings = _context(overrides)
     candidate, action = outcome["candidate"], outcome["decision"]
     name, version = candidate["model_name"], int(candidate["version"])
     answer = review_of(review)
@@ -115,7 +118,7 @@ def promote_candidate(
     approved_by = (answer.by or "timeout-default") if answer is not None else None
     decision = {"passed": action == "promote", "action": action, "reasons": outcome["reasons"]}
     result = promote(name, version, decision, approved_by=approved_by,
-                     expected_champion=outcome.get("expected_champion"), settings=settings)
+                     expected_champion=outcome.get("expected_champion"), settings=settings, params=params)
     if not result.changed:
         raise NothingToDo(f"{name} v{version} is already the champion" if result.promoted
                           else f"{name} v{version} was not promoted ({action})")

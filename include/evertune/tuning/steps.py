@@ -180,7 +180,9 @@ def _tuning_run(params: Params, settings: Settings, dataset: dict[str, Any], dag
 
 
 def _champion_reference(params: Params, settings: Settings) -> dict[str, Any] | None:
-    """The champion's version and the data version it was trained on, if there is a champion."""
+    """The champion's version and the data version it was trained on, if there is a champion (and whether it was
+    trained on a since-deleted document: ``carries_deleted_docs``)."""
+    from evertune.tuning.deletions import carries_deleted_docs
     from evertune.tuning.registry import champion_with_tags
 
     champion = champion_with_tags(params.registry.model_name, settings=settings)
@@ -188,7 +190,7 @@ def _champion_reference(params: Params, settings: Settings) -> dict[str, Any] | 
         return None
     version, tags = champion
     return {"version": version, "data_version": tags.get("data_version"), "data_git_rev": tags.get("data_git_rev"),
-            "data_folder": tags.get("data_folder")}
+            "data_folder": tags.get("data_folder"), "carries_deleted_docs": carries_deleted_docs(tags)}
 
 
 def _restore_reference(settings: Settings, reference: dict[str, Any]) -> Path:
@@ -273,12 +275,17 @@ def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int |
 
 def _warm_start(params: Params, settings: Settings) -> tuple[dict[str, Any] | None, Path | None]:
     """``(champion reference, its adapter folder)`` for a warm start; ``(None, None)`` when
-    ``train.warm_start_from_champion`` is off, there is no champion, or it has no adapter or data to replay
-    (then the training starts cold, with a warning)."""
+    ``train.warm_start_from_champion`` is off, there is no champion, it was trained on a since-deleted document
+    (tagged ``deleted_docs``), or it has no adapter or data to replay (then the training starts cold, with a
+    warning)."""
     from evertune.tuning.registry import download_champion_adapter
 
     reference = _champion_reference(params, settings) if params.train.warm_start_from_champion else None
     if reference is None:
+        return None, None
+    if reference["carries_deleted_docs"]:  # its adapter holds them: continuing it would carry them on
+        log.warning("warm start asked, but champion v%s was trained on deleted documents: cold start",
+                    reference["version"])
         return None, None
     folder = settings.work_dir / "tune" / "champions" / f"v{reference['version']}-adapter"
     adapter = download_champion_adapter(params.registry.model_name, folder, settings=settings)
