@@ -222,3 +222,15 @@ def test_the_dpo_stage_is_skipped_without_enough_pairs() -> None:
     out = dpo_stage({"merged_dir": "m"}, [{"id": "x"}], parse_params(data))
     assert out == {"merged_dir": "m", "dpo": {"skipped": "1 preference pairs, dpo.min_pairs is 2"}}
     assert dpo_stage({"merged_dir": "m"}, [], load_params())["dpo"] == {"skipped": "dpo.enabled is false"}
+
+
+def test_the_answer_log_finds_answers_another_process_appended(tmp_path: Path) -> None:
+    from evertune.serving.feedback import AnswerLog
+
+    path = tmp_path / "answers.jsonl"
+    mine, other = AnswerLog(path), AnswerLog(path)
+    assert mine.get("x" * 32) is None
+    assert other.record({"answer_id": "x" * 32, "question": "q", "answer": "a", "citations": [], "kb_version": 1})
+    assert mine.get("x" * 32)["versions"] == {"kb_version": 1}
+    assert not mine.record({"answer_id": "x" * 32, "question": "q", "answer": "a", "citations": []})
+    assert len(path.read_text().splitlines()) == 1

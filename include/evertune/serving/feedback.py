@@ -4,7 +4,8 @@
 
 * a middleware that appends every ``/ask`` answer (200) to the **answer log**, service state at
   ``$EVERTUNE_WORK_DIR/serving/answers.jsonl``: one line per new answer id with the question, answer,
-  citations and versions (append-only; an index of answer id -> byte offset is kept in memory);
+  citations and versions (append-only; an index of answer id -> byte offset is kept in memory and caught up
+  from the file on a miss, so several service processes may share the file);
 * ``POST /feedback`` ``{"answer_id": "...", "rating": "up"|"down"|1|-1, "correction": "..."}`` (correction
   optional). It looks the answer up in the log (404 when unknown), recovers the chunks the prompt showed (the
   cited chunks of a search at the answer's pinned KB version; retrieval at one table version is
@@ -38,25 +39,32 @@ _RATINGS = {"up": "up", "down": "down", 1: "up", -1: "down"}
 
 
 class AnswerLog:
-    """Append-only JSON lines of served answers, one line per answer id, with an in-memory offset index."""
+    """Append-only JSON lines of served answers, one line per answer id, with an in-memory offset index.
+
+    The index is read from the file lazily and caught up incrementally whenever an id is missing, so answers
+    another service process appended to the same file are found too.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._offsets: dict[str, int] | None = None
+        self._offsets: dict[str, int] = {}
+        self._scanned = 0  # bytes of the file indexed so far
 
     def _index(self) -> dict[str, int]:
-        if self._offsets is None:
-            self._offsets = {}
-            if self.path.is_file():
-                with self.path.open("rb") as handle:
-                    offset = 0
-                    for line in handle:
-                        try:
-                            self._offsets.setdefault(json.loads(line)["answer_id"], offset)
-                        except (ValueError, KeyError, TypeError):
-                            log.warning("answer log %s: unreadable line at byte %d skipped", self.path, offset)
-                        offset += len(line)
+        """The index, caught up with lines appended since the last scan (by this or another process)."""
+        if not self.path.is_file():
+            return self._offsets
+        with self.path.open("rb") as handle:
+            handle.seek(self._scanned)
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # a line being written right now: read it next time
+                try:
+                    self._offsets.setdefault(json.loads(line)["answer_id"], self._scanned)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("answer log %s: unreadable line at byte %d skipped", self.path, self._scanned)
+                self._scanned += len(line)
         return self._offsets
 
     def record(self, answer: Mapping[str, Any]) -> bool:
@@ -70,14 +78,16 @@ class AnswerLog:
                 return False
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("ab") as handle:
-                index[entry["answer_id"]] = handle.seek(0, 2)
                 handle.write(line)
+            self._index()  # indexes the line just written (and any other process's before it)
         return True
 
     def get(self, answer_id: str) -> dict[str, Any] | None:
         """The logged answer, or ``None``."""
         with self._lock:
-            offset = self._index().get(answer_id)
+            offset = self._offsets.get(answer_id)
+            if offset is None:
+                offset = self._index().get(answer_id)
             if offset is None:
                 return None
             with self.path.open("rb") as handle:
