@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from evertune.config_ops import ApprovalParams, CostParams, DeletionParams, FreshnessParams, ServeParams
+from evertune.config_ops import ApprovalParams, CostParams, DeletionParams, DpoParams, FreshnessParams, ServeParams
 from evertune.config_section import Section
 from evertune.errors import ConfigError
 
@@ -275,6 +275,7 @@ class Params(Section):
     serve: ServeParams = ServeParams()
     approval: ApprovalParams = ApprovalParams()
     deletion: DeletionParams = DeletionParams()
+    dpo: DpoParams = DpoParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -30,6 +30,24 @@ class ServeParams(Section):
     max_question_chars: int = Field(2000, ge=1)
     max_questions: int = Field(16, ge=1, le=1024)  # per /invocations request
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_correction_chars: int = Field(4000, ge=1)  # POST /feedback corrections
+
+
+class DpoParams(Section):
+    """The optional DPO stage after SFT (docs/configuration.md, "DPO"): TRL ``DPOConfig`` names where they exist.
+
+    Off by default. When on and the window's feedback gives at least ``min_pairs`` preference pairs, the SFT
+    adapter is trained further with ``DPOTrainer`` against the adapter-disabled base model as the reference.
+    """
+
+    enabled: bool = False
+    beta: float = Field(0.1, gt=0.0)
+    max_length: int = Field(512, ge=16)  # prompt + completion tokens (DPOConfig has no max_prompt_length)
+    loss_type: str | list[str] = "sigmoid"
+    learning_rate: float = Field(5e-6, gt=0.0, le=1.0)
+    max_steps: int = Field(20, ge=1)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    min_pairs: int = Field(1, ge=1)  # fewer pairs: the stage is skipped (the SFT candidate is evaluated as is)
 
 
 class ApprovalParams(Section):

@@ -18,6 +18,9 @@ from evertune.serving.answers import answer_id, citations
 from evertune.serving.app import build_app
 from evertune.serving.follower import Served
 
+# build_app adds the /ask answer log (serving/feedback.py): keep it in a per-test state folder.
+pytestmark = pytest.mark.usefixtures("evertune_home")
+
 CHUNKS = [
     {"chunk_id": "pricing#0", "doc_id": "pricing", "title": "Plans and pricing", "url": "https://h.example/pricing",
      "text": "Pro costs $10 per user per month."},

@@ -37,6 +37,9 @@ DUPLICATE_DOC_ID = "duplicate_doc_id"
 DUPLICATE_QA_ID = "duplicate_qa_id"
 PII_DETECTED = "pii_detected"
 PROMPT_INJECTION = "prompt_injection"
+# Feedback only (evertune.kb.feedback): a correction the cited article does not back, or no article to check.
+CORRECTION_NOT_GROUNDED = "correction_not_grounded"
+CITED_SOURCE_MISSING = "cited_source_missing"
 
 INGEST_REASONS: frozenset[str] = frozenset(
     {
@@ -48,6 +51,7 @@ VALIDATE_REASONS: frozenset[str] = frozenset(
     {
         EMPTY_TEXT, TEXT_TOO_SHORT, TEXT_TOO_LONG, GARBAGE_TEXT, DISALLOWED_SOURCE, DISALLOWED_URL,
         DUPLICATE_DOC_ID, DUPLICATE_QA_ID, PII_DETECTED, PROMPT_INJECTION, INVALID_DOC_ID,
+        CORRECTION_NOT_GROUNDED, CITED_SOURCE_MISSING,
     }
 )  # fmt: skip
 

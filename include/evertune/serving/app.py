@@ -7,7 +7,8 @@ forwards to whatever :class:`~evertune.serving.follower.RegistryFollower` serves
 
 * ``POST /ask`` ``{"question": "..."}``: answer, citations, versions, answer id
   (:func:`evertune.serving.answers.ask`);
-* ``GET /info``: what is served (versions, or why nothing is), and the polling period.
+* ``GET /info``: what is served (versions, or why nothing is), and the polling period;
+* ``POST /feedback``: a rating (and correction) of an ``/ask`` answer (:mod:`evertune.serving.feedback`).
 
 Errors are one line of JSON, ``{"error_code": ..., "message": ...}``: 400 for a bad request (reason in the
 message), 409 while nothing can be served (no champion, no published KB), 500 with ``"error_id"`` for anything
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from evertune.errors import BadRequest, NothingToDo, NotReady
 from evertune.serving.answers import answer_batch, ask, check_question, parse_ask_body
+from evertune.serving.feedback import register_feedback
 
 if TYPE_CHECKING:
     from evertune.config import ServeParams
@@ -156,6 +158,7 @@ def build_app(follower: RegistryFollower, limits: ServeParams, search: Search) -
 
     app.add_route("/ask", ask_route, methods=["POST"])
     app.add_route("/info", info_route, methods=["GET"])
+    register_feedback(app, limits, search, error)  # POST /feedback and the /ask answer log (serving/feedback.py)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:

@@ -261,14 +261,19 @@ def _published_kb_version(params: Params, settings: Settings) -> str:
     return f"{name}@v{version}"
 
 
-def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int | None) -> str:
+def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int | None,
+                       pairs_fingerprint: str | None = None) -> str:
     """The candidate key of a training: data version, pinned KB version, training params hash and base model; a
     warm start also depends on the champion version it starts from (``+warm:v<N>`` on the data identity), so the
-    same data warm-started, or started from another champion, is another candidate than a cold start."""
+    same data warm-started, or started from another champion, is another candidate than a cold start. With the
+    DPO stage on, the preference pairs and the ``dpo`` params are part of it too (``+dpo:<hash>``): new feedback
+    makes a new candidate."""
     from evertune.config import training_params_hash
     from evertune.tuning.registry import candidate_key
 
     data_identity = dataset["data_version"] + (f"+warm:v{warm_from}" if warm_from is not None else "")
+    if pairs_fingerprint is not None:
+        data_identity += f"+dpo:{params.section_hash('dpo')}:{pairs_fingerprint[:16]}"
     return candidate_key(data_identity, dataset["kb_version"], training_params_hash(params),
                          params.base_model.name_or_path)
 
@@ -347,7 +352,9 @@ def train_candidate(
     Returns:
         ``TrainResult.to_dict()`` (with ``cost``: device-seconds, tokens, peak memory, estimated cost and the
         projection), plus ``candidate_key``, ``kb_version`` (the dataset's pinned KB version) and ``warm_start``
-        (``None``, or ``{"from_version", "data_version", "replay": counts}``).
+        (``None``, or ``{"from_version", "data_version", "replay": counts}``). With ``dpo.enabled``, ``dpo``
+        (``{"skipped": reason}`` or ``{"n_pairs", "metrics"}``), and after a DPO stage ``adapter_dir``/``merged_dir``
+        name the DPO output (the SFT ones move to ``sft_adapter_dir``/``sft_merged_dir``).
 
     Raises:
         NothingToDo: A registered version has the same candidate key.
@@ -360,7 +367,9 @@ def train_candidate(
     params, settings = _context(overrides)
     kb_version = dataset["kb_version"]  # the version the training contexts came from, pinned by build_dataset
     reference, adapter = _warm_start(params, settings)
-    key = candidate_identity(params, dataset, reference["version"] if reference else None)
+    preferences = _preferences(dataset, params, settings)
+    key = candidate_identity(params, dataset, reference["version"] if reference else None,
+                             preferences[0].fingerprint() if preferences else None)
     existing = find_candidate(params.registry.model_name, key, settings=settings)
     if existing is not None:
         raise NothingToDo(f"candidate {key[:12]} (same data, KB, params and base model) is already version "
@@ -381,4 +390,37 @@ def train_candidate(
         output_dir=output_dir, warm_start_adapter=adapter, replay_path=replay,
         mlflow_run_id=drift["run_id"], data_version=dataset["data_version"], kb_version=kb_version, tags=tags,
     )
-    return {**result.to_dict(), "candidate_key": key, "kb_version": kb_version, "warm_start": warm}
+    trained = _after_sft(result.to_dict(), preferences, params, settings)
+    return {**trained, "candidate_key": key, "kb_version": kb_version, "warm_start": warm}
+
+
+def _preferences(dataset: dict[str, Any], params: Params, settings: Settings) -> tuple[Any, Any] | None:
+    """``(PreferenceSet, FeedbackBatch)`` of the window's feedback when ``dpo.enabled`` (it closes the window's
+    feedback partitions: :mod:`evertune.kb.feedback`), else ``None``."""
+    if not params.dpo.enabled:
+        return None
+    from evertune.tuning.preferences import window_preferences
+
+    preferences, feedback = window_preferences(dataset, params, settings)
+    log.info("feedback: %s; preference pairs: %s", feedback.counts, preferences.counts)
+    return preferences, feedback
+
+
+def _after_sft(trained: dict[str, Any], preferences: tuple[Any, Any] | None, params: Params,
+               settings: Settings) -> dict[str, Any]:
+    """The optional DPO stage (``dpo.enabled``): preference pairs of the window's feedback train the SFT adapter
+    further (:func:`evertune.tuning.dpo.dpo_stage`); the result then names the DPO adapter and merged model."""
+    if preferences is None:
+        return trained
+    from evertune.tuning.dpo import dpo_stage
+    from evertune.tuning.preferences import write_pairs
+    from evertune.tuning.tracking import configure_mlflow
+
+    pairs, feedback = preferences
+    write_pairs(pairs.pairs, Path(trained["output_dir"]) / "dpo" / "pairs.jsonl")
+    client = configure_mlflow(params, settings)[0] if trained.get("run_id") else None
+    if client is not None:
+        client.log_dict(trained["run_id"], {"feedback": feedback.counts, "pairs": pairs.counts,
+                                            "quarantine": [r.to_dict() for r in feedback.quarantine]},
+                        "dpo/feedback.json")
+    return dpo_stage(trained, pairs.pairs, params, client=client, run_id=trained.get("run_id"))
