@@ -260,15 +260,17 @@ def _published_kb_version(params: Params, settings: Settings) -> str:
 
 
 def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int | None) -> str:
-    """The candidate key of a training: data version, pinned KB version, training params hash and base model; a
-    warm start also depends on the champion version it starts from (``+warm:v<N>`` on the data identity), so the
-    same data warm-started, or started from another champion, is another candidate than a cold start."""
+    """The candidate key of a training: data version, pinned KB version, training params hash, base model and the
+    registered prompt version (a new template is a new candidate); a warm start also depends on the champion
+    version it starts from (``+warm:v<N>`` on the data identity), so the same data warm-started, or started from
+    another champion, is another candidate than a cold start."""
     from evertune.config import training_params_hash
+    from evertune.tuning.prompt_registry import ensure_registered
     from evertune.tuning.registry import candidate_key
 
     data_identity = dataset["data_version"] + (f"+warm:v{warm_from}" if warm_from is not None else "")
     return candidate_key(data_identity, dataset["kb_version"], training_params_hash(params),
-                         params.base_model.name_or_path)
+                         params.base_model.name_or_path, ensure_registered(params).uri)
 
 
 def _warm_start(params: Params, settings: Settings) -> tuple[dict[str, Any] | None, Path | None]:
