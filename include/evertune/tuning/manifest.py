@@ -118,7 +118,7 @@ def build_manifest(
     dataset: Mapping[str, Any],
     trained: Mapping[str, Any],
     evaluation: Mapping[str, Any],
-    decision: Mapping[str, Any],
+    gate: Mapping[str, Any],
     prompt: PromptRef,
     merged_model_uri: str | None,
     git_sha: str | None,
@@ -133,7 +133,8 @@ def build_manifest(
         dataset: The ``build_dataset`` summary (``data_version``, ``data_git_rev``, ``golden_qa``).
         trained: The ``train`` result (``kb_version``, ``base_model_path``, ``params_hash``, ``run_id``, ``cost``).
         evaluation: The ``evaluate`` result (``freshness.probes_version``).
-        decision: The gate decision (``passed``, ``action``, ``reasons``).
+        gate: The gate decision as ``{"passed", "action", "reasons"}``
+            (:func:`evertune.tuning.promotion.decision_fields`).
         prompt: The prompt version it was evaluated with.
         merged_model_uri: The logged merged model (the version's ``source``).
         git_sha: The code's commit (the training run's ``git_sha`` tag).
@@ -141,9 +142,7 @@ def build_manifest(
         dag_run_id: The Airflow run.
     """
     from evertune.config import training_params_hash
-    from evertune.tuning.promotion import decision_fields
 
-    passed, action, reasons = decision_fields(decision)
     run_id = trained.get("run_id")
     base = params.base_model
     return {
@@ -163,7 +162,8 @@ def build_manifest(
         "prompt": prompt.to_dict(),
         "params_hash": trained.get("params_hash") or training_params_hash(params),
         "git_sha": git_sha,
-        "gate": {"passed": passed, "action": action, "reasons": reasons},
+        "gate": {"passed": bool(gate.get("passed")), "action": gate.get("action"),
+                 "reasons": [str(r) for r in gate.get("reasons") or []]},
         "approved_by": None,
         "cost": dict(trained.get("cost") or {}),
         "airflow": {"dag_id": dag_id, "run_id": dag_run_id},

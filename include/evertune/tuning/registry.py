@@ -137,17 +137,15 @@ def register_candidate(
         dag_run_id: Lineage: the Airflow run.
         extra_tags: More version tags (e.g. headline metrics).
         settings: Deployment settings.
-        prompt: The prompt version the candidate was evaluated with; default
-            :func:`evertune.tuning.prompt_registry.ensure_registered`. Part of the key, tagged ``prompt.name`` /
-            ``prompt.version`` / ``prompt.uri``, linked to the logged model and frozen into its answer spec.
+        prompt: The prompt version it was evaluated with (default ``ensure_registered``): part of the key,
+            tagged ``prompt.name``/``prompt.version``/``prompt.uri``, linked to the model, frozen into its spec.
 
     Returns:
         The :class:`CandidateVersion`.
     """
     import mlflow
 
-    from evertune.tuning.answer import answer_spec
-    from evertune.tuning.prompt_registry import ensure_registered, prompt_template, spec_with_prompt
+    from evertune.tuning.prompt_registry import ensure_registered
 
     configure_mlflow(params, settings)
     client = mlflow_client(settings)
@@ -163,8 +161,7 @@ def register_candidate(
             name, int(existing.version), key, False, f"models:/{name}/{existing.version}", existing.run_id
         )
 
-    spec = spec_with_prompt(answer_spec(params), prompt, prompt_template(prompt, settings))
-    info = log_answer_model(merged_dir, params, run_id=run_id, settings=settings, spec=spec)
+    info = log_answer_model(merged_dir, params, run_id=run_id, settings=settings, spec=prompt_spec(params, prompt, settings))
     tags = {
         "candidate_key": key,
         "data_version": str(data_version),
@@ -188,6 +185,14 @@ def register_candidate(
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     _set_challenger(client, name, int(version.version))
     return CandidateVersion(name, int(version.version), key, True, f"models:/{name}/{version.version}", run_id)
+
+
+def prompt_spec(params: Params, prompt: PromptRef, settings: Settings | None = None) -> Any:
+    """The answer spec of ``params`` rendering prompt version ``prompt``'s registered template."""
+    from evertune.tuning.answer import answer_spec
+    from evertune.tuning.prompt_registry import prompt_template, spec_with_prompt
+
+    return spec_with_prompt(answer_spec(params), prompt, prompt_template(prompt, settings))
 
 
 def _set_challenger(client: MlflowClient, name: str, version: int) -> None:

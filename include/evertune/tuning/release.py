@@ -94,14 +94,17 @@ def store_manifest(client: Any, params: Params, candidate: dict[str, Any], promp
     logged model. Returns the :class:`~evertune.tuning.manifest.StoredManifest`.
     """
     from evertune.tuning.manifest import build_manifest, write_manifest
+    from evertune.tuning.promotion import decision_fields
 
+    passed, action, reasons = decision_fields(decision)
     name, version = candidate["model_name"], int(candidate["version"])
     model_version = client.get_model_version(name, str(version))
     run_id = trained.get("run_id")
     run = client.get_run(run_id) if run_id else None
     manifest = build_manifest(
         params=params, model={"name": name, "version": version}, dataset=dataset, trained=trained,
-        evaluation=evaluation, decision=decision, prompt=prompt, merged_model_uri=model_version.source,
+        evaluation=evaluation, gate={"passed": passed, "action": action, "reasons": reasons}, prompt=prompt,
+        merged_model_uri=model_version.source,
         git_sha=run.data.tags.get("git_sha") if run is not None else None, dag_id=dag_id, dag_run_id=dag_run_id,
     )
     return write_manifest(client, manifest, run_id, run.info.experiment_id if run is not None else None)
