@@ -247,22 +247,22 @@ def _prompt_version(model: Any) -> str:
 def _apply_prompt(model: Any, prompt: Any) -> str:
     """Make the model render with the ``production`` prompt ``(ref, template)``; returns the prompt version served.
 
-    A model without an evertune answer spec, or no ``production`` alias, keeps what it was registered with.
+    A model without an evertune answer spec keeps what it was registered with; with no ``production`` alias the
+    spec is left as it is (the version it renders is reported).
     """
-    if prompt is None:
-        return _prompt_version(model)
-    ref, template = prompt
     try:
-        python_model = model.unwrap_python_model()
+        spec = getattr(model.unwrap_python_model(), "spec", None)
     except Exception:  # noqa: BLE001 -- not a PythonModel: nothing to render with
-        return _prompt_version(model)
-    spec = getattr(python_model, "spec", None)
+        spec = None
     if spec is None or not hasattr(spec, "prompt_version"):
         return _prompt_version(model)
+    if prompt is None:
+        return f"prompts:/{spec.prompt_name}/{spec.prompt_version}" if spec.prompt_version else _prompt_version(model)
+    ref, template = prompt
     if (spec.prompt_name, spec.prompt_version, spec.template_text) != (ref.name, ref.version, template):
         from evertune.tuning.prompt_registry import spec_with_prompt
 
-        python_model.spec = spec_with_prompt(spec, ref, template)
+        model.unwrap_python_model().spec = spec_with_prompt(spec, ref, template)
         log.info("the served model renders with prompt %s (the production alias)", ref.uri)
     return ref.uri
 
