@@ -77,6 +77,11 @@ class PromotionConflict(QualityGateFailed):
     """
 
 
+class ManifestMismatch(EvertuneError):
+    """A model version's release manifest is missing, or its artifact's sha256 differs from the version's
+    ``manifest_sha256`` tag (the artifact was changed after registration)."""
+
+
 class TransientError(EvertuneError):
     """A dependency was temporarily unavailable; retrying may succeed."""
 

@@ -122,7 +122,7 @@ STEPS: tuple[Step, ...] = (
          summary="Tag the model versions trained on documents deleted up to the interval (``deleted_docs``; "
                  "``deletion.model_policy`` flags or blocks them); invalidate cached answers citing them."),
     Step(TUNE, "dataset", "build_dataset", f"{_TUNING}:build_dataset", "dataset",
-         params=("dataset", "embed", "chunk", "index", "retrieval", "evaluate", "base_model", "train"),
+         params=("dataset", "embed", "chunk", "index", "retrieval", "evaluate", "base_model", "train", "register"),
          window=("version", "publish"),
          summary="Assemble, dedupe and ground-check the SFT dataset of the window, each prompt with chunks of the "
                  "published KB; version it; freeze the golden set."),
@@ -130,7 +130,8 @@ STEPS: tuple[Step, ...] = (
          params=("project", "drift", "embed", "register"),
          summary="Compare the new training data with the champion's; log statistics to MLflow."),
     Step(TUNE, "train", "train", f"{_TUNING}:train_candidate", "trained", ("dataset", "drift"),
-         params=("project", "dataset", "index", "base_model", "train", "lora", "register"), window=("publish",),
+         params=("project", "dataset", "index", "base_model", "train", "lora", "register", "evaluate"),
+         window=("publish",),
          summary="LoRA SFT with TRL; skipped when this exact candidate is already registered."),
     Step(TUNE, "evaluate", "evaluate", f"{_EVALUATION}:evaluate_candidate", "evaluation", ("dataset", "train"),
          params=("project", "base_model", "dataset", "embed", "index", "retrieval", "train", "evaluate", "register",

@@ -166,7 +166,8 @@ def tune_body(record: RunRecord, tracking_uri: str | None) -> str:
     if isinstance(results.get("evaluate"), Mapping):
         parts.append(metrics_section(results["evaluate"]))
     for key in ("freshness", "manifest"):
-        found = {t: v[key] for t, v in results.items() if isinstance(v, Mapping) and isinstance(v.get(key), Mapping)}
+        found = {t: {**({f"{key}_sha256": v[f"{key}_sha256"]} if v.get(f"{key}_sha256") else {}), **v[key]}
+                 for t, v in results.items() if isinstance(v, Mapping) and isinstance(v.get(key), Mapping)}
         for task_id, value in found.items():
             parts.append(section(f"{key.capitalize()} ({task_id})", key_values(value), anchor=key))
     if isinstance(results.get("check_drift"), Mapping):

@@ -59,11 +59,15 @@ def kb_index_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[st
 
 def champion_model_extra(result: dict[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
     """``champion_model`` (emitted by ``promote``, which succeeds only when ``champion`` moved): the model name and
-    the new champion version, the previous champion, the gate action and who approved (``gate`` when automatic)."""
+    the new champion version, the previous champion, the gate action, who approved (``gate`` when automatic),
+    the sha256 of the version's release manifest (``evertune model show VERSION`` verifies it) and the prompt
+    version ``production`` now points at."""
     promotion = result["promotion"]
     return {"model_name": promotion["model_name"], "version": promotion["version"],
             "promoted": promotion["promoted"], "previous_version": promotion["previous_champion"],
-            "action": promotion["action"], "approved_by": result.get("approved_by")}
+            "action": promotion["action"], "approved_by": result.get("approved_by"),
+            "manifest_sha256": result.get("manifest_sha256"),
+            "prompt": promotion.get("prompt") or result.get("prompt")}
 
 
 def check_wiring(step: Step, upstream: tuple[Any, ...]) -> None:

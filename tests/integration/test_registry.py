@@ -18,6 +18,7 @@ from evertune.errors import NothingToDo
 from evertune.settings import get_settings
 from evertune.tuning.gate import GateDecision
 from evertune.tuning.promotion import promote, rollback
+from evertune.tuning.prompt_registry import ensure_registered
 from evertune.tuning.registry import (
     CHALLENGER,
     CHAMPION,
@@ -28,7 +29,7 @@ from evertune.tuning.registry import (
     model_status,
     register_candidate,
 )
-from evertune.tuning.tracking import configure_mlflow
+from evertune.tuning.tracking import configure_mlflow, mlflow_client
 from evertune.tuning.train import train_adapter
 
 FACTS = [
@@ -166,7 +167,12 @@ def test_registered_champion_answers_offline_exactly_like_the_in_memory_model(ev
     adapter = download_champion_adapter(name, evertune_home / "adapter")
     assert (adapter / "adapter_config.json").is_file()
     tags = model_status(name)["versions"][0]["tags"]
-    assert tags["candidate_key"] == candidate_key("data-v1", 7, result.params_hash, result.base_model)
+    prompt = ensure_registered(params)  # the version registered with the candidate: part of its key, linked
+    assert tags["candidate_key"] == candidate_key("data-v1", 7, result.params_hash, result.base_model, prompt.uri)
+    assert (tags["prompt.name"], tags["prompt.version"]) == (prompt.name, str(prompt.version))
+    assert (spec["prompt_name"], spec["prompt_version"]) == (prompt.name, prompt.version)
+    linked = json.loads(mlflow_client().get_run(candidate.run_id).data.tags["mlflow.linkedPrompts"])
+    assert linked == [{"name": prompt.name, "version": str(prompt.version)}]
     assert (tags["data_version"], tags["kb_table_version"], tags["airflow.dag_id"]) == ("data-v1", "7", "tune_model")
     assert tags["params_hash"] == result.params_hash and tags["base_model"] == result.base_model
 

@@ -122,7 +122,10 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
         ask = http.post("/ask", json={"question": "How much does the Pro plan cost?"})
         assert ask.status_code == 200, ask.text
         body = ask.json()
-        assert body["model_version"] == first and body["prompt_version"] == params.evaluate.prompt_template
+        from evertune.tuning.prompt_registry import ensure_registered
+
+        # the alias was set by hand (no promote): no prompt production alias, the model's own prompt version
+        assert body["model_version"] == first and body["prompt_version"] == ensure_registered(params).uri
         assert body["kb_version"] == kb_first and len(body["answer_id"]) == 32
         hits = search("How much does the Pro plan cost?", params, get_settings(), version_or_tag=kb_first)
         assert body["citations"] == [

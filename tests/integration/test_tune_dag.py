@@ -58,6 +58,19 @@ def registry(home: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def check_release(client, champion) -> None:
+    """The champion's manifest verifies, names this run, and the prompt ``production`` alias is its prompt."""
+    from evertune.tuning.manifest import read_manifest
+
+    manifest = read_manifest(client, "evertune-assistant", champion.version).manifest
+    assert manifest["model"] == {"name": "evertune-assistant", "version": int(champion.version)}
+    assert manifest["gate"]["action"] == "promote" and manifest["airflow"]["run_id"] == champion.tags["airflow.run_id"]
+    assert manifest["base_model"]["weights_sha256"] and manifest["cost"] and manifest["git_sha"]
+    prompt = client.load_prompt(f"prompts:/{manifest['prompt']['name']}@production", cache_ttl_seconds=0)
+    assert int(prompt.version) == manifest["prompt"]["version"] == int(champion.tags["prompt.version"])
+    assert client.get_model_version("evertune-assistant", champion.version).tags["approved_by"] == "gate"
+
+
 def test_tune_model_promotes_then_skips_identical_rerun(tuned_home: dict) -> None:
     home, env = tuned_home["home"], tuned_home["env"]
     dags_test(env, "2026-11-03")
@@ -74,6 +87,7 @@ def test_tune_model_promotes_then_skips_identical_rerun(tuned_home: dict) -> Non
     assert run.data.tags["gate_decision"] == "promote"
     assert "train/loss" in run.data.metrics, sorted(run.data.metrics)
     assert len(client.get_metric_history(champion.run_id, "train/loss")) >= 2, "a loss curve, not one point"
+    check_release(client, champion)
 
     # Same data, KB, params and base model: training is skipped and no second version appears.
     output = dags_test(env, "2026-11-04")

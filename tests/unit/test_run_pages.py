@@ -126,3 +126,15 @@ def test_tune_page_shows_the_base_model_and_freshness() -> None:
     assert "Freshness on 40 changed-fact probes since 2026-11-01: challenger 0.9, champion 0.5" in text
     plain = text_of(run_body(tune_record(gate=GATE, evaluate=EVALUATE), tracking_uri=None, data_docs_href=None))
     assert "base model" not in plain and "Freshness" not in plain
+
+
+def test_tune_page_shows_the_release_manifest_and_its_sha256() -> None:
+    manifest = {"model": {"name": "evertune-llm", "version": 4}, "data_version": "sft/2026-11-02@abc",
+                "prompt": {"name": "evertune-llm-answer", "version": 2, "uri": "prompts:/evertune-llm-answer/2"},
+                "base_model": {"weights_sha256": "f" * 64}}
+    register = {**REGISTER, "manifest": manifest, "manifest_sha256": "ab" * 32}
+    body = run_body(tune_record(gate=GATE, evaluate=EVALUATE, register=register), tracking_uri=None,
+                    data_docs_href=None)
+    text = text_of(body)
+    assert 'id="manifest"' in body and "Manifest (register)" in text
+    assert "ab" * 32 in text and "sft/2026-11-02@abc" in text and "prompts:/evertune-llm-answer/2" in text

@@ -109,10 +109,12 @@ def test_asset_extras() -> None:
     none = tasks.kb_index_extra({"status": "no_champion", "message": "no champion"}, {"published": published})
     assert none["freshness"] == {"status": "no_champion", "message": "no champion"} and none["table_version"] == 7
     outcome = {"promotion": {"model_name": "m", "version": 2, "promoted": True, "previous_champion": 1,
-                             "action": "require_approval"}, "approved_by": "alice"}
+                             "action": "require_approval", "prompt": {"name": "p", "version": 3, "uri": "prompts:/p/3"}},
+               "approved_by": "alice", "manifest_sha256": "ab" * 32}
     assert tasks.champion_model_extra(outcome, {}) == {"model_name": "m", "version": 2, "promoted": True,
                                                        "previous_version": 1, "action": "require_approval",
-                                                       "approved_by": "alice"}
+                                                       "approved_by": "alice", "manifest_sha256": "ab" * 32,
+                                                       "prompt": {"name": "p", "version": 3, "uri": "prompts:/p/3"}}
     assert {KB_INDEX.name, CHAMPION_MODEL.name} == {"kb_index", "champion_model"}
 
 

@@ -8,8 +8,16 @@ answering; then one reference is swapped. A request takes the current :class:`Se
 uses it to the end, so a request in flight during a switch finishes on the version it started with and no
 request fails because of a switch. A publish only changes the KB version number (no model load).
 
+The same poll resolves the prompt ``production`` alias (:func:`evertune.tuning.prompt_registry.production_template`,
+one registry read with ``cache_ttl_seconds=0``, never per request). Promotion and rollback move it together with
+``champion``, so it normally names the prompt version the model was evaluated with and frozen into its answer spec;
+when it names another version, that version's template is put into the served model's spec (under the model's
+lock, between requests): the registry is the one source of the template. With no ``production`` alias (versions
+registered before the prompt registry) the model's own spec is served.
+
 Staleness bound: a request that starts more than ``serve.refresh_seconds`` plus the new model's load time
-after the alias moved (or the tag was published) is answered by the new version. A failed poll or load
+after the alias moved (or the tag was published) is answered by the new version; a moved prompt alias alone is
+served within ``serve.refresh_seconds`` (no model load). A failed poll or load
 (registry unreachable, broken artifact) is logged and retried on the next poll, the old version still
 serving. A champion alias that is removed stops the service answering (HTTP 409) until one is set again.
 """
@@ -43,7 +51,8 @@ class Served:
         model_name: Registered model name.
         model_version: The version ``champion`` pointed at when it was loaded.
         model: The loaded ``mlflow.pyfunc`` model.
-        prompt_version: The prompt template the model was registered with (e.g. ``rag-v1``).
+        prompt_version: The prompt version that renders the answers: ``prompts:/<name>/<version>`` (the
+            ``production`` alias), else what the model was registered with (its prompt URI or template name).
         retrieval: ``kb`` (answers from the published KB) or ``none`` (the model's ``pyfunc_retrieval``).
         kb_table: The chunk table searched.
         kb_version: The table version the publish tag points at, ``None`` while nothing is published.
@@ -94,6 +103,8 @@ class RegistryFollower:
         settings: Deployment settings (MLflow and LanceDB locations).
         loader: ``(model_name, version, settings) -> pyfunc model``; default :func:`load_version`.
         kb_resolver: ``(params, settings) -> (table, version | None)``; default :func:`published_kb`.
+        prompt_resolver: ``(settings, params) -> (PromptRef, template) | None``; default
+            :func:`evertune.tuning.prompt_registry.production_template`.
     """
 
     def __init__(
@@ -103,13 +114,17 @@ class RegistryFollower:
         *,
         loader: Callable[[str, int, Settings], Any] = load_version,
         kb_resolver: Callable[[Params, Settings], tuple[str, int | None]] = published_kb,
+        prompt_resolver: Callable[[Settings, Params], Any] | None = None,
     ) -> None:
+        from evertune.tuning.prompt_registry import production_template
+
         self.params = params
         self.settings = settings
         self.model_name = params.registry.model_name
         self.refresh_seconds = params.serve.refresh_seconds
         self._loader = loader
         self._kb_resolver = kb_resolver
+        self._prompt_resolver = prompt_resolver or production_template
         self._served: Served | None = None
         self._reason = "the service is starting: the registry has not been read yet"
         self._stop = threading.Event()
@@ -161,6 +176,7 @@ class RegistryFollower:
         """
         version = self._champion()
         kb_table, kb_version = self._kb_resolver(self.params, self.settings)
+        prompt = self._prompt_resolver(self.settings, self.params)
         self.last_poll = time.time()
         current = self._served
         if version is None:
@@ -168,17 +184,21 @@ class RegistryFollower:
             self._served = None
             return current is not None
         if current is not None and current.model_version == version:
-            if (current.kb_table, current.kb_version) == (kb_table, kb_version):
+            with current.lock:  # between requests: a request keeps the prompt it started with
+                prompt_version = _apply_prompt(current.model, prompt)
+            if (current.kb_table, current.kb_version, current.prompt_version) == (kb_table, kb_version, prompt_version):
                 return False
-            self._served = replace(current, kb_table=kb_table, kb_version=kb_version, lock=current.lock)
-            log.info("serving KB %s version %s", kb_table, kb_version)
+            self._served = replace(current, kb_table=kb_table, kb_version=kb_version, prompt_version=prompt_version,
+                                   lock=current.lock)
+            log.info("serving KB %s version %s, prompt %s", kb_table, kb_version, prompt_version)
             return True
         started = time.perf_counter()
         model = self._loader(self.model_name, version, self.settings)  # fully loaded before the swap
-        self._served = Served(self.model_name, version, model, _prompt_version(model), _retrieval(model),
+        prompt_version = _apply_prompt(model, prompt)
+        self._served = Served(self.model_name, version, model, prompt_version, _retrieval(model),
                               kb_table, kb_version, round(time.perf_counter() - started, 3))
-        log.info("serving %s version %s (loaded in %.1f s), KB %s version %s", self.model_name, version,
-                 self._served.load_seconds, kb_table, kb_version)
+        log.info("serving %s version %s (loaded in %.1f s), KB %s version %s, prompt %s", self.model_name, version,
+                 self._served.load_seconds, kb_table, kb_version, prompt_version)
         return True
 
     def poll_once(self) -> None:
@@ -219,8 +239,32 @@ class RegistryFollower:
 
 
 def _prompt_version(model: Any) -> str:
+    """What the model was registered with: its prompt URI, else its template name (older versions)."""
     metadata = getattr(getattr(model, "metadata", None), "metadata", None) or {}
-    return str(metadata.get("prompt_template") or "unknown")
+    return str(metadata.get("prompt_uri") or metadata.get("prompt_template") or "unknown")
+
+
+def _apply_prompt(model: Any, prompt: Any) -> str:
+    """Make the model render with the ``production`` prompt ``(ref, template)``; returns the prompt version served.
+
+    A model without an evertune answer spec keeps what it was registered with; with no ``production`` alias the
+    spec is left as it is (the version it renders is reported).
+    """
+    try:
+        spec = getattr(model.unwrap_python_model(), "spec", None)
+    except Exception:  # noqa: BLE001 -- not a PythonModel: nothing to render with
+        spec = None
+    if spec is None or not hasattr(spec, "prompt_version"):
+        return _prompt_version(model)
+    if prompt is None:
+        return f"prompts:/{spec.prompt_name}/{spec.prompt_version}" if spec.prompt_version else _prompt_version(model)
+    ref, template = prompt
+    if (spec.prompt_name, spec.prompt_version, spec.template_text) != (ref.name, ref.version, template):
+        from evertune.tuning.prompt_registry import spec_with_prompt
+
+        model.unwrap_python_model().spec = spec_with_prompt(spec, ref, template)
+        log.info("the served model renders with prompt %s (the production alias)", ref.uri)
+    return ref.uri
 
 
 def _retrieval(model: Any) -> str:

@@ -4,7 +4,7 @@ Evaluation, the registered MLflow model and ad-hoc use all go through these func
 measures is what users are served. A prompt is::
 
     system:    dataset.system_prompt
-    user:      prompts/<evaluate.prompt_template>.jinja(question, retrieved chunks)
+    user:      the registered prompt version of prompts/<evaluate.prompt_template>.jinja(question, chunks)
     assistant: <generated>
 
 rendered with the tokenizer's own chat template. Retrieved chunks are kept best-first within
@@ -52,6 +52,9 @@ class AnswerSpec:
         max_length: Token budget of prompt + answer (the training ``max_length``).
         max_new_tokens: Greedy generation length.
         batch_size: Prompts per generation batch.
+        prompt_name: The registered prompt whose version ``template_text`` is (``""`` for the bare file template,
+            :func:`evertune.tuning.prompt_registry.registered_spec` fills it).
+        prompt_version: That prompt's version (``None`` for the bare file template).
     """
 
     template_name: str
@@ -61,6 +64,8 @@ class AnswerSpec:
     max_length: int
     max_new_tokens: int
     batch_size: int
+    prompt_name: str = ""
+    prompt_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for the model artifact ``answer_spec.json``)."""
@@ -68,12 +73,15 @@ class AnswerSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AnswerSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        """Inverse of :meth:`to_dict` (specs saved before the prompt fields existed load with their defaults)."""
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
 def answer_spec(params: Params | AnswerSpec) -> AnswerSpec:
     """Build the :class:`AnswerSpec` of ``params`` (an ``AnswerSpec`` is returned unchanged).
+
+    The template is the shipped file's; the pipeline renders with the registered prompt version instead
+    (:func:`evertune.tuning.prompt_registry.registered_spec`, the same text with the prompt name and version).
 
     Raises:
         ConfigError: ``evaluate.prompt_template`` names no shipped template.

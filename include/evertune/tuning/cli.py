@@ -2,7 +2,8 @@
 
 evertune model status                      versions, aliases, champion history, deletion state (JSON)
 evertune model promote --version 7         manual approval (e.g. after drift.policy=require_approval)
-evertune model rollback                    champion -> previous champion, in one call
+evertune model rollback                    champion -> previous champion (and the prompt production alias)
+evertune model show 7                      the release manifest (sha256 verified) and the decision/approval tags
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``model`` command group to the ``evertune`` CLI."""
-    model = subparsers.add_parser("model", help="registered model: status, promote, rollback")
+    model = subparsers.add_parser("model", help="registered model: status, show, promote, rollback")
     model.add_argument("--params", default=None, help="params file (default: $EVERTUNE_PARAMS or ./params.yaml)")
     model.add_argument("--name", default=None, help="registered model name (default: register.model_name)")
     actions = model.add_subparsers(dest="model_command", required=True)
@@ -28,8 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.add_argument("--force", action="store_true", help="promote even a version the gate rejected")
     promote.set_defaults(func=_promote)
 
-    rollback = actions.add_parser("rollback", help="restore the previous champion")
+    rollback = actions.add_parser("rollback", help="restore the previous champion and its prompt version")
     rollback.set_defaults(func=_rollback)
+
+    show = actions.add_parser("show", help="a version's release manifest, verified, with its decision tags")
+    show.add_argument("version", type=int, help="the model version")
+    show.set_defaults(func=_show)
 
 
 def _name(args: argparse.Namespace) -> str:
@@ -68,3 +73,13 @@ def _rollback(args: argparse.Namespace) -> int:
 
     _print(rollback(_name(args), params=load_params(args.params)).to_dict())
     return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Print the version's release record; exit 1 when its manifest is missing or fails its sha256 check."""
+    from evertune.tuning.manifest import release_record
+    from evertune.tuning.tracking import mlflow_client
+
+    record = release_record(mlflow_client(), _name(args), args.version)
+    _print(record)
+    return 0 if record.get("verified") else 1

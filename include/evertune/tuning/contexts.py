@@ -220,13 +220,13 @@ class ContextBuilder:
 
 def context_builder(params: Params, settings: Settings, kb_version: str, tokenizer: Any = None) -> ContextBuilder:
     """The :class:`ContextBuilder` of a real build: the KB at ``kb_version``, the base model's tokenizer."""
-    from evertune.tuning.answer import answer_spec
+    from evertune.tuning.prompt_registry import registered_spec
 
     k = params.dataset.context.k or params.retrieval.k
     return ContextBuilder(
         kb=pinned_kb(params, settings, kb_version, k),
         tokenizer=tokenizer if tokenizer is not None else load_base_tokenizer(params, settings),
-        spec=answer_spec(params), params=params.dataset.context, k=k, fmt=params.dataset.format,
+        spec=registered_spec(params, settings), params=params.dataset.context, k=k, fmt=params.dataset.format,
     )
 
 

@@ -42,14 +42,16 @@ def _answers(model_dir: str, questions: list[str], references: list[str], contex
              revision: str | None = None) -> dict:
     """Load a model, answer the questions with the given contexts and score the answers (and their perplexity)."""
     from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_spec, generate_for_questions
+    from evertune.tuning.answer import generate_for_questions
     from evertune.tuning.answer_scoring import answer_token_losses
     from evertune.tuning.metrics import perplexity, score_generations
+    from evertune.tuning.prompt_registry import registered_spec
 
     model, tokenizer = load_causal_lm(model_dir, revision, device="cpu" if not _cuda() else None)
-    generations = generate_for_questions(model, tokenizer, questions, answer_spec(params), contexts)
+    spec = registered_spec(params)  # the registered prompt version's template, for answers and losses alike
+    generations = generate_for_questions(model, tokenizer, questions, spec, contexts)
     answers = generations.answers
-    losses = answer_token_losses(model, tokenizer, questions, references, None, params, contexts=contexts)
+    losses = answer_token_losses(model, tokenizer, questions, references, None, spec, contexts=contexts)
     scores = score_generations(answers, references)
     aggregate = {k: float(v) for k, v in scores.aggregate.items() if k != "n"}
     aggregate["perplexity"] = float(perplexity(losses))

@@ -181,9 +181,11 @@ def measure_freshness(
         return {**score_freshness([], [], alpha), "answers": []}
     from evertune.models.bootstrap import load_causal_lm
     from evertune.tuning.answer import answer_questions
+    from evertune.tuning.prompt_registry import registered_spec
 
     model, tokenizer = load_causal_lm(model_dir, device=None if _cuda() else "cpu")
-    answers = answer_questions(model, tokenizer, [p.question for p in probes], None, params, contexts=contexts)
+    spec = registered_spec(params)  # the registered prompt version's template, as in evaluation and serving
+    answers = answer_questions(model, tokenizer, [p.question for p in probes], None, spec, contexts=contexts)
     del model
     scores = score_freshness(answers, probes, alpha)
     log.info("freshness of %s: %d/%d fresh (%s), %d both values, %d old only", model_dir, scores["fresh"],

@@ -7,6 +7,10 @@ rollbacks in a row walk two promotions back (v3 -> v2 -> v1); a rolled-back vers
 ``rollback`` raises :class:`~evertune.errors.NothingToDo` and changes nothing. ``previous-champion`` always
 names the version before the champion in the history.
 
+The prompt ``production`` alias (:mod:`evertune.tuning.prompt_registry`) moves with ``champion``, in promotion and
+in rollback, to the prompt version in the new champion's release manifest (:func:`champion_prompt`); the KB is
+never rolled back (answers keep following the published KB).
+
 Like every registry write, these must be serialized by the caller (see :mod:`evertune.tuning.registry`).
 """
 
@@ -49,6 +53,7 @@ class PromotionResult:
         previous_champion: The champion before the call (``None`` if there was none).
         action: The gate action recorded (``promote``, ``reject``, ``require_approval``, ``manual``).
         reasons: The gate reasons recorded.
+        prompt: The prompt version ``production`` was moved to with ``champion`` (``None``: not moved).
     """
 
     model_name: str
@@ -58,6 +63,7 @@ class PromotionResult:
     previous_champion: int | None
     action: str
     reasons: list[str]
+    prompt: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for XCom."""
@@ -66,12 +72,14 @@ class PromotionResult:
 
 @dataclass(frozen=True)
 class RollbackResult:
-    """Outcome of :func:`rollback`: the champion moved from ``from_version`` to ``to_version``."""
+    """Outcome of :func:`rollback`: the champion moved from ``from_version`` to ``to_version``, and the prompt
+    ``production`` alias to ``prompt`` (the restored version's manifest prompt; ``None``: it names none)."""
 
     model_name: str
     from_version: int
     to_version: int
     previous_champion: int | None
+    prompt: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for XCom."""
@@ -204,8 +212,9 @@ def promote(
         _compare(client, model_name, version, current, expected_champion)
     refuse_if_blocked(model_name, version, settings, params)
     _move_champion(client, model_name, model_version, current, approved_by)
+    prompt = move_prompt_with_champion(client, model_name, version, settings)
     log.info("%s: champion v%s -> v%s (%s)", model_name, current, version, verdict.action)
-    return PromotionResult(model_name, version, True, True, current, verdict.action, verdict.reasons)
+    return PromotionResult(model_name, version, True, True, current, verdict.action, verdict.reasons, prompt)
 
 
 def _compare(client: MlflowClient, model_name: str, version: int, current: int | None, expected: Any) -> None:
@@ -264,7 +273,8 @@ def _move_champion(
 
 
 def rollback(model_name: str, *, settings: Settings | None = None, params: Params | None = None) -> RollbackResult:
-    """Move ``champion`` back to the previous champion in one call.
+    """Move ``champion`` back to the previous champion in one call, and the prompt ``production`` alias to the
+    prompt version of that champion's manifest.
 
     Semantics: the current champion is popped from ``champion_history`` and tagged ``rolled_back=true``; the
     version before it becomes champion and ``previous-champion`` moves one further back. Calling it again walks
@@ -301,8 +311,47 @@ def rollback(model_name: str, *, settings: Settings | None = None, params: Param
     _save_history(client, model_name, earlier)
     client.set_model_version_tag(model_name, str(current), "rolled_back", "true")
     client.set_model_version_tag(model_name, str(current), "rolled_back_to", str(target))
-    log.warning("%s: rolled back champion v%s -> v%s", model_name, current, target)
-    return RollbackResult(model_name, current, target, earlier[-2] if len(earlier) >= 2 else None)
+    prompt = move_prompt_with_champion(client, model_name, target, settings)
+    log.warning("%s: rolled back champion v%s -> v%s (prompt %s)", model_name, current, target,
+                prompt["uri"] if prompt else "unchanged")
+    return RollbackResult(model_name, current, target, earlier[-2] if len(earlier) >= 2 else None, prompt)
+
+
+def champion_prompt(client: MlflowClient, model_name: str, version: int) -> Any:
+    """The prompt version a model version was evaluated with: its verified manifest's ``prompt``, else (no
+    manifest, or a tampered one, which is logged) its ``prompt.name``/``prompt.version`` tags; ``None`` when it
+    names none (registered before prompts were registered)."""
+    from evertune.errors import ManifestMismatch
+    from evertune.tuning.manifest import SHA_TAG, read_manifest
+    from evertune.tuning.prompt_registry import ref_from_dict, ref_from_tags
+
+    tags = client.get_model_version(model_name, str(version)).tags
+    if tags.get(SHA_TAG):
+        try:
+            ref = ref_from_dict(read_manifest(client, model_name, version).manifest.get("prompt"))
+            if ref is not None:
+                return ref
+        except ManifestMismatch as exc:
+            log.error("%s; using the version's prompt tags", exc)
+    return ref_from_tags(tags)
+
+
+def move_prompt_with_champion(
+    client: MlflowClient, model_name: str, version: int, settings: Settings | None
+) -> dict[str, Any] | None:
+    """Point the prompt ``production`` alias at the prompt version of the (new) champion ``version``.
+
+    Returns:
+        The prompt reference as a dict, ``None`` when the version names no prompt (the alias is left as it is).
+    """
+    from evertune.tuning.prompt_registry import set_production
+
+    ref = champion_prompt(client, model_name, version)
+    if ref is None:
+        log.warning("%s v%s names no prompt version: the prompt production alias is not moved", model_name, version)
+        return None
+    set_production(ref, settings)
+    return ref.to_dict()
 
 
 __all__ = [
@@ -310,9 +359,11 @@ __all__ = [
     "PromotionResult",
     "RollbackResult",
     "Verdict",
+    "champion_prompt",
     "decision_fields",
     "gate_verdict",
     "manual_verdict",
+    "move_prompt_with_champion",
     "promote",
     "record_decision",
     "rollback",

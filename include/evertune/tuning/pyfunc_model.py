@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import ConfigError
-from evertune.tuning.answer import answer_spec
 from evertune.tuning.tracking import configure_mlflow
 
 if TYPE_CHECKING:
     from evertune.config import Params
     from evertune.settings import Settings
+    from evertune.tuning.answer import AnswerSpec
 
 MODEL_ARTIFACT_NAME = "model"
 
@@ -198,8 +198,13 @@ def log_answer_model(
     run_id: str | None = None,
     settings: Settings | None = None,
     retrieval: str | None = None,
+    spec: AnswerSpec | None = None,
 ) -> Any:
     """Log the merged checkpoint as an ``mlflow.pyfunc`` model (into ``run_id`` when given).
+
+    The model carries the answer spec whose template is the registered prompt version's text
+    (:func:`evertune.tuning.prompt_registry.registered_spec`) and is linked to that prompt version
+    (``log_model(prompts=[...])``); its metadata names the template file and the prompt URI.
 
     Args:
         merged_dir: The merged HF checkpoint (``TrainResult.merged_dir``).
@@ -207,6 +212,7 @@ def log_answer_model(
         run_id: The training run to attach the model to.
         settings: Deployment settings.
         retrieval: ``kb`` or ``none``; default ``register.pyfunc_retrieval``.
+        spec: The answer spec to freeze into the model; default :func:`~evertune.tuning.prompt_registry.registered_spec`.
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` is ``models:/m-...``).
@@ -219,7 +225,11 @@ def log_answer_model(
     merged_dir = Path(merged_dir)
     if not (merged_dir / "config.json").is_file():
         raise ConfigError(f"{merged_dir} is not a model checkpoint (no config.json)")
-    spec = answer_spec(params)
+    if spec is None:
+        from evertune.tuning.prompt_registry import registered_spec
+
+        spec = registered_spec(params, settings)
+    prompt_uri = f"prompts:/{spec.prompt_name}/{spec.prompt_version}" if spec.prompt_version is not None else None
     mode = retrieval or params.registry.pyfunc_retrieval
     # No input schema on purpose: predict accepts a list, a string or a DataFrame (question [+ contexts]) and
     # validates that itself; the params schema is what lets callers pass generation settings at predict time.
@@ -240,8 +250,10 @@ def log_answer_model(
             "pip_requirements": pip_requirements(),
             "signature": signature,
             "model_config": {"retrieval": mode},
-            "metadata": {"prompt_template": spec.template_name},
+            "metadata": {"prompt_template": spec.template_name, "prompt_uri": prompt_uri or ""},
         }
+        if prompt_uri is not None:
+            kwargs["prompts"] = [prompt_uri]  # links the prompt version to the run and the logged model
         active = mlflow.active_run()
         if run_id is None or (active is not None and active.info.run_id == run_id):
             return mlflow.pyfunc.log_model(**kwargs)

@@ -9,7 +9,9 @@ Aliases on ``register.model_name``:
 * ``previous-champion``: the version ``rollback`` would restore (kept in step with the history).
 
 A version is an ``mlflow.pyfunc`` RAG answerer (:mod:`evertune.tuning.pyfunc_model`) with lineage tags: the
-candidate key, data and KB versions, params hash, base model, prompt template and the Airflow run.
+candidate key, data and KB versions, params hash, base model, prompt version (``prompt.name``,
+``prompt.version``; the model is linked to it in the prompt registry) and the Airflow run, plus the release
+manifest (:mod:`evertune.tuning.manifest`, tag ``manifest_sha256``).
 
 Registry writes (register, promote, rollback) must be serialized by the caller (one Airflow task with
 ``max_active_runs=1``): MLflow's SQLite store does not make read-modify-write sequences atomic.
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
     from evertune.config import Params
     from evertune.settings import Settings
+    from evertune.tuning.prompt_registry import PromptRef
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class CandidateVersion:
     Attributes:
         model_name: Registered model name.
         version: Its version number.
-        candidate_key: sha256 of data version, KB version, params hash and base model.
+        candidate_key: sha256 of data version, KB version, params hash, base model and prompt version.
         created: False when an existing version with the same key was returned.
         model_uri: ``models:/<name>/<version>``.
         run_id: The MLflow run that produced it.
@@ -76,10 +79,23 @@ class CandidateVersion:
         return asdict(self)
 
 
-def candidate_key(data_version: str, kb_table_version: str | int, params_hash: str, base_model: str) -> str:
-    """The identity of a candidate: the same data, KB, params and base model give the same key."""
-    payload = json.dumps([str(data_version), str(kb_table_version), str(params_hash), str(base_model)])
-    return hashlib.sha256(payload.encode()).hexdigest()
+def candidate_key(
+    data_version: str, kb_table_version: str | int, params_hash: str, base_model: str, prompt: str | None = None
+) -> str:
+    """The identity of a candidate: the same data, KB, params, base model and prompt version give the same key.
+
+    Args:
+        data_version: The training data version.
+        kb_table_version: The KB version the model was trained and evaluated against.
+        params_hash: :func:`evertune.config.training_params_hash`.
+        base_model: The base model id/folder.
+        prompt: The prompt version URI (``prompts:/<name>/<version>``); a new template is a new candidate.
+            ``None`` gives the key of versions registered before prompts were registered.
+    """
+    parts = [str(data_version), str(kb_table_version), str(params_hash), str(base_model)]
+    if prompt is not None:
+        parts.append(str(prompt))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def find_candidate(model_name: str, key: str, *, settings: Settings | None = None) -> ModelVersion | None:
@@ -102,6 +118,8 @@ def register_candidate(
     dag_run_id: str | None = None,
     extra_tags: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
+    prompt: PromptRef | None = None,
+    key: str | None = None,
 ) -> CandidateVersion:
     """Register an evaluated candidate as a version of ``register.model_name`` and alias it ``challenger``.
 
@@ -120,17 +138,24 @@ def register_candidate(
         dag_run_id: Lineage: the Airflow run.
         extra_tags: More version tags (e.g. headline metrics).
         settings: Deployment settings.
+        prompt: The prompt version it was evaluated with (default ``ensure_registered``): part of the key,
+            tagged ``prompt.name``/``prompt.version``/``prompt.uri``, linked to the model, frozen into its spec.
+        key: The candidate key the training computed (``train``'s ``candidate_key``: it also covers a warm
+            start and the DPO pairs); default: computed here from the lineage arguments.
 
     Returns:
         The :class:`CandidateVersion`.
     """
     import mlflow
 
+    from evertune.tuning.prompt_registry import ensure_registered
+
     configure_mlflow(params, settings)
     client = mlflow_client(settings)
     name = params.registry.model_name
     phash = params_hash or training_params_hash(params)
-    key = candidate_key(data_version, kb_table_version, phash, base_model)
+    prompt = prompt or ensure_registered(params, settings)
+    key = key or candidate_key(data_version, kb_table_version, phash, base_model, prompt.uri)
     existing = find_candidate(name, key, settings=settings)
     if existing is not None:
         log.info("candidate %s is already version %s of %s", key[:12], existing.version, name)
@@ -139,7 +164,7 @@ def register_candidate(
             name, int(existing.version), key, False, f"models:/{name}/{existing.version}", existing.run_id
         )
 
-    info = log_answer_model(merged_dir, params, run_id=run_id, settings=settings)
+    info = log_answer_model(merged_dir, params, run_id=run_id, settings=settings, spec=prompt_spec(params, prompt, settings))
     tags = {
         "candidate_key": key,
         "data_version": str(data_version),
@@ -148,6 +173,9 @@ def register_candidate(
         "base_model": str(base_model),
         "base_model_revision": str(params.base_model.revision or ""),
         "prompt_template": params.evaluate.prompt_template,
+        "prompt.name": prompt.name,
+        "prompt.version": str(prompt.version),
+        "prompt.uri": prompt.uri,
         "airflow.dag_id": dag_id or "",
         "airflow.run_id": dag_run_id or "",
         "training_run_id": run_id or "",
@@ -160,6 +188,14 @@ def register_candidate(
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     _set_challenger(client, name, int(version.version))
     return CandidateVersion(name, int(version.version), key, True, f"models:/{name}/{version.version}", run_id)
+
+
+def prompt_spec(params: Params, prompt: PromptRef, settings: Settings | None = None) -> Any:
+    """The answer spec of ``params`` rendering prompt version ``prompt``'s registered template."""
+    from evertune.tuning.answer import answer_spec
+    from evertune.tuning.prompt_registry import prompt_template, spec_with_prompt
+
+    return spec_with_prompt(answer_spec(params), prompt, prompt_template(prompt, settings))
 
 
 def _set_challenger(client: MlflowClient, name: str, version: int) -> None:

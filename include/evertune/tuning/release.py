@@ -1,7 +1,9 @@
 """The last two steps of continuous tuning: ``register`` the evaluated candidate, then ``promote`` it.
 
 * :func:`register_candidate` (task ``register``): every evaluated candidate becomes a registered version with
-  alias ``challenger`` and its gate decision as tags (``gate.action``...). ``champion`` does not move here. For a
+  alias ``challenger``, its gate decision as tags (``gate.action``...), a link to the prompt version it was
+  evaluated with, and its immutable release manifest (:mod:`evertune.tuning.manifest`, written once).
+  ``champion`` does not move here. For a
   held candidate (``require_approval``) the summary carries ``review``: the subject and Markdown body of the
   approval request (:func:`evertune.tuning.approval.approval_request`), which the ``approval`` task shows.
 * :func:`promote_candidate` (task ``promote``): moves ``champion`` to the candidate, compare-and-set
@@ -46,28 +48,36 @@ def register_candidate(
 
     Returns:
         ``candidate`` (``CandidateVersion.to_dict()``), ``decision`` (the action), ``reasons``,
-        ``expected_champion`` (the champion version the candidate was evaluated against, ``None`` if none) and
+        ``expected_champion`` (the champion version the candidate was evaluated against, ``None`` if none),
         ``review`` (``{"subject", "body"}`` of the approval request when the action is ``require_approval``,
-        else ``None``).
+        else ``None``), ``prompt`` (the prompt version it was evaluated with), ``manifest`` (the release
+        manifest, :mod:`evertune.tuning.manifest`; the stored one when the version already had it) and
+        ``manifest_sha256``.
     """
     from evertune.tuning.approval import approval_request
     from evertune.tuning.deletions import record_training_docs
     from evertune.tuning.promotion import record_decision
+    from evertune.tuning.prompt_registry import ensure_registered
     from evertune.tuning.registry import register_candidate as register
     from evertune.tuning.tracking import mlflow_client
 
     params, settings = _context(overrides)
+    prompt = ensure_registered(params, settings)
     headline = {f"eval_{k}": round(v, 4) for k, v in evaluation["challenger"].items()}
     candidate = register(
         trained["merged_dir"], params, run_id=trained["run_id"], data_version=dataset["data_version"],
         kb_table_version=trained["kb_version"], base_model=params.base_model.name_or_path,
-        dag_id=dag_id, dag_run_id=dag_run_id, settings=settings,
+        dag_id=dag_id, dag_run_id=dag_run_id, settings=settings, prompt=prompt,
+        key=trained.get("candidate_key"),  # the key train looked up: same candidate, same key (warm start, DPO)
         extra_tags={"as_of": dataset["as_of"], "data_git_rev": dataset["data_git_rev"],
                     "data_folder": dataset["folder"], **headline},
     )
-    record_decision(mlflow_client(settings), candidate.model_name, candidate.version, decision)
+    client = mlflow_client(settings)
+    record_decision(client, candidate.model_name, candidate.version, decision)
     record_training_docs(candidate.model_name, candidate.version, dataset["path"],
                          warm_start_from=(trained.get("warm_start") or {}).get("from_version"), settings=settings)
+    stored = store_manifest(client, params, candidate.to_dict(), prompt, dataset=dataset, trained=trained,
+                            evaluation=evaluation, decision=decision, dag_id=dag_id, dag_run_id=dag_run_id)
     review = None
     if decision["action"] == "require_approval":
         review = approval_request(decision, evaluation, drift, candidate.to_dict(), settings.mlflow_tracking_uri,
@@ -75,7 +85,33 @@ def register_candidate(
     log.info("registered %s v%s (%s) as challenger; decision %s", candidate.model_name, candidate.version,
              "new" if candidate.created else "existing", decision["action"])
     return {"candidate": candidate.to_dict(), "decision": decision["action"], "reasons": list(decision["reasons"]),
-            "expected_champion": evaluation.get("champion_version"), "review": review}
+            "expected_champion": evaluation.get("champion_version"), "review": review, "prompt": prompt.to_dict(),
+            "manifest": stored.manifest, "manifest_sha256": stored.sha256}
+
+
+def store_manifest(client: Any, params: Params, candidate: dict[str, Any], prompt: Any, *,
+                   dataset: dict[str, Any], trained: dict[str, Any], evaluation: dict[str, Any],
+                   decision: dict[str, Any], dag_id: str | None, dag_run_id: str | None) -> Any:
+    """Build the candidate's release manifest and store it once (:func:`evertune.tuning.manifest.write_manifest`).
+
+    The git sha is the training run's ``git_sha`` tag (the code that trained), the merged model URI the version's
+    logged model. Returns the :class:`~evertune.tuning.manifest.StoredManifest`.
+    """
+    from evertune.tuning.manifest import build_manifest, write_manifest
+    from evertune.tuning.promotion import decision_fields
+
+    passed, action, reasons = decision_fields(decision)
+    name, version = candidate["model_name"], int(candidate["version"])
+    model_version = client.get_model_version(name, str(version))
+    run_id = trained.get("run_id")
+    run = client.get_run(run_id) if run_id else None
+    manifest = build_manifest(
+        params=params, model={"name": name, "version": version}, dataset=dataset, trained=trained,
+        evaluation=evaluation, gate={"passed": passed, "action": action, "reasons": reasons}, prompt=prompt,
+        merged_model_uri=model_version.source,
+        git_sha=run.data.tags.get("git_sha") if run is not None else None, dag_id=dag_id, dag_run_id=dag_run_id,
+    )
+    return write_manifest(client, manifest, run_id, run.info.experiment_id if run is not None else None)
 
 
 def promote_candidate(
@@ -92,8 +128,10 @@ def promote_candidate(
         overrides: Per-run overrides of ``params.yaml``.
 
     Returns:
-        ``candidate``, ``promotion`` (``PromotionResult.to_dict()``, ``changed`` is true), ``decision`` and
-        ``approved_by`` (the reviewer, or ``gate`` for a passing decision).
+        ``candidate``, ``promotion`` (``PromotionResult.to_dict()``, ``changed`` is true; its ``prompt`` is the
+        prompt version ``production`` now points at), ``decision``, ``approved_by`` (the reviewer, or ``gate``
+        for a passing decision; recorded as the version's ``approved_by`` tag), and the candidate's
+        ``manifest_sha256`` and ``prompt``.
 
     Raises:
         NothingToDo: The gate rejected the candidate, a held candidate has no approval, the reviewer rejected
@@ -125,7 +163,8 @@ def promote_candidate(
     log.info("champion %s v%s -> v%s (%s, approved by %s)", name, result.previous_champion, version, action,
              approved_by or "gate")
     return {"candidate": candidate, "promotion": result.to_dict(), "decision": action,
-            "approved_by": approved_by or "gate"}
+            "approved_by": approved_by or "gate", "manifest_sha256": outcome.get("manifest_sha256"),
+            "prompt": outcome.get("prompt")}
 
 
 def record_review(outcome: dict[str, Any], review: dict[str, Any] | None,

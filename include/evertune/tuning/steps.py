@@ -263,19 +263,20 @@ def _published_kb_version(params: Params, settings: Settings) -> str:
 
 def candidate_identity(params: Params, dataset: dict[str, Any], warm_from: int | None,
                        pairs_fingerprint: str | None = None) -> str:
-    """The candidate key of a training: data version, pinned KB version, training params hash and base model; a
-    warm start also depends on the champion version it starts from (``+warm:v<N>`` on the data identity), so the
-    same data warm-started, or started from another champion, is another candidate than a cold start. With the
-    DPO stage on, the preference pairs and the ``dpo`` params are part of it too (``+dpo:<hash>``): new feedback
-    makes a new candidate."""
+    """The candidate key of a training: data version, pinned KB version, training params hash, base model and the
+    registered prompt version (a new template is a new candidate); a warm start also depends on the champion
+    version it starts from (``+warm:v<N>`` on the data identity), so the same data warm-started, or started from
+    another champion, is another candidate than a cold start. With the DPO stage on, the preference pairs and the
+    ``dpo`` params are part of it too (``+dpo:<hash>``): new feedback makes a new candidate."""
     from evertune.config import training_params_hash
+    from evertune.tuning.prompt_registry import ensure_registered
     from evertune.tuning.registry import candidate_key
 
     data_identity = dataset["data_version"] + (f"+warm:v{warm_from}" if warm_from is not None else "")
     if pairs_fingerprint is not None:
         data_identity += f"+dpo:{params.section_hash('dpo')}:{pairs_fingerprint[:16]}"
     return candidate_key(data_identity, dataset["kb_version"], training_params_hash(params),
-                         params.base_model.name_or_path)
+                         params.base_model.name_or_path, ensure_registered(params).uri)
 
 
 def _warm_start(params: Params, settings: Settings) -> tuple[dict[str, Any] | None, Path | None]:
