@@ -134,14 +134,12 @@ def register_candidate(
         kb_table_version: Lineage: the LanceDB table version the model was evaluated against.
         base_model: Lineage: the base model id/folder.
         params_hash: Lineage; default :func:`evertune.config.training_params_hash`.
-        dag_id: Lineage: the Airflow DAG.
-        dag_run_id: Lineage: the Airflow run.
+        dag_id, dag_run_id: Lineage: the Airflow DAG and run.
         extra_tags: More version tags (e.g. headline metrics).
         settings: Deployment settings.
         prompt: The prompt version it was evaluated with (default ``ensure_registered``): part of the key,
             tagged ``prompt.name``/``prompt.version``/``prompt.uri``, linked to the model, frozen into its spec.
-        key: The candidate key the training computed (``train``'s ``candidate_key``: it also covers a warm
-            start and the DPO pairs); default: computed here from the lineage arguments.
+        key: ``train``'s ``candidate_key`` (it covers warm start and DPO pairs); default: computed from the lineage.
 
     Returns:
         The :class:`CandidateVersion`.
