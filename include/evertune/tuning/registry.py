@@ -118,8 +118,7 @@ def register_candidate(
     dag_run_id: str | None = None,
     extra_tags: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
-    prompt: PromptRef | None = None,
-    key: str | None = None,
+    prompt: PromptRef | None = None, key: str | None = None,
 ) -> CandidateVersion:
     """Register an evaluated candidate as a version of ``register.model_name`` and alias it ``challenger``.
 
