@@ -107,7 +107,7 @@ def evertune_task(
     extras = dict(outlets or {})
     build_context = CONTEXT_BUILDERS[step.pipeline]
 
-    def body(*upstream: Any, **context: Any) -> dict:
+    def body(*upstream: Any, **context: Any) -> Any:
         upstream = tuple(materialized(value) for value in upstream)
         with task_states():
             step_context = build_context(context)
@@ -124,6 +124,9 @@ def evertune_task(
     body.__doc__ = step.summary
     if extras:
         task_kwargs["outlets"] = list(extras)
+    # One XCom per task, its summary (a dict, or the list ``plan_shards`` returns for ``.expand()``); never split
+    # into per-key XComs (``@task`` would infer that from a ``dict`` return annotation).
+    task_kwargs.setdefault("multiple_outputs", False)
     decorated = task(task_id=step.task_id, **task_kwargs)(body)
 
     def wire(*upstream: Any) -> Any:
@@ -146,7 +149,7 @@ class MappedTask:
             raise ValueError(f"{task_id} is not a mapped step (evertune.pipeline)")
         build_context = CONTEXT_BUILDERS[step.pipeline]
 
-        def body(shard: Any, **context: Any) -> dict:
+        def body(shard: Any, **context: Any) -> Any:
             with task_states():
                 (result,) = call_step(step, build_context(context), [[shard]])
             return result
@@ -154,7 +157,7 @@ class MappedTask:
         body.__name__ = body.__qualname__ = step.task_id
         body.__doc__ = step.summary
         self.step = step
-        self._decorated = task(task_id=step.task_id, **task_kwargs)(body)
+        self._decorated = task(task_id=step.task_id, multiple_outputs=False, **task_kwargs)(body)
 
     def expand(self, *, shard: Any) -> Any:
         """Map the task over ``shard``, the result of the step's one upstream task (checked like any wiring)."""
