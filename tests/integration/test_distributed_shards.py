@@ -3,8 +3,9 @@
 The stack of ``test_distributed`` (CeleryExecutor on the machine's PostgreSQL, a Redis broker), here with two
 one-slot workers on the ``default`` queue, runs ``refresh_knowledge_base`` for one day with
 ``index.embed_shards = 2``. Each worker must execute one ``embed_shard`` task; the published table must equal
-the unsharded refresh of the same day (``evertune refresh all``, no Airflow), and the day's merge writes its
-data in one commit. The PostgreSQL role and databases and the Redis database come from ``test_distributed``'s
+the unsharded sync of the same validated day (:func:`evertune.kb.index.sync_interval` in this process, into a
+table of its own: same chunk ids and hashes, vectors up to float rounding), and the day's merge writes its data
+in one commit. The PostgreSQL role and databases and the Redis database come from ``test_distributed``'s
 ``services`` fixture (imported, not copied).
 """
 
@@ -25,16 +26,6 @@ DAY = "2026-11-01"
 WORKERS = "worker=default@1;worker-b=default@1"
 OVERRIDES = {"index.embed_shards": 2}
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def unsharded(tmp_path_factory: pytest.TempPathFactory, tiny_dag_env) -> dict:
-    """The day refreshed without Airflow and without shards."""
-    home = tmp_path_factory.mktemp("unsharded")
-    env = tiny_dag_env(home)
-    _run(env, "demo-data", "--days", "1")
-    _run(env, "refresh", "all", "--interval", DAY)
-    return _table_state(home)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +60,26 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_d
             assert not any(leftovers.values()), f"processes left running: {leftovers}"
 
 
-def test_two_shards_on_two_workers_equal_the_unsharded_refresh(two_workers: dict, unsharded: dict) -> None:
+def _unsharded(home: Path, settings, params) -> dict:
+    """The same validated day synced unsharded, in this process, into a table of its own: (id, hash) -> vector."""
+    import dataclasses
+
+    from evertune.data.versioning import validated_folder
+    from evertune.kb.index import connect, read_table_rows, sync_interval, table_name_for
+
+    reference = dataclasses.replace(settings, lancedb_uri=str(home / "reference-lancedb"))
+    sync_interval(settings.data_repo / validated_folder(DAY), DAY, params, reference)
+    rows = read_table_rows(connect(reference).open_table(table_name_for(params)),
+                           ["chunk_id", "content_hash", "vector"])
+    return {(row["chunk_id"], row["content_hash"]): row["vector"] for row in rows}
+
+
+def test_two_shards_on_two_workers_equal_the_unsharded_sync(two_workers: dict) -> None:
     import lancedb
+    import numpy as np
 
     from evertune.config import load_params
-    from evertune.kb.index import table_name_for
+    from evertune.kb.index import read_table_rows, table_name_for
 
     client, home, settings = two_workers["client"], two_workers["home"], two_workers["settings"]
     client.wait_for_dag("refresh_knowledge_base", timeout=300)
@@ -92,12 +98,15 @@ def test_two_shards_on_two_workers_equal_the_unsharded_refresh(two_workers: dict
         errors="replace"))) for name in ("worker", "worker-b")}
     assert executed == {"worker": 1, "worker-b": 1}, executed
 
+    params = load_params()  # the cluster's params.yaml (EVERTUNE_PARAMS of the fixture)
+    unsharded = _unsharded(Path(home), settings, params)
     state = _table_state(home)
-    assert state["published_rows"] == unsharded["published_rows"]
-    assert state["rows"] == unsharded["rows"]
-    # The merge wrote its data in one commit: the first version after the empty table holds every row.
-    params = load_params()
+    assert state["published_rows"] == state["rows"] == sorted(unsharded)
     table = lancedb.connect(str(Path(home) / "lancedb")).open_table(table_name_for(params))
+    vectors = {(r["chunk_id"], r["content_hash"]): r["vector"] for r in read_table_rows(
+        table, ["chunk_id", "content_hash", "vector"])}
+    assert max(float(np.max(np.abs(np.asarray(vectors[key]) - np.asarray(unsharded[key])))) for key in vectors) < 2e-6
+    # The merge wrote its data in one commit: the first version after the empty table holds every row.
     table.checkout(2)
     assert sorted((r["chunk_id"], r["content_hash"]) for r in table.to_arrow().select(
-        ["chunk_id", "content_hash"]).to_pylist()) == unsharded["rows"]
+        ["chunk_id", "content_hash"]).to_pylist()) == sorted(unsharded)
