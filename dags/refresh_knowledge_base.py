@@ -6,6 +6,9 @@ on-time runs: every step is keyed on content or on the interval, and the index s
 document, so days may run in any order.
 
 * ``version_snapshot`` takes the one-slot ``dvc_repo`` pool (DVC has a repository lock).
+* ``plan_shards`` splits the texts that need a vector into ``index.embed_shards`` content-hash shards (no
+  writes); ``embed_shard`` is mapped over them (``.expand()``: one task per shard, on any worker), each staging
+  its vectors; ``sync_index`` merges every shard into LanceDB in one commit (``evertune.kb.shards``).
 * ``sync_index`` and ``publish_index`` take the ``lancedb_writer`` pool (one writer per table).
 * ``publish_index`` moves the LanceDB tag ``production`` only when retrieval quality holds; a failing candidate
   stays in the table for inspection. A candidate that a later sync already superseded (days run concurrently
@@ -34,7 +37,7 @@ from evertune_airflow.assets import KB_INDEX, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, DVC_POOL, LANCEDB_WRITER_POOL
 from evertune_airflow.notifiers import failure_notifier
 from evertune_airflow.run_notes import note_task
-from evertune_airflow.tasks import evertune_task, kb_index_extra, validated_data_extra
+from evertune_airflow.tasks import evertune_mapped_task, evertune_task, kb_index_extra, validated_data_extra
 
 
 @dag(
@@ -64,7 +67,11 @@ def refresh_knowledge_base():
     version = evertune_task("version_snapshot", pool=DVC_POOL, outlets={VALIDATED_DATA: validated_data_extra})(
         validated
     )
-    synced = evertune_task("sync_index", pool=LANCEDB_WRITER_POOL)(version)
+    # The sync, scaled out: the plan splits the texts that need a vector into index.embed_shards content-hash
+    # shards, one mapped task per shard embeds (on any Celery worker), one writer merges them in one commit.
+    plan = evertune_task("plan_shards")(version)
+    embedded = evertune_mapped_task("embed_shard").expand(shard=plan)
+    synced = evertune_task("sync_index", pool=LANCEDB_WRITER_POOL)(embedded)
     evaluation = evertune_task("evaluate_retrieval")(synced)
     # A failed quality gate is a decision, not a glitch: no retries.
     published = evertune_task("publish_index", pool=LANCEDB_WRITER_POOL, retries=0)(synced, evaluation, version)

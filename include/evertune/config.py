@@ -111,6 +111,8 @@ class IndexParams(Section):
     # Rebuild the ANN index once the table holds more than this many times the rows it was built on.
     vector_rebuild_growth: float = Field(2.0, gt=1.0)
     optimize_every_n_writes: int = Field(20, ge=1)
+    # Content-hash shards of a sync's embedding (Airflow: one mapped embed_shard task each; 1: today's table).
+    embed_shards: int = Field(1, ge=1, le=1024)
     publish_tag: str = Field("production", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 

@@ -2,7 +2,7 @@
 
 * ``demo_data`` writes the demo landing zone;
 * every ``refresh`` step is a ``foreach`` stage over the intervals (``ingest_documents@2026-11-03``...); a
-  ``serial`` step (``sync_index``) also depends on the previous interval's ``publish`` receipt (:data:`FOLD_END`,
+  ``serial`` step (``plan_shards``, the first to read the index) also depends on the previous interval's ``publish`` receipt (:data:`FOLD_END`,
   the end of the fold: the post-publish freshness check only reads), so that ``dvc repro`` folds the days into
   the index in order, as the DAG does (the first interval's extra dependency is its own upstream receipt);
 * every ``tune`` step is one stage for ``tune_as_of``; its ``window`` steps' receipts of every interval up to
@@ -49,8 +49,9 @@ HEADER = """\
 #
 # `dvc repro` runs the same steps as the Airflow tasks (`python -m evertune refresh|tune <step>`), reading the
 # same params.yaml, with state in the default .evertune/ (leave EVERTUNE_HOME unset). One stage per step; the
-# refresh steps run once per interval (`dvc repro publish_index@2026-11-03`); sync_index waits for the previous
-# interval's publish_index (sync_index_after), so days fold into the index in order. Outputs are the receipts:
+# refresh steps run once per interval (`dvc repro publish_index@2026-11-03`); plan_shards waits for the previous
+# interval's publish_index (plan_shards_after), so days fold into the index in order; embed_shard embeds every
+# shard of the plan in one process (Airflow maps it, one task per shard). Outputs are the receipts:
 # the data itself lives in stores DVC cannot track as outputs (the data repository, LanceDB, MLflow).
 # Other days: `evertune dvc-yaml --intervals 2026-11-01 2026-11-02 --out dvc.yaml`.
 """

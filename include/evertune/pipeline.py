@@ -65,6 +65,9 @@ class Step:
         serial: Its runs over intervals form a chain: each waits for the previous interval's ``publish`` step
             (the end of the fold; ``check_freshness`` after it only reads). The knowledge base is a fold over
             days (the DAG runs one interval at a time, in order).
+        mapped: Its one upstream summary is a list and Airflow runs one task per element (dynamic task mapping),
+            the callable getting a one-element list; its downstream gets the list of all results. The command
+            line calls it once with the whole list.
     """
 
     pipeline: str
@@ -78,6 +81,7 @@ class Step:
     summary: str = ""
     window: tuple[str, ...] = ()
     serial: bool = False
+    mapped: bool = False
 
     def load(self) -> Callable[..., dict[str, Any]]:
         """Import and return the step's callable."""
@@ -105,9 +109,16 @@ STEPS: tuple[Step, ...] = (
          summary="Run the Great Expectations suite, quarantine bad rows, write the validated snapshot."),
     Step(REFRESH, "version", "version_snapshot", f"{_KB}:version_snapshot", "version", ("validate",),
          summary="Version the validated snapshot with DVC and push it to the remote."),
-    Step(REFRESH, "sync", "sync_index", f"{_KB}:sync_index", "synced", ("version",),
+    Step(REFRESH, "plan", "plan_shards", f"{_KB}:plan_shards", "plan", ("version",),
          params=("chunk", "embed", "index"),
-         summary="Embed only new or changed chunks and merge them into the LanceDB table.", serial=True),
+         summary="Find the chunks that need a vector and split them into index.embed_shards content-hash shards.",
+         serial=True),
+    Step(REFRESH, "embed", "embed_shard", f"{_KB}:embed_shards", "embedded", ("plan",),
+         params=("embed",), mapped=True,
+         summary="Embed one shard's texts into the staging area (one mapped task per shard)."),
+    Step(REFRESH, "sync", "sync_index", f"{_KB}:sync_index", "synced", ("embed",),
+         params=("chunk", "embed", "index"),
+         summary="Merge the shards' vectors with the new or changed chunks into the LanceDB table, in one commit."),
     Step(REFRESH, "evaluate", "evaluate_retrieval", f"{_KB}:evaluate_retrieval", "evaluation", ("sync",),
          params=("embed", "index", "retrieval"),
          summary="Score the candidate table version on the golden queries, next to the published one."),

@@ -14,7 +14,7 @@ Parsing a DAG imports only the registry: the step's module is imported when the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import Asset, task
@@ -83,6 +83,13 @@ def check_wiring(step: Step, upstream: tuple[Any, ...]) -> None:
                          f"got {given}")
 
 
+def materialized(value: Any) -> Any:
+    """A mapped task's results as a plain list (Airflow hands them over as a lazy sequence); others unchanged."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | list | tuple):
+        return list(value)
+    return value
+
+
 def evertune_task(
     task_id: str, *, outlets: Mapping[Asset, ExtraBuilder | None] | None = None,
     xcom_context: Mapping[str, str] | None = None, **task_kwargs: Any
@@ -104,7 +111,8 @@ def evertune_task(
     extras = dict(outlets or {})
     build_context = CONTEXT_BUILDERS[step.pipeline]
 
-    def body(*upstream: dict, **context: Any) -> dict:
+    def body(*upstream: Any, **context: Any) -> Any:
+        upstream = tuple(materialized(value) for value in upstream)
         with task_states():
             step_context = build_context(context)
             for name, source in (xcom_context or {}).items():
@@ -120,6 +128,9 @@ def evertune_task(
     body.__doc__ = step.summary
     if extras:
         task_kwargs["outlets"] = list(extras)
+    # One XCom per task, its summary (a dict, or the list ``plan_shards`` returns for ``.expand()``); never split
+    # into per-key XComs (``@task`` would infer that from a ``dict`` return annotation).
+    task_kwargs.setdefault("multiple_outputs", False)
     decorated = task(task_id=step.task_id, **task_kwargs)(body)
 
     def wire(*upstream: Any) -> Any:
@@ -127,6 +138,45 @@ def evertune_task(
         return decorated(*upstream)
 
     return wire
+
+
+class MappedTask:
+    """The Airflow task of a ``mapped`` registry step: ``.expand(shard=plan)`` runs one task per element.
+
+    Each mapped task calls the step with a one-element list and returns that element's result; the downstream
+    task receives the list of every result (:func:`materialized`).
+    """
+
+    def __init__(self, task_id: str, **task_kwargs: Any) -> None:
+        step = step_for_task(task_id)
+        if not step.mapped:
+            raise ValueError(f"{task_id} is not a mapped step (evertune.pipeline)")
+        build_context = CONTEXT_BUILDERS[step.pipeline]
+
+        def body(shard: Any, **context: Any) -> Any:
+            with task_states():
+                (result,) = call_step(step, build_context(context), [[shard]])
+            return result
+
+        body.__name__ = body.__qualname__ = step.task_id
+        body.__doc__ = step.summary
+        self.step = step
+        self._decorated = task(task_id=step.task_id, multiple_outputs=False, **task_kwargs)(body)
+
+    def expand(self, *, shard: Any) -> Any:
+        """Map the task over ``shard``, the result of the step's one upstream task (checked like any wiring)."""
+        check_wiring(self.step, (shard,))
+        return self._decorated.expand(shard=shard)
+
+
+def evertune_mapped_task(task_id: str, **task_kwargs: Any) -> MappedTask:
+    """The mapped Airflow task of one registry step; call ``.expand(shard=<upstream result>)`` on it.
+
+    Args:
+        task_id: The step's task id; the step must be ``mapped``.
+        **task_kwargs: Anything else ``@task`` takes: pool, queue, retries, timeouts.
+    """
+    return MappedTask(task_id, **task_kwargs)
 
 
 def notify_outcome(outcome: dict[str, Any] | None, promotion: dict[str, Any] | None, review: dict[str, Any] | None,

@@ -56,10 +56,10 @@ def dvc(scratch: dict, *args: str) -> str:
 def test_repro_twice_runs_nothing_the_second_time(scratch: dict) -> None:
     first = dvc(scratch, "repro", TARGET)
     ran = [line for line in first.splitlines() if line.startswith("Running stage")]
-    assert len(ran) == 7, first[-3000:]  # demo_data and the six refresh steps of the interval
+    assert len(ran) == 9, first[-3000:]  # demo_data and the eight refresh steps of the interval
     receipts = scratch["root"] / ".evertune" / "work" / "receipts" / "refresh" / "ds=2026-11-01"
     assert sorted(p.stem for p in receipts.glob("*.json")) == sorted(
-        ["ingest", "validate", "version", "sync", "evaluate", "publish"])
+        ["ingest", "validate", "version", "plan", "embed", "sync", "evaluate", "publish"])
 
     second = dvc(scratch, "repro", TARGET)
     assert "Running stage" not in second, second

@@ -42,7 +42,7 @@ def test_refresh_stages_run_per_interval_and_sync_folds_days_in_order() -> None:
     stages = document["stages"]
     assert stages["ingest_documents"]["foreach"] == "${intervals}"
     assert ".evertune/landing/ds=${item}" in stages["ingest_documents"]["do"]["deps"]
-    chain = next(v["sync_index_after"] for v in document["vars"] if "sync_index_after" in v)
+    chain = next(v["plan_shards_after"] for v in document["vars"] if "plan_shards_after" in v)
     assert chain == {
         "2026-11-01": ".evertune/work/receipts/refresh/ds=2026-11-01/version.json",
         "2026-11-02": ".evertune/work/receipts/refresh/ds=2026-11-01/publish.json",

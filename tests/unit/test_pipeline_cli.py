@@ -58,8 +58,8 @@ def test_choices_and_order_come_from_the_registry() -> None:
     parser = build_parser()
     refresh = parser.parse_args(["refresh", "sync", "--interval", "2026-11-01"])
     assert refresh.step == "sync"
-    assert pipeline_cli._names(REFRESH) == ("ingest", "validate", "version", "sync", "evaluate", "publish",
-                                            "freshness", "deletions")
+    assert pipeline_cli._names(REFRESH) == ("ingest", "validate", "version", "plan", "embed", "sync",
+                                            "evaluate", "publish", "freshness", "deletions")
     assert pipeline_cli._names(TUNE) == ("dataset", "drift", "train", "evaluate", "gate", "register",
                                           "promote")
     assert parser.parse_args(["tune"]).step == "all"

@@ -64,8 +64,8 @@ from evertune.kb.table import (
 #: Public names, with the re-exports that callers import from here (each is defined once, in its own module).
 __all__ = [
     "DOCSTATE_SUFFIX", "DOCUMENT_COLUMNS", "META_DIM", "META_EMBEDDER_ID", "META_NORMALIZE", "TOMBSTONE_COLUMNS",
-    "SyncResult", "check_table_identity", "connect", "embed_texts", "load_checked_embedder", "normalize_timestamp",
-    "open_table", "plan_documents", "published_version", "read_table_rows", "read_validated", "sync_interval",
+    "PreparedSync", "SyncResult", "check_table_identity", "connect", "embed_texts", "finish_sync",
+    "load_checked_embedder", "normalize_timestamp", "open_table", "plan_documents", "prepare_sync", "published_version", "read_table_rows", "read_validated", "sync_interval",
     "table_metadata", "table_name_for",
 ]  # fmt: skip
 
@@ -79,12 +79,12 @@ DOCUMENT_COLUMNS = ("doc_id", "title", "text", "source", "url", "updated_at", "c
 TOMBSTONE_COLUMNS = ("doc_id", "deleted_at", "reason")
 
 
-
 @dataclass
 class SyncResult:
     """What one :func:`sync_interval` did. ``version`` is the candidate table version to evaluate.
 
-    ``fts_rebuilt`` says the full-text index was (re)built so that it covers every row of ``version``.
+    ``fts_rebuilt`` says the full-text index was (re)built so that it covers every row of ``version``;
+    ``chunks_embedded_in_merge`` counts texts a sharded merge found in no shard and embedded itself (0 normally).
     """
 
     table_name: str
@@ -105,6 +105,7 @@ class SyncResult:
     optimized: bool = False
     vector_index: bool = False
     fts_rebuilt: bool = False
+    chunks_embedded_in_merge: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,26 +321,37 @@ class _Laps:
         return self.timings["total"]
 
 
-def sync_interval(validated_dir: str | Path, interval: str, params: Params, settings: Settings) -> SyncResult:
-    """Apply one validated interval to the chunk table: embed only new/changed chunks, delete stale ones.
+@dataclass
+class PreparedSync:
+    """A sync up to its embedding: the plan and the chunk diff against the stored rows, nothing written yet.
 
-    Args:
-        validated_dir: Folder with ``documents.parquet`` and optionally ``tombstones.parquet``.
-        interval: The data interval date (``YYYY-MM-DD``); breaks ``updated_at`` ties between drops.
-        params: Pipeline params (``chunk``, ``embed``, ``index`` sections).
-        settings: Deployment settings (``lancedb_uri``).
+    ``vector_by_hash`` holds the stored vectors of the drop's documents (keyed on ``content_hash``);
+    :meth:`pending` is what has none yet, the only texts a sync embeds.
+    """
 
-    Returns:
-        A :class:`SyncResult`; ``version`` is the candidate to evaluate and publish: its full-text index covers
-        every row. When nothing changed (and the index was complete) no version is written and ``version`` is
-        the current one.
+    interval: str
+    model: Any
+    db: Any
+    table: Any
+    docstate: Any
+    plan: _Plan
+    diff: Any
+    vector_by_hash: dict[str, Any]
+    laps: _Laps
+
+    def pending(self) -> list[tuple[str, str]]:
+        """``(content_hash, text)`` of every written row whose text has no stored vector, sorted by hash."""
+        rows = self.diff.inserts + self.diff.updates
+        return sorted({row["content_hash"]: row["text"] for row in rows if row["content_hash"] not in
+                       self.vector_by_hash}.items())
+
+
+def prepare_sync(validated_dir: str | Path, interval: str, params: Params, settings: Settings) -> PreparedSync:
+    """Read a validated interval, plan it against the stored document state and diff its chunks (no writes).
 
     Raises:
         CriticalValidationError: The validated folder is unusable.
         ConfigError: The table exists with another identity, or chunk sizes do not fit the embedder.
-        TransientError: LanceDB's merge counts disagree with the computed diff, or the full-text index misses
-            rows after its rebuild (e.g. a concurrent writer); the table is left at a new, unpublished version
-            and a retry recomputes the diff.
     """
     laps = _Laps()
     interval = _check_interval(interval)
@@ -364,28 +376,74 @@ def sync_interval(validated_dir: str | Path, interval: str, params: Params, sett
     diff = diff_chunks(new_rows, stored)
     laps.lap("diff")
     vector_by_hash = {row["content_hash"]: row[VECTOR_COLUMN] for row in stored.values()}
-    embedded = _attach_vectors(model, diff.inserts + diff.updates, vector_by_hash, params)
+    return PreparedSync(interval, model, db, table, docstate, plan, diff, vector_by_hash, laps)
+
+
+def finish_sync(prepared: PreparedSync, params: Params, vectors: dict[str, Any] | None = None) -> SyncResult:
+    """Give every written row its vector, merge the diff in one commit, then the document state and the indexes.
+
+    Args:
+        prepared: What :func:`prepare_sync` computed.
+        params: Pipeline params.
+        vectors: ``content_hash -> vector`` embedded elsewhere (the shards of :mod:`evertune.kb.shards`); a
+            pending text missing from it is embedded here (counted in ``chunks_embedded_in_merge``).
+
+    Returns:
+        The :class:`SyncResult` (see :func:`sync_interval`, which also lists what it raises).
+    """
+    table, plan, diff, laps = prepared.table, prepared.plan, prepared.diff, prepared.laps
+    pending = {content_hash for content_hash, _ in prepared.pending()}
+    vector_by_hash = dict(prepared.vector_by_hash)
+    vector_by_hash.update({key: value for key, value in (vectors or {}).items() if key in pending})
+    embedded_here = _attach_vectors(prepared.model, diff.inserts + diff.updates, vector_by_hash, params)
     laps.lap("embed")
 
     result = SyncResult(
-        table_name=table.name, interval=interval, version=table.version, previous_version=table.version,
+        table_name=table.name, interval=prepared.interval, version=table.version, previous_version=table.version,
         wrote=diff.changed, docs_upserted=plan.docs_upserted, docs_deleted=plan.docs_deleted,
-        docs_skipped_older=plan.docs_skipped_older, docs_unchanged=plan.docs_unchanged, chunks_embedded=embedded,
+        docs_skipped_older=plan.docs_skipped_older, docs_unchanged=plan.docs_unchanged, chunks_embedded=len(pending),
         chunks_inserted=len(diff.inserts), chunks_updated=len(diff.updates), chunks_deleted=len(diff.stale),
         chunks_unchanged=diff.unchanged, timings=laps.timings,
+        chunks_embedded_in_merge=embedded_here if vectors is not None else 0,
     )  # fmt: skip
     if diff.changed:
         merge_chunks(table, diff, plan.scope)
         laps.lap("write")
     if plan.state_rows:
         # After the chunks: a crash in between leaves the state behind, and a re-run catches up.
-        _write_docstate(docstate, plan.state_rows)
+        _write_docstate(prepared.docstate, plan.state_rows)
         laps.lap("docstate")
-    _finish_indexes(db, table, result, params)
+    _finish_indexes(prepared.db, table, result, params)
     laps.lap("index")
     log.info(
         "kb sync %s into %s: v%s -> v%s, %s embedded, +%s ~%s -%s chunks, %.2fs",
-        interval, table.name, result.previous_version, result.version, result.chunks_embedded,
+        prepared.interval, table.name, result.previous_version, result.version, result.chunks_embedded,
         result.chunks_inserted, result.chunks_updated, result.chunks_deleted, laps.total(),
     )  # fmt: skip
     return result
+
+
+def sync_interval(validated_dir: str | Path, interval: str, params: Params, settings: Settings) -> SyncResult:
+    """Apply one validated interval to the chunk table: embed only new/changed chunks, delete stale ones.
+
+    :func:`prepare_sync`, then :func:`finish_sync` embedding every pending text here; the sharded refresh
+    (:mod:`evertune.kb.shards`) runs the same two with the embedding spread over workers in between.
+
+    Args:
+        validated_dir: Folder with ``documents.parquet`` and optionally ``tombstones.parquet``.
+        interval: The data interval date (``YYYY-MM-DD``); breaks ``updated_at`` ties between drops.
+        params: Pipeline params (``chunk``, ``embed``, ``index`` sections).
+        settings: Deployment settings (``lancedb_uri``).
+
+    Returns:
+        A :class:`SyncResult`; ``version`` is the candidate to evaluate and publish: its full-text index covers
+        every row. When nothing changed (and the index was complete) no version is written and ``version`` is
+        the current one.
+
+    Raises:
+        CriticalValidationError: The validated folder is unusable.
+        ConfigError: The table exists with another identity, or chunk sizes do not fit the embedder.
+        TransientError: LanceDB's merge counts disagree with the diff, or the full-text index misses rows (e.g.
+            a concurrent writer); the table is left at a new, unpublished version and a retry recomputes the diff.
+    """
+    return finish_sync(prepare_sync(validated_dir, interval, params, settings), params)

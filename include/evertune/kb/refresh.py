@@ -10,7 +10,10 @@ Where the data sits between steps:
   not versioned); it returns an :class:`~evertune.kb.staging.IngestRef` (path + counts) as a dict;
 * ``validate_documents`` -> ``<data-repo>/validated/ds=<interval>/`` (byte-deterministic files);
 * ``version_snapshot`` -> DVC md5 + git tag ``validated/<interval>`` in the data repo, pushed to the remote;
-* ``sync_index`` -> a new LanceDB table version (the candidate);
+* ``plan_shards`` -> the texts that need a vector, split by content hash into ``index.embed_shards`` shards under
+  ``$EVERTUNE_WORK_DIR/refresh/ds=<interval>/shards/`` (:mod:`evertune.kb.shards`);
+* ``embed_shard`` -> each shard's vectors next to its texts (Airflow: one mapped task per shard);
+* ``sync_index`` -> one writer merges them: a new LanceDB table version (the candidate);
 * ``evaluate_retrieval`` -> metrics of the candidate and of the published version on the carried golden set;
 * ``publish_index`` -> the ``production`` tag moves, or ``QualityGateFailed`` leaves it where it was.
 """
@@ -123,12 +126,60 @@ def version_snapshot(interval: str) -> dict[str, Any]:
     return version.to_dict()
 
 
-def sync_index(interval: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Embed new or changed chunks of the interval and merge them into the LanceDB table."""
-    from evertune.kb.index import sync_interval
+def shard_staging_dir(settings: Settings, interval: str) -> Path:
+    """Where :func:`plan_shards` stages one interval's embedding shards (every worker must see it)."""
+    return staging_dir(settings, interval) / "shards"
+
+
+def plan_shards(interval: str, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Split the interval's texts that need a vector into ``index.embed_shards`` content-hash shards (no writes).
+
+    Returns:
+        One :class:`~evertune.kb.shards.ShardRef` dict per shard (the list ``embed_shard`` is mapped over).
+    """
+    from evertune.kb.index import prepare_sync
+    from evertune.kb.shards import plan_shards as split
 
     params, settings = _context(overrides)
-    result = sync_interval(validated_dir(settings, interval), interval, params, settings)
+    prepared = prepare_sync(validated_dir(settings, interval), interval, params, settings)
+    return [ref.to_dict() for ref in split(prepared, params.index.embed_shards, shard_staging_dir(settings, interval))]
+
+
+def embed_shards(interval: str, plan: list[dict[str, Any]], overrides: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Embed the given shards of the plan in this process (Airflow maps this step: one shard per task).
+
+    Returns:
+        Per shard: its reference plus ``embedded``, ``reused`` and ``seconds``.
+    """
+    from evertune.kb.embedding import load_checked_embedder
+    from evertune.kb.shards import ShardRef, embed_shard
+
+    params, _ = _context(overrides)
+    model, _ = load_checked_embedder(params)
+    return [embed_shard(ShardRef.from_dict(shard), model, params) for shard in plan]
+
+
+def sync_index(
+    interval: str, overrides: dict[str, Any] | None = None, embedded: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Merge the interval's new or changed chunks into the LanceDB table: one writer, one data commit.
+
+    Args:
+        interval: The data interval date.
+        overrides: Per-run overrides of ``params.yaml``.
+        embedded: What ``embed_shard`` returned for every shard; ``None`` embeds in this process (an
+            unsharded sync, as before the sharded refresh).
+    """
+    from evertune.kb.index import sync_interval
+    from evertune.kb.shards import merge_shards
+
+    params, settings = _context(overrides)
+    folder = validated_dir(settings, interval)
+    if embedded is None:
+        result = sync_interval(folder, interval, params, settings)
+    else:
+        result = merge_shards(folder, interval, list(embedded), params, settings)
     log.info("synced %s", result.to_dict())
     return result.to_dict()
 
