@@ -44,8 +44,8 @@ URI_TAG = "manifest_uri"
 #: The per-checkpoint cache of :func:`weights_sha256`, next to the weights.
 WEIGHTS_CACHE = ".evertune-weights-sha256.json"
 #: Model-version tags that record the decision and the approval (shown by ``evertune model show``).
-DECISION_TAGS = ("gate.passed", "gate.action", "gate.reasons", "approved_by", "promoted_from", "promotion.refused",
-                 "rolled_back", "rolled_back_to")
+DECISION_TAGS = ("gate.passed", "gate.action", "gate.reasons", "approved_by", "review.answer", "review.by",
+                 "review.at", "promoted_from", "promotion.refused", "rolled_back", "rolled_back_to", "deleted_docs")
 _CHUNK = 1 << 20
 
 
