@@ -17,8 +17,11 @@
    ``check_freshness`` has the champion answer the probes from the published KB. Day 7's ``validated_data``
    event triggers ``tune_model`` again; its 30-day window still holds the poisoned day 6, so it is rejected
    before training the same way, and the champion does not move: the fresh answers come from the KB alone.
-7. Print a summary (runs, expected outcomes, registry, KB versions, the served answer to a changed fact and
-   the freshness figure, UIs) and exit non-zero if a run failed other than by those rejections, a poisoned
+7. Ask the served champion the changed-fact question over HTTP (``POST /ask`` on the stack's answer service),
+   print the answer with its citations and versions, rate it through ``POST /feedback``, and ask again: the
+   repeat is an answer-cache hit.
+8. Print a summary (runs, expected outcomes, registry, KB versions, the served answer to a changed fact and
+   the freshness figure, the HTTP exchange, UIs) and exit non-zero if a run failed other than by those rejections, a poisoned
    run was not rejected for its data, the champion moved, or day 7's freshness was not measured.
 
 The stack keeps running afterwards (``make down`` stops it).
@@ -36,7 +39,8 @@ from evertune.runtime import apply_offline_env
 from evertune.settings import get_settings
 from evertune_airflow.stack_client import FINISHED_RUN_STATES, AirflowClient
 from evertune_airflow.stack_control import UpResult, up
-from evertune_airflow.stack_env import StackError, airflow_url, dags_folder, mlflow_url
+from evertune_airflow.demo_serving import ask_and_rate
+from evertune_airflow.stack_env import StackError, airflow_url, dags_folder, mlflow_url, serve_enabled
 from evertune_airflow.stack_processes import log_dir
 
 REFRESH_DAG = "refresh_knowledge_base"
@@ -155,11 +159,17 @@ def run_demo() -> int:
     freshness = _freshness_report(dates, params, settings)
     if has_tuning and champion_before and dates.get("fresh") and freshness is None:
         problems.append(f"no freshness check was recorded for {dates['fresh'][-1]} (step check_freshness)")
+    served: list[str] = []
+    if has_tuning and serve_enabled():
+        served, served_problems = ask_and_rate(_demo_question(freshness))
+        problems += served_problems
     print(_summary(runs, params, settings, started_stack))
     if outcomes:
         print("== Expected outcomes ==\n  " + "\n  ".join(outcomes))
     if freshness is not None:
         print(format_freshness(freshness))
+    if served:
+        print("\n".join(served))
     _say(f"demo wall time {time.monotonic() - started:.0f} s")
     if problems:
         print("DEMO FAILED:\n  " + "\n  ".join(problems))
@@ -219,6 +229,12 @@ def _tune_then_approve(client: AirflowClient, dates: dict[str, Any], params, set
                     f"{answer['responded_by']['name']} through the API -> champion v{champion or '-'}; "
                     f"verdict page {verdict_page(held)}")
     return champion
+
+
+def _demo_question(freshness: dict[str, Any] | None) -> str:
+    """The question asked over HTTP: the freshness check's changed-fact question, else a help-center one."""
+    examples = (freshness or {}).get("examples") or []
+    return examples[0]["question"] if examples else "How much does the Pro plan cost?"
 
 
 def _backfill_days(client: AirflowClient, days: list[str], has_tuning: bool, what: str) -> list[str]:
