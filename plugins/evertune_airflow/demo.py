@@ -37,9 +37,9 @@ from typing import Any
 from evertune.config import load_params
 from evertune.runtime import apply_offline_env
 from evertune.settings import get_settings
+from evertune_airflow.demo_serving import ask_and_rate
 from evertune_airflow.stack_client import FINISHED_RUN_STATES, AirflowClient
 from evertune_airflow.stack_control import UpResult, up
-from evertune_airflow.demo_serving import ask_and_rate
 from evertune_airflow.stack_env import StackError, airflow_url, dags_folder, mlflow_url, serve_enabled
 from evertune_airflow.stack_processes import log_dir
 
