@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "evertune.demo.cli",
     "evertune.kb.cli",
     "evertune.tuning.cli",
+    "evertune.tuning.mlflow_access",
     "evertune.pipeline_cli",
     "evertune.serving.cli",
 )

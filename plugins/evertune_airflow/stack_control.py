@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evertune.settings import Settings, get_settings
+from evertune_airflow import stack_mlflow_auth
 from evertune_airflow.stack_client import AirflowClient
 from evertune_airflow.stack_env import (
     ADMIN_USER,
@@ -30,6 +31,7 @@ from evertune_airflow.stack_env import (
     celery_workers,
     dags_folder,
     executor,
+    mlflow_auth,
     mlflow_backend_uri,
     mlflow_url,
     serve_enabled,
@@ -227,9 +229,12 @@ def _up(settings: Settings, timeout: float, pools: dict[str, tuple[int, str]]) -
             pid_path(settings, component.name).unlink(missing_ok=True)
         env = {**os.environ, **airflow_env(settings), STACK_MARKER: str(settings.home)}
         _migrate_db_if_needed(settings, env)
-        mlflow_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+        mlflow_env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
         # The job runner would add a handful of huey consumers; the pipeline does not use MLflow jobs.
         mlflow_env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        backend = mlflow_backend_uri(settings, ports)
+        if backend is not None and mlflow_auth() == "basic":
+            mlflow_env.update(stack_mlflow_auth.server_env(settings, backend))
         deadline = time.monotonic() + timeout
         try:
             for phase in (False, True):
@@ -243,6 +248,8 @@ def _up(settings: Settings, timeout: float, pools: dict[str, tuple[int, str]]) -
             stop_unlocked(settings, timeout=20.0, names=started)
             raise
     elapsed = time.monotonic() - begin
+    if mlflow_backend_uri(settings, ports) is not None and mlflow_auth() == "basic":
+        stack_mlflow_auth.ensure_accounts(settings)  # before any task can write: the DAGs start paused
     with AirflowClient.connect(settings) as client:
         client.ensure_pools(pools)
     return UpResult(started, running, elapsed, airflow_url(ports),

@@ -58,6 +58,9 @@ AUTH_MANAGERS = {
     "simple": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
     "fab": "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
 }
+#: ``EVERTUNE_MLFLOW_AUTH``: ``none`` (the embedded default: no accounts, the server listens on 127.0.0.1 only) or
+#: ``basic`` (MLflow's basic-auth app as in docker/compose.yaml: the pipeline account writes, people only read).
+MLFLOW_AUTH_MODES = ("none", "basic")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,33 @@ def auth_manager() -> str:
     if value not in AUTH_MANAGERS:
         raise StackError(f"EVERTUNE_AUTH_MANAGER must be one of {', '.join(AUTH_MANAGERS)}, got {value!r}")
     return value
+
+
+def mlflow_auth() -> str:
+    """``none`` or ``basic`` (``EVERTUNE_MLFLOW_AUTH``, default none): authentication of the stack's MLflow server."""
+    value = (os.environ.get("EVERTUNE_MLFLOW_AUTH") or "none").strip().lower()
+    if value not in MLFLOW_AUTH_MODES:
+        raise StackError(f"EVERTUNE_MLFLOW_AUTH must be one of {', '.join(MLFLOW_AUTH_MODES)}, got {value!r}")
+    return value
+
+
+def mlflow_accounts(settings: Settings | None = None):
+    """The MLflow admin, pipeline and reader accounts of the stack's basic-auth server.
+
+    Names and passwords come from the variables ``evertune mlflow-access`` reads where they are set
+    (``MLFLOW_AUTH_ADMIN_PASSWORD``, ``EVERTUNE_MLFLOW_PIPELINE_PASSWORD``, ...); a password that is not set is
+    generated once into ``$AIRFLOW_HOME/evertune-secrets.json`` (0600), like the stack's other keys.
+
+    Returns:
+        :class:`evertune.tuning.mlflow_access.Accounts`.
+    """
+    from evertune.tuning.mlflow_access import accounts_from_env
+
+    keys = _stack_secrets(settings or get_settings())
+    generated = {"MLFLOW_AUTH_ADMIN_PASSWORD": keys["mlflow_admin_password"],
+                 "EVERTUNE_MLFLOW_PIPELINE_PASSWORD": keys["mlflow_pipeline_password"],
+                 "EVERTUNE_MLFLOW_READER_PASSWORD": keys["mlflow_reader_password"]}
+    return accounts_from_env({**generated, **{key: value for key, value in os.environ.items() if value}})
 
 
 def celery_workers() -> list[CeleryWorker]:
@@ -198,6 +228,11 @@ def _stack_secrets(settings: Settings) -> dict[str, str]:
         "api_secret_key": lambda: secrets.token_urlsafe(32),
         # The FAB admin's password when EVERTUNE_ADMIN_PASSWORD is not set (SimpleAuthManager makes its own).
         "admin_password": lambda: secrets.token_urlsafe(18),
+        # EVERTUNE_MLFLOW_AUTH=basic: the MLflow server's CSRF key and its accounts (see mlflow_accounts).
+        "mlflow_flask_secret_key": lambda: secrets.token_urlsafe(32),
+        "mlflow_admin_password": lambda: secrets.token_urlsafe(18),
+        "mlflow_pipeline_password": lambda: secrets.token_urlsafe(18),
+        "mlflow_reader_password": lambda: secrets.token_urlsafe(18),
     }
     path = settings.airflow_home / "evertune-secrets.json"
     try:
@@ -296,6 +331,8 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         env[variable] = os.environ.get(variable) or keys[key]
     if mlflow_backend_uri(settings, ports) is not None:
         env["MLFLOW_TRACKING_URI"] = mlflow_url(ports)
+        if mlflow_auth() == "basic":  # every task writes to MLflow as the pipeline account
+            env.update(mlflow_accounts(settings).pipeline.env())
     else:
         env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     return env

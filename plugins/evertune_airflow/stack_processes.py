@@ -28,6 +28,8 @@ from evertune_airflow.stack_env import (
     StackPorts,
     celery_workers,
     executor,
+    mlflow_accounts,
+    mlflow_auth,
     mlflow_backend_uri,
     serve_enabled,
 )
@@ -79,15 +81,20 @@ def stack_components(settings: Settings, ports: StackPorts | None = None) -> lis
                 ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", str(log_port)), ("EVERTUNE_WORKER", worker.name))))
     backend = mlflow_backend_uri(settings, ports)
     if backend is not None:
-        argv = (*console_script("mlflow"), "server",
+        # EVERTUNE_MLFLOW_AUTH=basic: MLflow's basic-auth app (its config and admin: stack_mlflow_auth.server_env).
+        auth = ("--app-name", "basic-auth") if mlflow_auth() == "basic" else ()
+        argv = (*console_script("mlflow"), "server", *auth,
                 "--artifacts-destination", settings.mlflow_artifact_root, "--serve-artifacts",
                 "--host", HOST, "--port", str(ports.mlflow), "--workers", "1")
         # The store URL may hold a database password: environment, not argv (`ps` shows argv to everyone).
         components.append(Component("mlflow", argv, None, ports.mlflow, env=(("MLFLOW_BACKEND_STORE_URI", backend),)))
     if serve_enabled():
         # The answer service: uvicorn in-process (no console script needed), champion + production KB, loopback.
+        # Against a basic-auth MLflow it only reads the registry: the reader account, not the pipeline's.
+        reader = mlflow_accounts(settings).readers if backend is not None and mlflow_auth() == "basic" else ()
         components.append(Component("serve", (sys.executable, "-m", "evertune", "serve", "--host", HOST,
-                                              "--port", str(ports.serve)), None, ports.serve))
+                                              "--port", str(ports.serve)), None, ports.serve,
+                                    env=tuple(reader[0].env().items()) if reader else ()))
     # Each command runs under the restart-on-crash wrapper (what compose's `restart:` does in production).
     return [Component(c.name, _supervised(c.name, c.argv), c.health_key, c.port, c.needs_api, c.env)
             for c in components]

@@ -1,5 +1,6 @@
 """The production topology on one machine: CeleryExecutor on PostgreSQL, a Redis broker, two Celery workers
-(one consuming ``default``, one only ``gpu``), FAB auth and an MLflow server backed by PostgreSQL.
+(one consuming ``default``, one only ``gpu``), FAB auth and an MLflow server backed by PostgreSQL that runs
+MLflow's basic auth (the tasks write as the pipeline account; nobody else may move ``champion``).
 
 Everything is real: the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379), with a role, two
 databases and a Redis database of this test's own, created here and dropped at the end. The stack is the
@@ -120,6 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, services: dict, tiny_dag_e
         **{name: str(port) for name, port in ports.items()},
         "EVERTUNE_EXECUTOR": "CeleryExecutor",
         "EVERTUNE_AUTH_MANAGER": "fab",
+        "EVERTUNE_MLFLOW_AUTH": "basic",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": services["urls"]["airflow"],
         "AIRFLOW__CELERY__BROKER_URL": services["broker"],
         # An MLflow database URL: the stack serves it with `mlflow server` and hands tasks the server's URL.
@@ -184,6 +186,18 @@ def test_components_run_as_the_production_topology(cluster: dict) -> None:
 
     answer = httpx.post(f"{stack_env.airflow_url()}/auth/token", json={"username": "admin", "password": "wrong"})
     assert answer.status_code in (401, 403), answer.text
+    # MLflow runs its basic-auth app; every task talks to it as the pipeline account, never as its admin.
+    commands = [" ".join(p.cmdline()) for p in stack_processes.stack_processes(settings)["mlflow"]]
+    assert any("mlflow server --app-name basic-auth" in command for command in commands), commands
+    accounts = stack_env.mlflow_accounts(settings)
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (
+        accounts.pipeline.username, accounts.pipeline.password)
+    assert accounts.admin.password not in env.values()
+    # Every port of the production topology (workers' log servers included) listens on loopback only.
+    listening = stack_processes.listening_addresses(settings)
+    assert {name: sorted(a for a in addresses if a[0] != stack_env.HOST) for name, addresses in listening.items()
+            if any(a[0] != stack_env.HOST for a in addresses)} == {}
+    assert stack_env.StackPorts.from_env().mlflow in {port for addresses in listening.values() for _, port in addresses}
 
 
 def test_concurrent_backfill_runs_match_serial_runs(cluster: dict, serial_reference: dict) -> None:
@@ -256,13 +270,66 @@ def test_training_runs_on_the_gpu_worker_and_mlflow_lands_in_postgres(cluster: d
     assert "champion" in aliases, aliases
     assert not list(Path(settings.home).glob("mlflow/*.db")), "MLflow must not fall back to SQLite"
 
-    # No secret reaches a task log or an XCom value.
-    password = cluster["services"]["password"]
+    # No secret (the database role's, the MLflow pipeline account's) reaches a task log or an XCom value.
+    secrets_ = [cluster["services"]["password"], stack_env.mlflow_accounts(settings).pipeline.password]
     task_logs = "".join(p.read_text(errors="replace")
                         for p in (stack_processes.log_dir(settings) / "airflow").rglob("*.log"))
-    assert task_logs and password not in task_logs
+    assert task_logs and not [secret for secret in secrets_ if secret in task_logs]
     for run, run_tis in tis_by_run.items():
         for task_id in run_tis:
             entries = client.request("GET", f"/api/v2/dags/tune_model/dagRuns/{run}/taskInstances/{task_id}"
                                      "/xcomEntries", params={"deserialize": "true"}).get("xcom_entries", [])
-            assert all(password not in str(entry.get("value")) for entry in entries)
+            assert all(secret not in str(entry.get("value")) for entry in entries for secret in secrets_)
+
+
+def test_only_the_pipeline_account_moves_champion(cluster: dict) -> None:
+    """Anonymous clients, wrong passwords and people (READ) cannot set or delete an alias; the pipeline can.
+
+    Runs after the tuning run above: its register and promote tasks set ``champion`` through the pipeline
+    account, the only credentials the tasks have.
+    """
+    import httpx
+    import psycopg2
+
+    from evertune.config import load_params
+
+    settings = cluster["settings"]
+    accounts = stack_env.mlflow_accounts(settings)
+    [reader] = accounts.readers
+    people, pipeline = (reader.username, reader.password), (accounts.pipeline.username, accounts.pipeline.password)
+    name = load_params().registry.model_name
+    url = f"{stack_env.mlflow_url()}/api/2.0/mlflow/registered-models/alias"
+
+    def call(method: str, auth: tuple[str, str] | None, **body: str) -> httpx.Response:
+        payload = {"name": name, **body}
+        if method == "GET":
+            return httpx.get(url, params=payload, auth=auth, timeout=60)
+        return httpx.request(method, url, json=payload, auth=auth, timeout=60)
+
+    champion = call("GET", people, alias="champion")
+    assert champion.status_code == 200, champion.text  # people read
+    version = champion.json()["model_version"]["version"]
+    refused = {
+        "anonymous read": call("GET", None, alias="champion"),
+        "anonymous set": call("POST", None, alias="champion", version=version),
+        "wrong password set": call("POST", (pipeline[0], "not-the-pipeline-password"), alias="champion",
+                                   version=version),
+        "reader set": call("POST", people, alias="champion", version=version),
+        "reader set challenger": call("POST", people, alias="challenger", version=version),
+        "reader delete": call("DELETE", people, alias="champion"),
+    }
+    assert {case: answer.status_code for case, answer in refused.items()} == {
+        "anonymous read": 401, "anonymous set": 401, "wrong password set": 401, "reader set": 403,
+        "reader set challenger": 403, "reader delete": 403}
+    # The pipeline account can (a probe alias, set and deleted again: champion stays where the gate put it).
+    assert call("POST", pipeline, alias="auth-probe", version=version).status_code == 200
+    assert call("GET", people, alias="auth-probe").json()["model_version"]["version"] == version
+    assert call("DELETE", pipeline, alias="auth-probe").status_code == 200
+    assert call("GET", people, alias="champion").json()["model_version"]["version"] == version
+
+    # Users and grants live in the MLflow database (PostgreSQL), beside the registry.
+    mlflow_db = cluster["services"]["databases"]["mlflow"]
+    with psycopg2.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={mlflow_db}") as conn, conn.cursor() as cur:
+        cur.execute("SELECT username, is_admin FROM users")
+        users = dict(cur.fetchall())
+    assert users == {accounts.admin.username: True, pipeline[0]: False, people[0]: False}, users

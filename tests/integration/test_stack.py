@@ -95,7 +95,7 @@ def test_stack_up_trigger_backfill_down(stack_home: Path) -> None:
                    for name, addresses in listening.items()}
         assert not any(exposed.values()), exposed
         ports_open = {port for addresses in listening.values() for _, port in addresses}
-        assert {ports.worker_log, ports.triggerer_log, ports.airflow, ports.serve} <= ports_open, listening
+        assert {ports.worker_log, ports.triggerer_log, ports.airflow, ports.serve, ports.mlflow} <= ports_open, listening
 
         with stack_client.AirflowClient.connect(settings) as client:
             pools = client.pools()

@@ -37,8 +37,9 @@ DOCKERFILE = DOCKER / "Dockerfile"
 
 AIRFLOW_SERVICES = {"airflow-init", "api-server", "scheduler", "dag-processor", "triggerer", "worker-cpu",
                     "worker-gpu", "worker-train-cpu"}
-REQUIRED_SERVICES = AIRFLOW_SERVICES - {"worker-train-cpu"} | {"postgres", "redis", "minio", "minio-init", "mlflow"}
-LONG_RUNNING = REQUIRED_SERVICES - {"airflow-init", "minio-init"}
+REQUIRED_SERVICES = AIRFLOW_SERVICES - {"worker-train-cpu"} | {"postgres", "redis", "minio", "minio-init", "mlflow",
+                                                               "mlflow-init"}
+LONG_RUNNING = REQUIRED_SERVICES - {"airflow-init", "minio-init", "mlflow-init"}
 SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "FERNET")
 #: ${NAME}, ${NAME:-default}, ${NAME:?message}...; `$${...}` is an escaped literal for the container shell.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
@@ -230,6 +231,83 @@ def test_databases_buckets_and_mlflow_backend_agree(services: dict[str, dict]) -
     buckets = set(environment(services["minio-init"])["BUCKETS"].split())
     dvc_bucket = environment(services["scheduler"])["EVERTUNE_DVC_REMOTE"].removeprefix("s3://").split("/")[0]
     assert {"mlflow-artifacts", dvc_bucket} <= buckets
+
+
+# ------------------------------------------------------------------------------------------ MLflow auth
+
+
+def required_name(value: str) -> str:
+    """The variable a required reference (``${NAME:?message}``) names."""
+    assert REQUIRED_REF.match(value), f"not a required variable: {value!r}"
+    return value[2:].split(":", 1)[0]
+
+
+def test_mlflow_runs_basic_auth_with_a_read_default(services: dict[str, dict]) -> None:
+    from evertune_airflow.stack_mlflow_auth import auth_config_text
+
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[:4] == ["mlflow", "server", "--app-name", "basic-auth"], command
+    assert mlflow["entrypoint"] == ["/bin/sh", "/mlflow-auth-entrypoint.sh"]
+    mounted = [v for v in mlflow["volumes"] if v.endswith(":/mlflow-auth-entrypoint.sh:ro")]
+    script_path = DOCKER / mounted[0].split(":")[0]
+    assert script_path.resolve() == DOCKER / "mlflow" / "mlflow-auth-entrypoint.sh"
+    script = script_path.read_text(encoding="utf-8")
+    assert 'export MLFLOW_AUTH_CONFIG_PATH="$config_dir/basic_auth.ini"' in script and 'exec "$@"' in script
+    assert "umask 077" in script, "the generated config holds a database password"
+
+    def settings(text: str) -> dict[str, str]:
+        lines = [line for line in text.splitlines() if " = " in line and not line.startswith("#")]
+        return {key.strip(): value.strip() for key, value in (line.split(" = ", 1) for line in lines)}
+
+    # The same config as the native stack's (the one the distributed test runs), the database aside.
+    ini = settings(script.split("<<INI", 1)[1].split("\nINI", 1)[0])
+    stack = settings(auth_config_text("postgresql+psycopg2://u:p@h/db"))
+    assert ini.pop("database_uri").startswith("$(") and stack.pop("database_uri")
+    assert ini == stack and ini["default_permission"] == "READ"
+    env = environment(mlflow)
+    assert required_name(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == "MLFLOW_ADMIN_PASSWORD"
+    assert required_name(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == "MLFLOW_FLASK_SECRET_KEY"
+
+
+def test_no_mlflow_credentials_are_committed() -> None:
+    committed = [p for p in DOCKER.rglob("*") if p.is_file() and p.name != ".env"]
+    assert not [p.name for p in committed if p.suffix == ".ini"], "MLflow's auth config is generated at start-up"
+    for path in committed:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        assert not re.search(r"^\s*admin_password\s*=", text, flags=re.MULTILINE), path
+        assert "password1234" not in text, path  # MLflow's old default admin password
+    for name, value in re.findall(r"^(MLFLOW_\w+)=(.*)$", ENV_EXAMPLE.read_text(encoding="utf-8"), re.MULTILINE):
+        assert value == "", name
+
+
+def test_workers_sign_in_as_the_pipeline_account_from_secrets(services: dict[str, dict]) -> None:
+    init = environment(services["mlflow-init"])
+    pipeline_user, pipeline_password = init["EVERTUNE_MLFLOW_PIPELINE_USERNAME"], init["EVERTUNE_MLFLOW_PIPELINE_PASSWORD"]
+    assert required_name(pipeline_password) == "MLFLOW_PIPELINE_PASSWORD"
+    assert required_name(init["EVERTUNE_MLFLOW_READER_PASSWORD"]) == "MLFLOW_READER_PASSWORD"
+    assert init["EVERTUNE_MLFLOW_READER_USERNAME"] != pipeline_user
+    for name in AIRFLOW_SERVICES:
+        env = environment(services[name])
+        assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (pipeline_user, pipeline_password)
+        assert not [k for k, v in env.items() if "MLFLOW_ADMIN_PASSWORD" in v], f"{name} must not get the MLflow admin"
+    for name in gpu_workers(services) | {"worker-cpu": services["worker-cpu"]}:
+        assert services[name]["depends_on"]["mlflow-init"]["condition"] == "service_completed_successfully", name
+
+
+def test_mlflow_init_creates_the_accounts_as_the_admin(services: dict[str, dict]) -> None:
+    from evertune.cli import build_parser
+
+    service = services["mlflow-init"]
+    assert service["command"] == ["evertune", "mlflow-access"]
+    assert build_parser().parse_args(["mlflow-access"]).func.__module__ == "evertune.tuning.mlflow_access"
+    env, server = environment(service), environment(services["mlflow"])
+    assert env["MLFLOW_TRACKING_URI"] == environment(services["scheduler"])["MLFLOW_TRACKING_URI"]
+    assert env["EVERTUNE_MLFLOW_ARTIFACT_ROOT"] == environment(services["scheduler"])["EVERTUNE_MLFLOW_ARTIFACT_ROOT"]
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        assert env[key] == server[key], key
+    assert service["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert service["restart"] == "no"
 
 
 # ---------------------------------------------------------------------------------------------- secrets
