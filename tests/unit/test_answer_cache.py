@@ -218,3 +218,18 @@ def test_a_broken_cache_is_a_miss_and_never_fails_the_request(tmp_path: Path, ca
     answer = client_with(state, cache).post("/ask", json={"question": "Price?"})
     assert answer.status_code == 200 and answer.json()["cached"] is False and len(state.model.calls) == 1
     assert "answer cache read failed" in caplog.text and "answer cache write failed" in caplog.text
+
+
+def test_a_deletion_by_another_process_reaches_the_memoised_hits(tmp_path: Path) -> None:
+    from evertune.serving import cache as cache_module
+
+    server, other = make_cache(tmp_path), make_cache(tmp_path)  # two handles: a server and an Airflow task
+    server.put("a?", VERSIONS, "A", CITED, "id")
+    server.put("b?", VERSIONS, "B", [{**CITED[0], "doc_id": "sync"}], "id")
+    assert server.get("a?", VERSIONS) is not None and server.get("a?", VERSIONS) is server.get("a", VERSIONS)
+    assert server.peek("A", VERSIONS) is server.get("a", VERSIONS), "the memo answers without I/O"
+    assert other.invalidate_docs(["pricing"]) == 1
+    time.sleep(cache_module.READ_CONSISTENCY_SECONDS + 0.2)
+    assert server.peek("a?", VERSIONS) is None, "the check is due: peek leaves it to get"
+    assert server.get("a?", VERSIONS) is None, "the memo is dropped once the foreign write is seen"
+    assert server.get("b?", VERSIONS).answer == "B"

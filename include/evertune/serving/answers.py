@@ -256,8 +256,15 @@ def ask(served: Served, question: str, search: Search, cache: AnswerCache | None
             "citations": batch.citations[0], **versions, "cached": batch.cached[0]}
 
 
-def cached_answer(served: Served, question: str, cache: AnswerCache | None) -> dict[str, Any] | None:
+def cached_answer(served: Served, question: str, cache: AnswerCache | None,
+                  memo_only: bool = False) -> dict[str, Any] | None:
     """:func:`ask`'s answer when the cache holds it (no retrieval, no generation, no model lock), else ``None``.
+
+    Args:
+        served: The served versions.
+        question: The checked question.
+        cache: The answer cache (``None``: always ``None``).
+        memo_only: Only the in-memory memo, no I/O (:meth:`~evertune.serving.cache.AnswerCache.peek`).
 
     Raises:
         NotReady: The model retrieves from the KB and no KB version is published.
@@ -267,7 +274,7 @@ def cached_answer(served: Served, question: str, cache: AnswerCache | None) -> d
     if served.retrieval == "kb" and served.kb_version is None:
         raise NotReady(f"no knowledge base published yet (table {served.kb_table!r} has no publish tag)")
     versions = served.versions()
-    hit = cache.get(question, versions)
+    hit = cache.peek(question, versions) if memo_only else cache.get(question, versions)
     if hit is None:
         return None
     return {"answer_id": answer_id(question, versions, hit.answer), "question": question, "answer": hit.answer,

@@ -14,9 +14,10 @@ message), 409 while nothing can be served (no champion, no published KB), 500 wi
 else; the stack trace goes to the server log under that id, never to the client. ``/ping`` answers 200 as soon
 as the process serves HTTP, champion or not.
 
-With an :class:`~evertune.serving.cache.AnswerCache`, ``/ask`` first looks the question up in a worker thread of
-the default pool (a hit is answered there, without the model lock); a miss is retrieved and generated in a
-separate pool of :data:`GENERATION_THREADS` threads, so hits never queue behind generations.
+With an :class:`~evertune.serving.cache.AnswerCache`, ``/ask`` first looks the question up in the cache's
+in-memory memo on the event loop (no I/O), then in the table in a worker thread of the default pool (a hit is
+answered there, without the model lock); a miss is retrieved and generated in a separate pool of
+:data:`GENERATION_THREADS` threads, so hits never queue behind generations.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ def build_app(follower: RegistryFollower, limits: ServeParams, search: Search, c
         try:
             question = parse_ask_body(await request.body(), limits)
             served = follower.current()
-            hit = await asyncio.to_thread(cached_answer, served, question, cache)
+            hit = cached_answer(served, question, cache, memo_only=True)  # no I/O: fine on the event loop
+            if hit is None:
+                hit = await asyncio.to_thread(cached_answer, served, question, cache)
             if hit is None:
                 loop = asyncio.get_running_loop()
                 hit = await loop.run_in_executor(generation, ask, served, question, search, cache)

@@ -24,10 +24,16 @@ Tombstones: :func:`invalidate_tombstoned` (called after a KB publish, see
 (:meth:`AnswerCache.invalidate_docs`); without a cache table it does nothing.
 
 Threads: the server answers requests in several threads. Writes (store, delete, compaction) are serialised
-by one lock per :class:`AnswerCache`; reads take no lock. The table handle is opened with a read consistency
-interval of :data:`READ_CONSISTENCY_SECONDS`, so deletions by another process (a tombstone invalidation in an
-Airflow task) are seen within that bound. A cache failure never fails a request: a failed read is a miss and
-a failed write is logged.
+by one lock per :class:`AnswerCache`; reads take no lock (a short lock guards only the in-memory memo below).
+A failure never fails a request: a failed read is a miss and a failed write is logged.
+
+Reads: exact hits are memoised in memory (a dict from key to answer: a subset of the table's rows, so at most
+``max_rows``), because a LanceDB lookup costs milliseconds on a busy host. The memo is valid while the table is
+at a version this object wrote or read: the table handle is opened with a read consistency interval of
+:data:`READ_CONSISTENCY_SECONDS`, the version is checked at most that often, and a version written by
+someone else (a tombstone invalidation in an Airflow task, another server) empties the memo, as does every
+delete and compaction here. Deletions by another process therefore reach a server's answers within about
+:data:`READ_CONSISTENCY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -151,6 +157,12 @@ class AnswerCache:
         self._table: Any = None
         self._retained: tuple[Any, ...] | None = None
         self._puts = 0
+        # Exact hits memoised in memory; valid while the table is at a version this object knows.
+        self._memo: dict[str, CachedAnswer] = {}
+        self._memo_lock = threading.Lock()
+        self._generation = 0
+        self._seen_version: int | None = None
+        self._checked_at = 0.0
 
     @classmethod
     def from_params(cls, params: Params, settings: Settings) -> AnswerCache | None:
@@ -207,12 +219,55 @@ class AnswerCache:
             log.exception("answer cache read failed (treated as a miss)")
             return None
 
+    def peek(self, question: str, versions: Mapping[str, Any]) -> CachedAnswer | None:
+        """The memoised exact hit, without any I/O (safe on an event loop); ``None`` when not memoised, or when the
+        check for other processes' writes is due (then :meth:`get` makes it)."""
+        if time.monotonic() - self._checked_at >= READ_CONSISTENCY_SECONDS:
+            return None
+        return self._memo.get(cache_key(question, versions))
+
     def _exact(self, table: Any, key: str) -> CachedAnswer | None:
+        """The row under ``key``: from the memo, else from the table (then memoised)."""
         from evertune.kb.table import sql_quote
 
+        self._check_foreign_writes(table)
+        generation = self._generation
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
         columns = ["answer", "citations", "answer_id", "question"]
         rows = table.search().where(f"key = {sql_quote(key)}").select(columns).limit(1).to_arrow().to_pylist()
-        return _hit(rows[0]) if rows else None
+        if not rows:
+            return None
+        hit = _hit(rows[0])
+        with self._memo_lock:
+            if generation == self._generation:  # no deletion since the read began
+                self._memo[key] = hit
+        return hit
+
+    def _check_foreign_writes(self, table: Any) -> None:
+        """Forget the memo when the table moved to a version this object did not write (at most once a second)."""
+        now = time.monotonic()
+        if now - self._checked_at < READ_CONSISTENCY_SECONDS:
+            return
+        self._checked_at = now
+        version = int(table.version)
+        if version != self._seen_version:
+            self._forget(version)
+
+    def _forget(self, version: int | None) -> None:
+        with self._memo_lock:
+            self._memo.clear()
+            self._generation += 1
+            self._seen_version = version
+
+    def _wrote(self, before: int, after: int) -> None:
+        """After this object's write: the memo still agrees unless another process wrote in between."""
+        if before == self._seen_version and after == before + 1:
+            with self._memo_lock:
+                self._seen_version = after
+        else:
+            self._forget(after)
 
     def _semantic(self, table: Any, question: str, versions: Mapping[str, Any]) -> CachedAnswer | None:
         import numpy as np
@@ -264,7 +319,8 @@ class AnswerCache:
                 if served != self._retained:
                     self._delete(table, f"NOT ({_versions_filter(versions)})")
                     self._retained = served
-                table.merge_insert("key").when_not_matched_insert_all().execute([row])
+                before = int(table.version)
+                self._wrote(before, int(table.merge_insert("key").when_not_matched_insert_all().execute([row]).version))
                 self._puts += 1
                 if self._puts % self.config.compact_every == 0:
                     self._compact(table)
@@ -287,12 +343,14 @@ class AnswerCache:
         """Delete matching rows, retrying a commit that lost a race with another process's write (3 tries)."""
         for attempt in range(DELETE_ATTEMPTS):
             try:
-                removed = int(table.delete(where).num_deleted_rows)
+                result = table.delete(where)
                 break
             except Exception:  # noqa: BLE001 -- lance reports a commit conflict as a plain RuntimeError
                 if attempt + 1 == DELETE_ATTEMPTS:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+        removed = int(result.num_deleted_rows)
+        self._forget(int(result.version))
         if removed:
             log.info("answer cache: deleted %d rows (%s)", removed, where[:200])
         return removed
@@ -311,6 +369,7 @@ class AnswerCache:
                                  .to_pylist())
                 self._delete(table, f"created <= {sql_quote(created[surplus - 1])}")
             table.optimize(cleanup_older_than=CLEANUP_OLDER_THAN)
+            self._forget(int(table.version))
         except Exception:  # noqa: BLE001 -- the answer is stored; compaction is retried at the next interval
             log.warning("answer cache compaction skipped", exc_info=True)
 
