@@ -233,3 +233,17 @@ def test_a_deletion_by_another_process_reaches_the_memoised_hits(tmp_path: Path)
     assert server.peek("a?", VERSIONS) is None, "the check is due: peek leaves it to get"
     assert server.get("a?", VERSIONS) is None, "the memo is dropped once the foreign write is seen"
     assert server.get("b?", VERSIONS).answer == "B"
+
+
+def test_the_benchmark_log_has_the_distinct_share_and_repeats_in_other_spellings() -> None:
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    if str(repo) not in sys.path:  # bench/ is a top-level package of the repository, not installed
+        sys.path.insert(0, str(repo))
+    from bench.answer_cache import question_log
+
+    log, distinct = question_log(100, 0.4)
+    assert len(log) == 100 and len(distinct) == 40 and question_log(100, 0.4) == (log, distinct)
+    assert {normalize_question(q) for q in log} == {normalize_question(q) for q in distinct}, "repeats only"
+    assert len(set(log)) > len(distinct), "some repeats are spelled differently"
