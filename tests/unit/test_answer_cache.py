@@ -247,3 +247,19 @@ def test_the_benchmark_log_has_the_distinct_share_and_repeats_in_other_spellings
     assert len(log) == 100 and len(distinct) == 40 and question_log(100, 0.4) == (log, distinct)
     assert {normalize_question(q) for q in log} == {normalize_question(q) for q in distinct}, "repeats only"
     assert len(set(log)) > len(distinct), "some repeats are spelled differently"
+
+
+def test_an_answer_of_versions_no_longer_served_is_not_stored(tmp_path: Path) -> None:
+    now = {"versions": {**VERSIONS, "model_version": 4}}
+    cache = AnswerCache(str(tmp_path / "lancedb"), config(), serving=lambda: now["versions"])
+    assert cache.put("a?", now["versions"], "new", CITED, "id")
+    assert not cache.put("b?", VERSIONS, "old, in flight during the switch", CITED, "id")
+    assert cache.get("a?", now["versions"]).answer == "new" and cache.count() == 1
+
+
+def test_rows_with_a_null_kb_version_leave_on_a_switch_too(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    cache.put("a?", {**VERSIONS, "kb_version": None}, "no KB", [], "id")
+    assert cache.get("a?", {**VERSIONS, "kb_version": None}).answer == "no KB"
+    cache.put("a?", VERSIONS, "with KB", CITED, "id")
+    assert cache.count() == 1 and cache.get("a?", VERSIONS).answer == "with KB"

@@ -126,13 +126,13 @@ class CachedAnswer:
 def _versions_filter(versions: Mapping[str, Any]) -> str:
     from evertune.kb.table import sql_quote
 
-    parts = []
+    parts = []  # never NULL (three-valued logic would make NOT (...) skip rows with a NULL version)
     for name, value in zip(VERSION_FIELDS, version_tuple(versions), strict=True):
         if value is None:
             parts.append(f"{name} IS NULL")
         else:
-            parts.append(f"{name} = {int(value)}" if name.endswith("_version") and name != "prompt_version"
-                         else f"{name} = {sql_quote(str(value))}")
+            literal = int(value) if name in ("model_version", "kb_version") else sql_quote(str(value))
+            parts.append(f"({name} IS NOT NULL AND {name} = {literal})")
     return " AND ".join(parts)
 
 
@@ -143,15 +143,20 @@ class AnswerCache:
         uri: The LanceDB database (the settings' ``lancedb_uri``).
         config: ``serve.cache`` params.
         embed: Embeds a question for semantic hits; needed only when ``config.semantic_threshold`` is set.
+        serving: The versions served right now (``None`` while nothing is); an answer of other versions (a
+            request that was in flight during a switch) is then not stored, so it cannot delete the rows of
+            the versions that replaced it.
     """
 
-    def __init__(self, uri: str, config: ServeCacheParams, embed: Embed | None = None) -> None:
+    def __init__(self, uri: str, config: ServeCacheParams, embed: Embed | None = None,
+                 serving: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
         if config.semantic_threshold is not None and embed is None:
             raise ValueError("semantic hits need an embed function")
         self.uri = uri
         self.config = config
         self.name = config.table
         self._embed = embed if config.semantic_threshold is not None else None
+        self._serving = serving
         self._write_lock = threading.Lock()
         self._open_lock = threading.Lock()
         self._table: Any = None
@@ -165,8 +170,9 @@ class AnswerCache:
         self._checked_at = 0.0
 
     @classmethod
-    def from_params(cls, params: Params, settings: Settings) -> AnswerCache | None:
-        """The cache of these params (``None`` when ``serve.cache.enabled`` is false)."""
+    def from_params(cls, params: Params, settings: Settings,
+                    serving: Callable[[], Mapping[str, Any] | None] | None = None) -> AnswerCache | None:
+        """The cache of these params (``None`` when ``serve.cache.enabled`` is false); ``serving`` as above."""
         config = params.serve.cache
         if not config.enabled:
             return None
@@ -177,7 +183,7 @@ class AnswerCache:
             def embed(question: str) -> list[float]:
                 return embed_queries([question], params)[0]
 
-        return cls(settings.lancedb_uri, config, embed)
+        return cls(settings.lancedb_uri, config, embed, serving)
 
     # ------------------------------------------------------------------ table
 
@@ -309,8 +315,13 @@ class AnswerCache:
         compacted and trimmed to ``max_rows``.
 
         Returns:
-            Whether the answer was written (``False`` when the write failed; the failure is logged).
+            Whether the answer was written (``False`` when the versions are no longer served, or the write
+            failed; the failure is logged).
         """
+        now = self._serving() if self._serving is not None else None
+        if now is not None and version_tuple(now) != version_tuple(versions):
+            log.info("answer cache: not storing an answer of versions no longer served %s", version_tuple(versions))
+            return False
         try:
             row = self._row(question, versions, answer, citations, answer_id, created)
             with self._write_lock:

@@ -62,7 +62,7 @@ def build_service(params: Params, settings: Settings, *, search: Search | None =
     for key, value in MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     follower = follower or RegistryFollower(params, settings)
-    cache = AnswerCache.from_params(params, settings)
+    cache = AnswerCache.from_params(params, settings, serving=lambda: (s.versions() if (s := follower.peek()) else None))
     return Service(follower, build_app(follower, params.serve, search or kb_search(params, settings), cache), cache)
 
 
