@@ -23,7 +23,7 @@ The machine's 1-minute load average is recorded before and after each part.
 
 ``python -m bench answer_cache`` (``--quick``: tiny model, a short log). Sizes: ``EVERTUNE_BENCH_CACHE_REQUESTS``
 (log length, default :data:`N_REQUESTS`), ``EVERTUNE_BENCH_CACHE_NEW`` (new questions in the burst, default
-:data:`NEW`).
+:data:`NEW`); ``EVERTUNE_BENCH_SERVE_THREADS`` sets the server's ``OMP_NUM_THREADS`` (default: torch's own).
 """
 
 from __future__ import annotations
@@ -197,6 +197,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     new = int(os.environ.get("EVERTUNE_BENCH_CACHE_NEW", NEW))
     log, distinct = question_log(n, DISTINCT_SHARE)
     result: dict[str, Any] = {"machine": machine_info(), "model": model_name, "quick": quick,
+                              "serve_threads": os.environ.get("EVERTUNE_BENCH_SERVE_THREADS"),
                               "evaluate": {k: getattr(params.evaluate, k) for k in ("max_new_tokens",
                                                                                     "max_context_chars")},
                               "log": {"requests": len(log), "distinct": len(distinct),
@@ -235,6 +236,9 @@ def serving(params_file: Path, log_file: Path) -> Iterator[tuple[str, subprocess
     port = _free_port()
     env = {**os.environ, "EVERTUNE_PARAMS": str(params_file),
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT / "plugins")])}
+    threads = os.environ.get("EVERTUNE_BENCH_SERVE_THREADS")
+    if threads:  # torch's intra-op threads in the server (OpenMP teams stall on an oversubscribed host)
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     with log_file.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "evertune", "serve", "--port", str(port)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
