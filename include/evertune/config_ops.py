@@ -23,14 +23,27 @@ class FreshnessParams(Section):
     max_probes: int | None = Field(200, ge=1)
 
 
+class ServeCacheParams(Section):
+    """The answer cache (:mod:`evertune.serving.cache`, docs/serving.md "Answer cache")."""
+
+    enabled: bool = True
+    table: str = Field("answer_cache", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # in the LanceDB folder
+    # Cosine similarity at or above which a cached answer to another question (same versions) is served;
+    # null: exact hits only.
+    semantic_threshold: float | None = Field(None, gt=0.0, le=1.0)
+    max_rows: int = Field(10_000, ge=1)  # the oldest rows beyond this are deleted at the next compaction
+    compact_every: int = Field(100, ge=1)  # stores between compactions (single-row writes add fragments)
+
+
 class ServeParams(Section):
-    """The answer service (docs/serving.md): registry polling period and request limits."""
+    """The answer service (docs/serving.md): registry polling period, request limits and the answer cache."""
 
     refresh_seconds: float = Field(10.0, gt=0.0, le=3600.0)  # champion / production polled this often
     max_question_chars: int = Field(2000, ge=1)
     max_questions: int = Field(16, ge=1, le=1024)  # per /invocations request
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_correction_chars: int = Field(4000, ge=1)  # POST /feedback corrections
+    cache: ServeCacheParams = Field(default_factory=ServeCacheParams)
 
 
 class DpoParams(Section):

@@ -1,7 +1,7 @@
 """The answer service against a real MLflow registry (SQLite), a real published LanceDB KB and the tiny model: it
-starts with no champion (409, ``/ping`` healthy), picks up the champion, cites the published KB, follows the
-alias to a new version with requests in flight (none failing) and a new publish; ``evertune serve`` starts
-without the virtualenv's ``bin/`` on ``PATH``."""
+starts with no champion (409, ``/ping`` healthy), picks up the champion, cites the published KB, serves a repeat
+from the answer cache (``cached: true``), follows the alias to a new version with requests in flight (none
+failing) and a new publish; ``evertune serve`` starts without the virtualenv's ``bin/`` on ``PATH``."""
 
 from __future__ import annotations
 
@@ -132,8 +132,14 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
             {"doc_id": h["doc_id"], "title": h["title"], "url": h["url"], "chunk_ids": [h["chunk_id"]]} for h in hits]
         assert body["citations"][0]["doc_id"] == "plans"
         started = time.perf_counter()
-        for _ in range(5):
-            http.post("/ask", json={"question": "How do I reset my password?"}).raise_for_status()
+        repeat = http.post("/ask", json={"question": "  how much does the Pro plan cost "}).json()
+        print(f"[serve] a repeat from the answer cache: {(time.perf_counter() - started) * 1000:.1f} ms")
+        assert body["cached"] is False and repeat["cached"] is True, "the repeat is served from the cache"
+        assert (repeat["answer"], repeat["citations"], repeat["kb_version"]) == (body["answer"], body["citations"],
+                                                                                 kb_first)
+        started = time.perf_counter()
+        for i in range(5):
+            http.post("/ask", json={"question": f"How do I reset my password {i}?"}).raise_for_status()
         print(f"[serve] one /ask on the tiny model: {(time.perf_counter() - started) / 5 * 1000:.0f} ms")
         for form in ({"inputs": ["How much does the Pro plan cost?"]}, {"inputs": "Can I sync offline?"},
                      {"dataframe_records": [{"question": "a?"}]},
@@ -148,8 +154,8 @@ def test_follows_the_champion_with_requests_in_flight(evertune_home: Path, tiny_
 
         def worker(index: int) -> None:
             with httpx.Client(base_url=url, timeout=60) as own:
-                while not stop.is_set():
-                    answer = own.post("/ask", json={"question": f"Question {index}?"})
+                while not stop.is_set():  # a new question each time: generations in flight, not cache hits
+                    answer = own.post("/ask", json={"question": f"Question {index} {len(results)}?"})
                     results.append((index, answer.status_code, answer.json().get("model_version", -1)))
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]

@@ -242,12 +242,14 @@ def publish_index(
         QualityGateFailed: The candidate is worse than allowed; ``production`` did not move.
     """
     from evertune.kb.publish import publish
+    from evertune.serving.cache import invalidate_tombstoned
 
     params, settings = _context(overrides)
     published = publish(
         synced["table_name"], synced["version"], evaluation, params, settings,
         data_version=version.get("data_version"), interval=interval,
     )
+    invalidate_tombstoned(validated_dir(settings, interval), params, settings)  # cached answers citing them
     return {
         "table": synced["table_name"],
         "table_version": synced["version"],

@@ -9,6 +9,9 @@ searches the live tag by itself while served).
 Citations are the retrieved chunks that the prompt actually shows: the ones that fit the context budget
 (``evaluate.max_context_chars``, then the token budget), grouped by document in retrieval order.
 
+The answer cache (:mod:`evertune.serving.cache`), when given, answers repeated questions on the same versions
+without retrieval or generation; ``/ask``'s answer says ``cached: true`` then.
+
 The answer id is deterministic: the first 32 hex digits of the sha256 of the question, the model name and
 version, the KB table and version, the prompt version and the answer text. Greedy generation makes the same
 question on the same versions give the same answer and therefore the same id, so feedback on repeated (or
@@ -20,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from evertune.errors import BadRequest, NotReady
 
 if TYPE_CHECKING:
     from evertune.config import Params, ServeParams
+    from evertune.serving.cache import AnswerCache
     from evertune.serving.follower import Served
     from evertune.settings import Settings
 
@@ -157,46 +161,124 @@ def answer_id(question: str, versions: Mapping[str, Any], answer: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
+class Batch(NamedTuple):
+    """What :func:`answer_batch` returns, one entry per question.
+
+    Attributes:
+        answers: The answer texts.
+        citations: The citations (:func:`citations` of the chunks the prompt showed; stored ones on a hit).
+        cached: Whether each answer came from the answer cache (no generation).
+    """
+
+    answers: list[str]
+    citations: list[list[dict[str, Any]]]
+    cached: list[bool]
+
+
 def answer_batch(
     served: Served,
     questions: Sequence[str],
     contexts: Sequence[Sequence[Mapping[str, Any]]] | None,
     search: Search,
     params: Mapping[str, Any] | None = None,
-) -> tuple[list[str], list[list[Mapping[str, Any]]]]:
-    """Answer questions with the served model.
+    cache: AnswerCache | None = None,
+) -> Batch:
+    """Answer questions with the served model, from the answer cache where it holds them.
 
     Without ``contexts``, retrieval (the model's mode, or the ``retrieval`` param) searches the served KB
     version; the chunks the prompt shows go to the model as its ``contexts`` column.
 
-    Returns:
-        ``(answers, shown chunks per question)``.
+    The cache is used only for requests without client ``contexts`` and without client params (the answer
+    is then a function of the question and the versions): questions it holds are answered without retrieval
+    or generation; the others are retrieved, then looked up again once the model's lock is held (a duplicate
+    that waited behind the first generation of the same question is a hit), generated, and stored before the
+    lock is released.
 
     Raises:
         BadRequest: Bad params.
         NotReady: Retrieval is ``kb`` but no KB version is published.
     """
-    import pandas as pd
-
     params = check_params(params, served)
     mode = params.pop("retrieval", None) or served.retrieval
-    if contexts is None:
-        if mode == "kb" and served.kb_version is None:
-            raise NotReady(f"no knowledge base published yet (table {served.kb_table!r} has no publish tag)")
-        contexts = [search(q, served.kb_version) if mode == "kb" else [] for q in questions]
-    with served.lock:
-        shown = [shown_chunks(served, q, list(c)) for q, c in zip(questions, contexts, strict=True)]
-        frame = pd.DataFrame({"question": list(questions), "contexts": shown})
-        answers = served.model.predict(frame, params=params or None)
-    return [str(a) for a in answers], shown
-
-
-def ask(served: Served, question: str, search: Search) -> dict[str, Any]:
-    """Answer one question: the answer, its citations, the versions that produced it, its id."""
-    [answer], [shown] = answer_batch(served, [question], None, search)
+    if contexts is None and mode == "kb" and served.kb_version is None:
+        raise NotReady(f"no knowledge base published yet (table {served.kb_table!r} has no publish tag)")
+    use_cache = cache is not None and contexts is None and not params
     versions = served.versions()
+    done: dict[int, tuple[str, list[dict[str, Any]], bool]] = {}  # index -> (answer, citations, cached)
+
+    def look_up(indices: Sequence[int]) -> list[int]:
+        """Fill ``done`` from the cache; the indices still missing."""
+        for i in indices:
+            hit = cache.get(questions[i], versions) if use_cache else None  # type: ignore[union-attr]
+            if hit is not None:
+                done[i] = (hit.answer, hit.citations, True)
+        return [i for i in indices if i not in done]
+
+    todo = look_up(range(len(questions)))
+    if contexts is None:
+        found = {i: search(questions[i], served.kb_version) if mode == "kb" else [] for i in todo}
+    else:
+        found = {i: list(contexts[i]) for i in todo}
+    with served.lock:
+        todo = look_up(todo)  # answered meanwhile by a request that held the lock
+        generated = _generate(served, [questions[i] for i in todo], [found[i] for i in todo], params)
+        for i, (answer, cited) in zip(todo, generated, strict=True):
+            done[i] = (answer, cited, False)
+            if use_cache:
+                cache.put(questions[i], versions, answer, cited, answer_id(questions[i], versions, answer))  # type: ignore[union-attr]
+    ordered = [done[i] for i in range(len(questions))]
+    return Batch([a for a, _, _ in ordered], [c for _, c, _ in ordered], [h for _, _, h in ordered])
+
+
+def _generate(served: Served, questions: list[str], contexts: list[list[Mapping[str, Any]]],
+              params: Mapping[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Generate answers (the caller holds ``served.lock``); ``(answer, citations)`` per question."""
+    if not questions:
+        return []
+    import pandas as pd
+
+    shown = [shown_chunks(served, q, c) for q, c in zip(questions, contexts, strict=True)]
+    frame = pd.DataFrame({"question": questions, "contexts": shown})
+    answers = served.model.predict(frame, params=dict(params) or None)
+    return [(str(a), citations(s)) for a, s in zip(answers, shown, strict=True)]
+
+
+def ask(served: Served, question: str, search: Search, cache: AnswerCache | None = None) -> dict[str, Any]:
+    """Answer one question: the answer, its citations, the versions that produced it, its id, ``cached``.
+
+    On a cache hit the answer and citations are the stored ones and the id is :func:`answer_id` of this
+    question's text with them (a hit on a differently spelled question gets its own, deterministic id).
+    """
+    batch = answer_batch(served, [question], None, search, cache=cache)
+    versions = served.versions()
+    answer = batch.answers[0]
     return {"answer_id": answer_id(question, versions, answer), "question": question, "answer": answer,
-            "citations": citations(shown), **versions}
+            "citations": batch.citations[0], **versions, "cached": batch.cached[0]}
+
+
+def cached_answer(served: Served, question: str, cache: AnswerCache | None,
+                  memo_only: bool = False) -> dict[str, Any] | None:
+    """:func:`ask`'s answer when the cache holds it (no retrieval, no generation, no model lock), else ``None``.
+
+    Args:
+        served: The served versions.
+        question: The checked question.
+        cache: The answer cache (``None``: always ``None``).
+        memo_only: Only the in-memory memo, no I/O (:meth:`~evertune.serving.cache.AnswerCache.peek`).
+
+    Raises:
+        NotReady: The model retrieves from the KB and no KB version is published.
+    """
+    if cache is None:
+        return None
+    if served.retrieval == "kb" and served.kb_version is None:
+        raise NotReady(f"no knowledge base published yet (table {served.kb_table!r} has no publish tag)")
+    versions = served.versions()
+    hit = cache.peek(question, versions) if memo_only else cache.get(question, versions)
+    if hit is None:
+        return None
+    return {"answer_id": answer_id(question, versions, hit.answer), "question": question, "answer": hit.answer,
+            "citations": hit.citations, **versions, "cached": True}
 
 
 def _json_type(value: Any) -> str:
@@ -205,5 +287,5 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-__all__ = ["CLIENT_PARAMS", "Search", "answer_batch", "answer_id", "ask", "check_params", "check_question",
-           "citations", "kb_search", "parse_ask_body", "shown_chunks"]
+__all__ = ["CLIENT_PARAMS", "Batch", "Search", "answer_batch", "answer_id", "ask", "cached_answer", "check_params",
+           "check_question", "citations", "kb_search", "parse_ask_body", "shown_chunks"]

@@ -5,7 +5,7 @@ forwards to whatever :class:`~evertune.serving.follower.RegistryFollower` serves
 ``/invocations``, ``/ping``, ``/health`` and ``/version`` are MLflow's own routes and protocol
 (``inputs``, ``instances``, ``dataframe_records``, ``dataframe_split``, optional ``params``). Added:
 
-* ``POST /ask`` ``{"question": "..."}``: answer, citations, versions, answer id
+* ``POST /ask`` ``{"question": "..."}``: answer, citations, versions, answer id, ``cached``
   (:func:`evertune.serving.answers.ask`);
 * ``GET /info``: what is served (versions, or why nothing is), and the polling period;
 * ``POST /feedback``: a rating (and correction) of an ``/ask`` answer (:mod:`evertune.serving.feedback`).
@@ -14,6 +14,11 @@ Errors are one line of JSON, ``{"error_code": ..., "message": ...}``: 400 for a 
 message), 409 while nothing can be served (no champion, no published KB), 500 with ``"error_id"`` for anything
 else; the stack trace goes to the server log under that id, never to the client. ``/ping`` answers 200 as soon
 as the process serves HTTP, champion or not.
+
+With an :class:`~evertune.serving.cache.AnswerCache`, ``/ask`` first looks the question up in the cache's
+in-memory memo on the event loop (no I/O), then in the table in a worker thread of the default pool (a hit is
+answered there, without the model lock); a miss is retrieved and generated in a separate pool of
+:data:`GENERATION_THREADS` threads, so hits never queue behind generations.
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import BadRequest, NothingToDo, NotReady
-from evertune.serving.answers import answer_batch, ask, check_question, parse_ask_body
+from evertune.serving.answers import answer_batch, ask, cached_answer, check_question, parse_ask_body
 from evertune.serving.feedback import register_feedback
 
 if TYPE_CHECKING:
     from evertune.config import ServeParams
     from evertune.serving.answers import Search
+    from evertune.serving.cache import AnswerCache
     from evertune.serving.follower import RegistryFollower
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,9 @@ ERROR_CODES = {400: "BAD_REQUEST", 404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURC
                500: "INTERNAL_ERROR", 504: "DEADLINE_EXCEEDED"}
 #: Longest message a client gets.
 MESSAGE_CHARS = 300
+#: Threads answering cache misses of ``/ask`` (generation itself is serialized per model by ``Served.lock``;
+#: the second thread retrieves the next question meanwhile).
+GENERATION_THREADS = 2
 
 
 def one_line(text: str) -> str:
@@ -87,12 +96,15 @@ class FollowingModel:
         follower: The registry follower.
         limits: ``serve`` params (question length, questions per request).
         search: Retrieval at a KB version.
+        cache: The answer cache, or ``None``.
     """
 
-    def __init__(self, follower: RegistryFollower, limits: ServeParams, search: Search) -> None:
+    def __init__(self, follower: RegistryFollower, limits: ServeParams, search: Search,
+                 cache: AnswerCache | None = None) -> None:
         self.follower = follower
         self.limits = limits
         self.search = search
+        self.cache = cache
 
     @property
     def metadata(self) -> Any:
@@ -121,8 +133,7 @@ class FollowingModel:
             if len(questions) > self.limits.max_questions:
                 raise BadRequest(f"{len(questions)} questions; the limit is {self.limits.max_questions} per request")
             questions = [check_question(q, self.limits, f"question {i}") for i, q in enumerate(questions)]
-            answers, _shown = answer_batch(served, questions, contexts, self.search, params)
-            return answers
+            return answer_batch(served, questions, contexts, self.search, params, self.cache).answers
         except BadRequest as exc:
             raise _mlflow_error(400, str(exc)) from None
         except (NotReady, NothingToDo) as exc:
@@ -131,13 +142,16 @@ class FollowingModel:
             raise _mlflow_error(500, "internal error while answering", internal_error("/invocations")) from None
 
 
-def build_app(follower: RegistryFollower, limits: ServeParams, search: Search) -> Any:
+def build_app(follower: RegistryFollower, limits: ServeParams, search: Search, cache: AnswerCache | None = None) -> Any:
     """The FastAPI app: MLflow's scoring server plus ``/ask`` and ``/info`` (see the module docstring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from fastapi import Request
     from fastapi.responses import JSONResponse, Response
     from mlflow.pyfunc import scoring_server
 
-    app = scoring_server.init(FollowingModel(follower, limits, search))
+    app = scoring_server.init(FollowingModel(follower, limits, search, cache))
+    generation = ThreadPoolExecutor(GENERATION_THREADS, thread_name_prefix="answer-generation")
 
     def error(status: int, message: str, error_id: str | None = None) -> Response:
         return Response(error_body(status, message, error_id), status_code=status, media_type="application/json")
@@ -147,7 +161,13 @@ def build_app(follower: RegistryFollower, limits: ServeParams, search: Search) -
         try:
             question = parse_ask_body(await request.body(), limits)
             served = follower.current()
-            return JSONResponse(await asyncio.to_thread(ask, served, question, search))
+            hit = cached_answer(served, question, cache, memo_only=True)  # no I/O: fine on the event loop
+            if hit is None:
+                hit = await asyncio.to_thread(cached_answer, served, question, cache)
+            if hit is None:
+                loop = asyncio.get_running_loop()
+                hit = await loop.run_in_executor(generation, ask, served, question, search, cache)
+            return JSONResponse(hit)
         except BadRequest as exc:
             return error(400, str(exc))
         except (NotReady, NothingToDo) as exc:
@@ -185,4 +205,4 @@ def build_app(follower: RegistryFollower, limits: ServeParams, search: Search) -
     return app
 
 
-__all__ = ["FollowingModel", "build_app", "error_body", "one_line"]
+__all__ = ["GENERATION_THREADS", "FollowingModel", "build_app", "error_body", "one_line"]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from evertune.config import Params
     from evertune.serving.answers import Search
+    from evertune.serving.cache import AnswerCache
     from evertune.serving.follower import RegistryFollower
     from evertune.settings import Settings
 
@@ -43,10 +44,11 @@ def default_port() -> int:
 
 @dataclass
 class Service:
-    """A built service: the follower and the app, not yet listening."""
+    """A built service: the follower, the app and its answer cache (``None``: off), not yet listening."""
 
     follower: RegistryFollower
     app: Any
+    cache: AnswerCache | None = None
 
 
 def build_service(params: Params, settings: Settings, *, search: Search | None = None,
@@ -54,12 +56,14 @@ def build_service(params: Params, settings: Settings, *, search: Search | None =
     """The follower (not started) and the app for these params and settings."""
     from evertune.serving.answers import kb_search
     from evertune.serving.app import build_app
+    from evertune.serving.cache import AnswerCache
     from evertune.serving.follower import RegistryFollower
 
     for key, value in MLFLOW_RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     follower = follower or RegistryFollower(params, settings)
-    return Service(follower, build_app(follower, params.serve, search or kb_search(params, settings)))
+    cache = AnswerCache.from_params(params, settings, serving=lambda: (s.versions() if (s := follower.peek()) else None))
+    return Service(follower, build_app(follower, params.serve, search or kb_search(params, settings), cache), cache)
 
 
 def uvicorn_server(app: Any, host: str, port: int) -> Any:

@@ -414,22 +414,12 @@ def deleted_documents(settings: Settings | None, up_to: str | None = None) -> di
 
 
 def _invalidate_cache(deleted: Mapping[str, str], params: Params, settings: Settings) -> dict[str, Any]:
-    """Invalidate the cached answers citing deleted documents, when the answer cache exists.
+    """Delete the cached answers citing any deleted document (:func:`evertune.serving.cache.invalidate_doc_ids`)."""
+    from evertune.serving.cache import invalidate_doc_ids
 
-    Expects ``evertune.serving.cache.open_cache(params, settings)`` (``None`` without a cache table) returning
-    an object with ``invalidate_docs(doc_ids) -> int``; without that module nothing is done.
-    """
-    import importlib
-
-    try:
-        module = importlib.import_module("evertune.serving.cache")
-    except ImportError:
-        return {"status": "no answer cache"}
-    opener = getattr(module, "open_cache", None)
-    cache = opener(params, settings) if opener is not None and deleted else None
-    if cache is None:
-        return {"status": "no answer cache" if opener is None else "nothing to invalidate"}
-    return {"status": "invalidated", "answers": int(cache.invalidate_docs(sorted(deleted)))}
+    if not deleted:
+        return {"status": "nothing to invalidate"}
+    return {"status": "invalidated", "answers": invalidate_doc_ids(sorted(deleted), params, settings)}
 
 
 __all__ = [
