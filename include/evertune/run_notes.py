@@ -60,6 +60,8 @@ def tune_note(results: Mapping[str, Any], states: Mapping[str, str],
         For example ``promoted v3 to champion (token_f1 0.354 vs v2 0.31), approved by admin``.
     """
     failed = _failed_task(states, TUNE_ORDER)
+    if states.get("build_dataset") == "skipped":
+        return "nothing to tune on: no validated data or no published knowledge base yet (build_dataset skipped)"
     if failed == "build_dataset":
         if rejection:
             return _clip(f"data rejected before training ({rejection.get('error')}): {rejection.get('ungrounded')} of "

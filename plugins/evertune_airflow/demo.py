@@ -123,6 +123,8 @@ def run_demo() -> int:
         if has_tuning:
             client.wait_for_dag(TUNE_DAG, timeout=300)
 
+        if has_tuning:
+            _settle_scheduled_tuning(client)
         # Unpausing makes the scheduler create the latest nightly run (catchup is off); with no drop for
         # that day it is skipped, which is what a real night without data does.
         client.unpause(REFRESH_DAG)
@@ -176,6 +178,27 @@ def run_demo() -> int:
         return 1
     print("DEMO OK")
     return 0
+
+
+def _settle_scheduled_tuning(client: AirflowClient) -> None:
+    """Let ``tune_model``'s own scheduled run happen now, while there is no data, then pause the DAG again.
+
+    Unpausing creates the run of the latest weekly interval (catchup is off). Made later, it would tune on all
+    the good days before the demo's own runs and take their place. Made now, ``build_dataset`` finds nothing
+    validated and the run skips, as a real week without data does. Paused during the backfill, the DAG queues no
+    ``validated_data`` runs (Airflow queues asset events only for unpaused DAGs); unpaused again later, it has
+    no new interval to schedule.
+    """
+    known = {r["dag_run_id"] for r in client.dag_runs(TUNE_DAG)}
+    client.unpause(TUNE_DAG)
+    try:
+        new = _wait_new_runs(client, TUNE_DAG, known, timeout=60)
+    except StackError:
+        new = []  # no interval due: nothing was scheduled
+    if new:
+        _say(f"{TUNE_DAG}'s scheduled run {new} has no data to tune on yet (skips)")
+        _wait(client, TUNE_DAG, new)
+    client.unpause(TUNE_DAG, paused=True)
 
 
 def verdict_page(run_id: str, dag_id: str = TUNE_DAG) -> str:

@@ -269,13 +269,13 @@ class AirflowClient:
                 raise StackError(f"DAG {dag_id} {reason}; import errors:\n{listing or '(none)'}")
             time.sleep(poll)
 
-    def unpause(self, dag_id: str) -> dict:
-        """Unpause a DAG."""
+    def unpause(self, dag_id: str, paused: bool = False) -> dict:
+        """Unpause a DAG (``paused=True``: pause it)."""
         from airflow_client.client.models import DAGPatchBody
 
         dag_api = self._api_of("DAGApi")
         return _json(self._send(f"PATCH /api/v2/dags/{dag_id}", lambda: dag_api.patch_dag_without_preload_content(
-            dag_id, DAGPatchBody(is_paused=False), update_mask=["is_paused"], _request_timeout=self.timeout),
+            dag_id, DAGPatchBody(is_paused=paused), update_mask=["is_paused"], _request_timeout=self.timeout),
             retry=True))
 
     # -- runs ------------------------------------------------------------------------------

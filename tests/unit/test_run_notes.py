@@ -36,6 +36,8 @@ HELD = {**CANDIDATE, "decision": "require_approval", "reasons": ["PASS floor: ok
     ({"train": {"skipped": True}}, {"register": "skipped"}, None,
      "no new candidate: an identical candidate is already registered (training skipped)"),
     ({}, {"train": "failed", "evaluate": "upstream_failed"}, None, "failed at train; champion unchanged"),
+    ({}, {"build_dataset": "skipped", "train": "skipped"}, None,
+     "nothing to tune on: no validated data or no published knowledge base yet (build_dataset skipped)"),
 ])
 def test_tune_note(results, states, rejection, expected) -> None:
     assert tune_note(results, states, rejection) == expected
