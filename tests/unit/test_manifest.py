@@ -16,7 +16,7 @@ import pytest
 
 from evertune.config import load_params
 from evertune.errors import ManifestMismatch
-from evertune.settings import get_settings
+from module_home import module_home
 
 NAME = "evertune-assistant"
 KEYS = {"data_version", "data_git_rev", "kb", "golden", "base_model", "adapter_uri", "merged_model_uri", "prompt",
@@ -26,16 +26,9 @@ KEYS = {"data_version", "data_git_rev", "kb", "golden", "base_model", "adapter_u
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """One MLflow SQLite store for the module (creating one costs seconds)."""
-    from evertune.settings import LOCATION_ENV_VARS
     from evertune.tuning.tracking import configure_mlflow, mlflow_client
 
-    home = tmp_path_factory.mktemp("manifest-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EVERTUNE_HOME", str(home))
-        for var in LOCATION_ENV_VARS:
-            patch.delenv(var, raising=False)
-        settings = get_settings()
-        settings.ensure_local_dirs()
+    with module_home(tmp_path_factory, "manifest-home") as (settings, _):
         _, experiment_id = configure_mlflow(load_params(), settings)
         yield mlflow_client(settings), experiment_id
 

@@ -9,21 +9,13 @@ from types import SimpleNamespace
 import pytest
 
 from evertune.config import load_params
-from evertune.settings import get_settings
+from module_home import module_home
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """One MLflow SQLite store for the module (creating one costs seconds)."""
-    from evertune.settings import LOCATION_ENV_VARS
-
-    home = tmp_path_factory.mktemp("prompt-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EVERTUNE_HOME", str(home))
-        for var in LOCATION_ENV_VARS:
-            patch.delenv(var, raising=False)
-        settings = get_settings()
-        settings.ensure_local_dirs()
+    with module_home(tmp_path_factory, "prompt-home") as (settings, _):
         yield settings
 
 

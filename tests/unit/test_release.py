@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from evertune.errors import NothingToDo, PromotionConflict
-from evertune.settings import get_settings
 from evertune.tuning.release import promote_candidate, record_review
 from evertune.tuning.tracking import mlflow_client
+from module_home import module_home
 
 NAME = "evertune-assistant"
 APPROVED = {"chosen_options": ["Approve"], "params_input": {}, "responded_by_user": {"id": "1", "name": "alice"},
@@ -23,15 +23,7 @@ REJECTED = {**APPROVED, "chosen_options": ["Reject"], "responded_by_user": {"id"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """One MLflow SQLite store for the module (creating one costs seconds)."""
-    from evertune.settings import LOCATION_ENV_VARS
-
-    home = tmp_path_factory.mktemp("release-home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("EVERTUNE_HOME", str(home))
-        for var in LOCATION_ENV_VARS:
-            patch.delenv(var, raising=False)
-        settings = get_settings()
-        settings.ensure_local_dirs()
+    with module_home(tmp_path_factory, "release-home") as (settings, patch):
         yield mlflow_client(settings), patch
 
 
