@@ -28,7 +28,7 @@ from evertune_airflow.approval import approval_task, needs_approval
 from evertune_airflow.assets import CHAMPION_MODEL, VALIDATED_DATA
 from evertune_airflow.defaults import DEFAULT_ARGS, GPU_POOL, GPU_QUEUE
 from evertune_airflow.notifiers import EvertuneNotifier, failure_notifier
-from evertune_airflow.run_notes import note_task
+from evertune_airflow.run_notes import approval_answer, note_task
 from evertune_airflow.tasks import champion_model_extra, evertune_task, notify_outcome
 
 
@@ -75,11 +75,12 @@ def tune_model():
     held >> approval >> promoted
 
     # Failures reach the notifier through the DAG's on_failure_callback; this task reports the decision.
-    # Not wired to `approval` (its Reject would skip this task too): its answer is pulled instead.
+    # Not wired to `approval` (its Reject would skip this task too): its answer is read instead (XCom, or the
+    # request through the REST API after a Reject, which pushes no XCom).
     @task(retries=0, trigger_rule="none_failed")
     def notify(outcome: dict | None, promotion: dict | None, **context) -> str:
         """Send a candidate that did not take champion (rejected, held and rejected) through the notifier."""
-        review = context["ti"].xcom_pull(task_ids=approval.task_id)
+        review = approval_answer(context["ti"], context["dag"].dag_id, context["run_id"], approval.task_id)
         return notify_outcome(outcome, promotion, review, context)
 
     # A teardown: runs after everything, failed runs included, without changing the run's state.

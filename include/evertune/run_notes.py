@@ -94,8 +94,9 @@ def tune_note(results: Mapping[str, Any], states: Mapping[str, str],
         if failed == "promote":
             return _clip(f"v{version} approved by {who or 'timeout'} but not promoted: champion or challenger moved "
                          "while it waited (see the promote log)")
-        return _clip(f"v{version} held ({_first_failure(reasons)}) and {chosen[0].lower()}ed by "
-                     f"{who or 'the timeout default'}; champion unchanged")
+        verb = {"Approve": "approved", "Reject": "rejected"}.get(str(chosen[0]), f"answered {chosen[0]}")
+        return _clip(f"v{version} held ({_first_failure(reasons)}) and {verb} by {who or 'the timeout default'}; "
+                     "champion unchanged")
     if failed:
         return _clip(f"v{version} registered, then {failed} failed; champion unchanged")
     return _clip(f"gate {action}: v{version} stays challenger{primary}; {_first_failure(reasons)}")

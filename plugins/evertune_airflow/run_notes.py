@@ -61,6 +61,31 @@ def _rejection(run_id: str) -> Mapping[str, Any] | None:
     return entries[-1] if entries else None
 
 
+def approval_answer(ti: Any, dag_id: str, run_id: str, task_id: str = "approval") -> dict[str, Any] | None:
+    """The answer to the run's approval request, shaped like the approval task's XCom.
+
+    The XCom exists only for Approve: on Reject the operator skips its downstream tasks by raising before it
+    returns, so nothing is pushed. The answer is then read from the request itself through the REST API
+    (``GET .../taskInstances/approval/-1/hitlDetails``). ``None``: no request (the gate did not hold), no
+    answer yet, or no API to ask.
+    """
+    from evertune_airflow.stack_env import StackError
+
+    answer = ti.xcom_pull(task_ids=task_id)
+    if answer:
+        return answer
+    try:
+        with _client() as client:
+            detail = client.get_or_none(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails")
+    except StackError as exc:
+        log.warning("could not read the approval answer of %s %s: %s", dag_id, run_id, exc)
+        return None
+    if not detail or not detail.get("response_received"):
+        return None
+    return {"chosen_options": detail.get("chosen_options") or [], "params_input": detail.get("params_input") or {},
+            "responded_by_user": detail.get("responded_by"), "responded_at": detail.get("responded_at")}
+
+
 def write_note(dag_id: str, run_id: str, ti: Any) -> str:
     """Compute the run's verdict line and write it as the run note; return the line.
 
@@ -83,7 +108,10 @@ def write_note(dag_id: str, run_id: str, ti: Any) -> str:
         except StackError as exc:
             log.warning("could not read task states of %s %s: %s", dag_id, run_id, exc)
     if tune:
-        note = tune_note(_results(ti, TUNE_TASKS), states, _rejection(run_id))
+        results = _results(ti, TUNE_TASKS)
+        if states.get("approval") not in (None, "skipped"):
+            results["approval"] = approval_answer(ti, dag_id, run_id)
+        note = tune_note(results, states, _rejection(run_id))
     else:
         note = refresh_note(_results(ti, REFRESH_TASKS), states)
     log.info("run note: %s", note)
