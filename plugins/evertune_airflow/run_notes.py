@@ -83,7 +83,8 @@ def approval_answer(ti: Any, dag_id: str, run_id: str, task_id: str = "approval"
     if not detail or not detail.get("response_received"):
         return None
     return {"chosen_options": detail.get("chosen_options") or [], "params_input": detail.get("params_input") or {},
-            "responded_by_user": detail.get("responded_by"), "responded_at": detail.get("responded_at")}
+            "responded_by_user": detail.get("responded_by_user") or detail.get("responded_by"),
+            "responded_at": detail.get("responded_at")}
 
 
 def write_note(dag_id: str, run_id: str, ti: Any) -> str:
