@@ -68,6 +68,20 @@ def check_question(value: Any, limits: ServeParams, where: str = "question") -> 
     return question
 
 
+def decode_json_body(body: bytes) -> Any:
+    """The decoded JSON of a request body.
+
+    Raises:
+        BadRequest: Not UTF-8, or not valid JSON (with the parser's reason and position).
+    """
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8") from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+
+
 def parse_ask_body(body: bytes, limits: ServeParams) -> str:
     """The question of a ``POST /ask`` body ``{"question": "..."}``.
 
@@ -77,12 +91,7 @@ def parse_ask_body(body: bytes, limits: ServeParams) -> str:
     """
     if len(body) > limits.max_body_bytes:
         raise BadRequest(f"request body has {len(body)} bytes; the limit is {limits.max_body_bytes}")
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not UTF-8") from None
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    data = decode_json_body(body)
     if not isinstance(data, dict):
         raise BadRequest(f'request body must be a JSON object {{"question": "..."}}, got {_json_type(data)}')
     if "question" not in data:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evertune.errors import BadRequest
+from evertune.serving.answers import decode_json_body
 
 if TYPE_CHECKING:
     from evertune.config import ServeParams
@@ -102,12 +103,7 @@ def parse_feedback_body(body: bytes, limits: ServeParams) -> tuple[str, str, str
         BadRequest: Not a UTF-8 JSON object with exactly the accepted fields, a bad rating, or a correction that
             is not a string or is longer than ``serve.max_correction_chars``.
     """
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not UTF-8") from None
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    data = decode_json_body(body)
     if not isinstance(data, dict):
         raise BadRequest('request body must be a JSON object {"answer_id": ..., "rating": ...}')
     extra = sorted(set(data) - _FEEDBACK_KEYS)
