@@ -236,6 +236,9 @@ class GateParams(Section):
     # Borderline band: with a champion, a challenger whose primary-gain CI reaches below this is held for a
     # human (require_approval) instead of promoted; 0.0: the CI straddles zero; null turns the rule off.
     borderline_ci_low: float | None = 0.0
+    # A drop beyond a tolerance (or a primary gain below min_improvement) whose CI does not establish it: reject
+    # on the point estimate, or hold for a human. An established shortfall (whole CI beyond it) always rejects.
+    uncertain_regression: Literal["reject", "hold"] = "hold"
 
     @field_validator("floors", "tolerances")
     @classmethod

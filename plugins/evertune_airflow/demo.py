@@ -5,12 +5,13 @@
 3. Unpause ``refresh_knowledge_base`` and backfill it over the good demo days.
 4. Unpause ``tune_model`` and tune twice. First on the days before the drift day: the gate promotes a first
    champion (v1 on a fresh state). Then on every good day, the drift day (new feature subjects) included: the
-   gate holds that candidate for a human (``drift.policy: require_approval``, and the borderline band when its
-   gain's CI straddles zero), the run parks at its ``approval`` task, the demo prints the HOLD reasons and the
+   gate holds that candidate for a human (``drift.policy: require_approval``; also the borderline band when its
+   gain's CI straddles zero, and ``gate.uncertain_regression: hold`` when it scores below the champion by less
+   than the CI can establish), the run parks at its ``approval`` task, the demo prints the HOLD reasons and the
    run's verdict page, and answers **Approve** through the REST API (``PATCH .../hitlDetails``); ``champion``
    moves to the approved candidate. A hold needs every other check to pass: when the candidate is worse than
-   the champion beyond the tolerances, the gate rejects it outright, and the demo prints those reasons instead
-   (measured 2026-12-01 at this code: token-F1 0.3535 vs 0.3917, rejected; docs/runbook.md).
+   the champion by an established margin (the whole CI beyond a tolerance), the gate rejects it outright, and
+   the demo prints those reasons instead (docs/runbook.md).
 5. Backfill the poisoned day: its ``validated_data`` event triggers ``tune_model``, whose ``build_dataset`` must
    reject the window before training (``PoisonedDataError``: the answers contradict their articles). That run
    fails on purpose; nothing is trained or registered from it.
@@ -214,8 +215,8 @@ def _tune_then_approve(client: AirflowClient, dates: dict[str, Any], params, set
     """Tune on the days before the drift day (the gate promotes a first champion), then on every good day.
 
     The second candidate trained on the drift day (new feature subjects), so the gate holds it for a human
-    (``drift.policy: require_approval``, or the borderline band when its gain's CI straddles zero): a real gate
-    outcome. The demo answers **Approve** through the REST API, as a person would in Required Actions, and
+    (``drift.policy: require_approval``, the borderline band, or an unestablished shortfall under
+    ``gate.uncertain_regression: hold``): a real gate outcome. The demo answers **Approve** through the REST API, as a person would in Required Actions, and
     ``champion`` moves. Returns the champion after both runs.
     """
     from evertune_airflow.stack_approvals import respond, wait_for_approval

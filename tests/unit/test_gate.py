@@ -40,6 +40,7 @@ GATE = GateParams(
     min_improvement_over_base=0.05,
     freshness_tolerance=0.05,
     borderline_ci_low=None,  # the borderline band has its own table (BORDERLINE_CASES)
+    uncertain_regression="reject",  # holding an unestablished shortfall has its own table (UNCERTAIN_CASES)
 )
 CHAMPION = {"token_f1": 0.40, "exact_match": 0.20, "rougeL": 0.45, "perplexity": 20.0}
 GOOD = {"token_f1": 0.45, "exact_match": 0.21, "rougeL": 0.46, "perplexity": 19.0}
@@ -358,6 +359,80 @@ def test_default_params_hold_a_gain_whose_ci_straddles_zero() -> None:
     held = decide(*metrics, {"token_f1": (-0.02, 0.2)}, None, params.gate, params.drift)
     assert held.action == "require_approval", held.reasons
     assert decide(*metrics, {"token_f1": (0.02, 0.2)}, None, params.gate, params.drift).action == "promote"
+
+
+# --- gate.uncertain_regression: a shortfall the CI does not establish holds instead of failing ----------------
+
+UNCERTAIN_CASES = [
+    # id, challenger, ci (challenger - champion), gate overrides, drift, action, failing rules, held rules
+    ("uncertain-drop-holds", {**GOOD, "exact_match": 0.15}, {"exact_match": (-0.12, 0.03)}, {}, None,
+     "require_approval", set(), {"regression"}),
+    ("established-drop-rejects", {**GOOD, "exact_match": 0.15}, {"exact_match": (-0.09, -0.03)}, {}, None,
+     "reject", {"regression"}, set()),
+    ("drop-without-ci-rejects", {**GOOD, "exact_match": 0.15}, None, {}, None, "reject", {"regression"}, set()),
+    ("reject-mode-rejects-an-uncertain-drop", {**GOOD, "exact_match": 0.15}, {"exact_match": (-0.12, 0.03)},
+     {"uncertain_regression": "reject"}, None, "reject", {"regression"}, set()),
+    ("drop-within-tolerance-passes", {**GOOD, "exact_match": 0.19}, {"exact_match": (-0.5, -0.3)}, {}, None,
+     "promote", set(), set()),
+    ("uncertain-primary-shortfall-holds-both", {**GOOD, "token_f1": 0.35}, {"token_f1": (-0.12, 0.03)}, {}, None,
+     "require_approval", set(), {"regression", "improvement"}),
+    ("gain-below-min-improvement-ci-short-of-it-rejects", {**GOOD, "token_f1": 0.405}, {"token_f1": (-0.01, 0.008)},
+     {}, None, "reject", {"improvement"}, set()),
+    ("established-primary-shortfall-rejects", {**GOOD, "token_f1": 0.30}, {"token_f1": (-0.15, -0.05)}, {}, None,
+     "reject", {"regression", "improvement"}, set()),
+    ("lower-is-better-uncertain-holds", {**GOOD, "perplexity": 23.0}, {"perplexity": (-1.0, 5.0)}, {}, None,
+     "require_approval", set(), {"regression"}),
+    ("lower-is-better-established-rejects", {**GOOD, "perplexity": 23.0}, {"perplexity": (2.5, 4.0)}, {}, None,
+     "reject", {"regression"}, set()),
+    ("a-hold-never-rescues-a-floor-failure", {**GOOD, "token_f1": 0.1}, {"token_f1": (-0.6, 0.05)}, {}, None,
+     "reject", {"floor"}, {"regression", "improvement"}),
+    ("with-severe-drift-everything-holds", {**GOOD, "exact_match": 0.15}, {"exact_match": (-0.12, 0.03)}, {},
+     SEVERE, "require_approval", set(), {"regression", "drift"}),
+]
+
+
+@pytest.mark.parametrize(("challenger", "ci", "gate_update", "drift", "action", "failing", "held"),
+                         [case[1:] for case in UNCERTAIN_CASES], ids=[case[0] for case in UNCERTAIN_CASES])
+def test_uncertain_regression_table(challenger, ci, gate_update, drift, action, failing, held) -> None:
+    gate_params = GATE.model_copy(update={"uncertain_regression": "hold", **gate_update})
+    decision = decide(challenger, CHAMPION, ci, drift, gate_params, DriftParams(policy="require_approval"))
+    assert decision.action == action, decision.reasons
+    assert {item["rule"] for item in decision.checks if not item["passed"]} == failing
+    holding = {reason.split(":")[0].split()[1] for reason in decision.reasons if reason.startswith("HOLD ")}
+    assert holding == held, decision.reasons
+
+
+def test_uncertain_shortfall_reasons_name_the_evidence() -> None:
+    uncertain = record(challenger={**GOOD, "exact_match": 0.15}, ci={"exact_match": (-0.12, 0.03)},
+                       gate={"uncertain_regression": "hold"})
+    outcome = regression_rule(uncertain)
+    assert outcome.hold and summary(outcome)[0] == ("regression", "exact_match", True)
+    assert outcome.checks[0]["reason"] == (
+        "HOLD regression: exact_match 0.2 -> 0.15 (worse by 0.05; tolerance 0.02); CI of the gain [-0.12, 0.03] "
+        "reaches -0.02, so the shortfall is not established (gate.uncertain_regression: hold): a human decides")
+    established = regression_rule(record(challenger={**GOOD, "exact_match": 0.15}, ci={"exact_match": (-0.09, -0.03)},
+                                         gate={"uncertain_regression": "hold"}))
+    assert not established.hold and established.checks[0]["reason"].endswith(
+        "; CI of the gain [-0.09, -0.03] lies below -0.02: the shortfall is established")
+    short = improvement_rule(record(challenger={**GOOD, "token_f1": 0.38}, ci={"token_f1": (-0.1, 0.05)},
+                                    gate={"uncertain_regression": "hold"}))
+    assert short.hold and short.checks[0]["reason"].startswith(
+        "HOLD improvement: primary token_f1 0.4 -> 0.38, gain -0.02 < required 0.01; CI of the gain [-0.1, 0.05]")
+
+
+def test_default_params_hold_the_drift_day_candidate_of_the_demo() -> None:
+    """The numbers of the session-5 demo's drift-day candidate: worse on every metric, none of it established."""
+    from evertune.config import load_params
+
+    params = load_params()
+    assert params.gate.uncertain_regression == "hold"
+    champion = {"token_f1": 0.3917, "exact_match": 0.2045, "rougeL": 0.4100}
+    challenger = {"token_f1": 0.3535, "exact_match": 0.1591, "rougeL": 0.3740}
+    ci = {"token_f1": (-0.118, 0.034), "exact_match": (-0.136, 0.045), "rougeL": (-0.105, 0.031)}
+    held = decide(challenger, champion, ci, SEVERE, params.gate, params.drift)
+    assert held.action == "require_approval", held.reasons
+    established = {**ci, "rougeL": (-0.07, -0.021)}
+    assert decide(challenger, champion, established, SEVERE, params.gate, params.drift).action == "reject"
 
 
 # --- The base model and freshness inputs ------------------------------------------------------------------------

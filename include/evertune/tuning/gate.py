@@ -17,6 +17,9 @@ human-readable reason) and whether it asks for a human decision (``hold``). The 
    its tolerance (in the metric's own units, direction-aware).
 5. :func:`improvement_rule` (``gate.primary_metric``): the challenger improves on the champion by at least
    ``gate.min_improvement``.
+   With ``gate.uncertain_regression: hold``, a shortfall in rules 4 and 5 that the metric's paired-bootstrap CI
+   does not establish (the CI of the gain reaches the requirement) holds for a human instead of failing; an
+   established one, or one without a CI, fails.
 6. :func:`confidence_rule` (``gate.require_ci_above_zero``): the paired-bootstrap CI of the primary metric's
    difference (challenger - champion) must exclude zero on the good side.
 7. :func:`freshness_rule` (``gate.freshness_tolerance``): on the changed-fact probes, the challenger's fresh
@@ -38,13 +41,13 @@ A rule that needs an input the record does not carry yet (the deleted training d
 field to :class:`GateInput` (with a default), a keyword argument of the same name to :func:`decide` and
 :meth:`GateInput.build`, and the line that passes it in ``evertune.tuning.evaluation.gate_candidate``
 (``base``, ``ci_base``, ``freshness_new`` and ``freshness_old`` came in that way).
-The check dicts, :class:`RuleOutcome` and the number readers live in :mod:`evertune.tuning.gate_record`.
+The record :class:`GateInput`, the check dicts, :class:`RuleOutcome` and the number readers live in
+:mod:`evertune.tuning.gate_record`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from evertune.tuning.gate_record import (
@@ -52,99 +55,16 @@ from evertune.tuning.gate_record import (
     Action,
     Check,
     GateDecision,
+    GateInput,
     RuleOutcome,
     check,
     fmt,
     interval_of,
     number,
-    read_severity,
 )
 
 if TYPE_CHECKING:
     from evertune.config import DriftParams, GateParams
-
-
-@dataclass(frozen=True)
-class GateInput:
-    """Everything the rules look at: one evaluation of a challenger, with the gate and drift settings.
-
-    Attributes:
-        challenger: Aggregate metrics of the challenger on the golden set.
-        champion: The champion's metrics on the same set, or ``None`` when there is no champion yet.
-        ci: Per metric, the paired-bootstrap CI of ``challenger - champion`` (a ``(low, high)`` pair or an object
-            with ``low``/``high``), or ``None``.
-        drift_severity: ``none``, ``moderate`` or ``severe``; ``None`` when no drift check was run.
-        params: The ``gate`` section.
-        drift_params: The ``drift`` section.
-        base: The untuned base model's metrics on the same set, same contexts; ``None``: not evaluated.
-        ci_base: Per metric, the paired-bootstrap CI of ``challenger - base``, or ``None``.
-        freshness_new: The challenger's freshness score on the changed-fact probes (``n``, ``fresh_share``, ...,
-            see :func:`evertune.tuning.freshness.score_freshness`); ``None``: not measured.
-        freshness_old: The champion's, on the same probes; ``None``: no champion or not measured.
-    """
-
-    challenger: Mapping[str, float]
-    champion: Mapping[str, float] | None
-    ci: Mapping[str, Sequence[float]] | None
-    drift_severity: str | None
-    params: GateParams
-    drift_params: DriftParams
-    base: Mapping[str, float] | None = None
-    ci_base: Mapping[str, Sequence[float]] | None = None
-    freshness_new: Mapping[str, Any] | None = None
-    freshness_old: Mapping[str, Any] | None = None
-
-    @classmethod
-    def build(
-        cls,
-        challenger: Mapping[str, float],
-        champion: Mapping[str, float] | None,
-        ci: Mapping[str, Sequence[float]] | None,
-        drift: Any,
-        params: GateParams,
-        drift_params: DriftParams,
-        **inputs: Any,
-    ) -> GateInput:
-        """Make the record from :func:`decide`'s arguments, reading the severity out of ``drift``.
-
-        ``inputs`` are the optional fields by name (``base``, ``ci_base``, ``freshness_new``, ``freshness_old``).
-
-        Raises:
-            ValueError: ``drift`` is given but carries no valid severity.
-            TypeError: An unknown input name.
-        """
-        return cls(challenger, champion, ci, read_severity(drift), params, drift_params, **inputs)
-
-    def lower_is_better(self, metric: str) -> bool:
-        """Whether ``metric`` is listed in ``gate.lower_is_better``."""
-        return metric in self.params.lower_is_better
-
-    def new(self, metric: str) -> float | None:
-        """The challenger's value of ``metric``; ``None`` when missing or NaN."""
-        return number(self.challenger, metric)
-
-    def old(self, metric: str) -> float | None:
-        """The champion's value of ``metric``; ``None`` without a champion or when missing or NaN."""
-        return number(self.champion, metric)
-
-    def gain(self, metric: str, over: str = "champion") -> float | None:
-        """How much better the challenger is than the champion (or ``over="base"``, the base model) on ``metric``.
-
-        Direction-aware: negative is worse.
-
-        Returns:
-            ``None`` when either side lacks the metric.
-        """
-        new = self.new(metric)
-        old = self.old(metric) if over == "champion" else number(self.base, metric)
-        if new is None or old is None:
-            return None
-        return (old - new) if self.lower_is_better(metric) else (new - old)
-
-    def interval(self, metric: str) -> tuple[float, float] | None:
-        """The raw ``(low, high)`` CI of the challenger - champion difference on ``metric``, or ``None``."""
-        return interval_of(self.ci, metric)
-
 
 #: A gate rule: reads the record, returns its checks and hold flag.
 Rule = Callable[[GateInput], RuleOutcome]
@@ -208,33 +128,61 @@ def base_rule(record: GateInput) -> RuleOutcome:
                               f"{fmt(gain)} {'>=' if ok else '<'} required {fmt(required)}{shown}"),))
 
 
-def _regression_check(record: GateInput, metric: str) -> Check:
+def _regression_check(record: GateInput, metric: str) -> tuple[Check, bool]:
     """Check that the challenger is not worse than the champion on ``metric`` by more than its tolerance.
 
-    A metric the challenger lacks fails; one the champion lacks passes without comparison.
+    A metric the challenger lacks fails; one the champion lacks passes without comparison. A drop beyond the
+    tolerance fails, unless ``gate.uncertain_regression`` is ``hold`` and the metric's CI does not establish it
+    (:func:`_unestablished`): then the check passes and holds for a human.
+
+    Returns:
+        The check and whether it holds.
     """
     tolerance = float(record.params.tolerances[metric])
     new, old = record.new(metric), record.old(metric)
     if new is None:
         return check("regression", metric, False, None, tolerance,
-                     f"FAIL regression: {metric} is missing from the challenger's metrics")
+                     f"FAIL regression: {metric} is missing from the challenger's metrics"), False
     if old is None:
         return check("regression", metric, True, new, tolerance,
-                     f"PASS regression: {metric} not compared (the champion has no {metric})")
+                     f"PASS regression: {metric} not compared (the champion has no {metric})"), False
     worse_by = -record.gain(metric)  # positive is always "worse"
     ok = worse_by <= tolerance + EPS
     change = (f"worse by {fmt(worse_by)}" if worse_by > 0
               else f"better by {fmt(-worse_by)}" if worse_by < 0 else "unchanged")
-    return check("regression", metric, ok, new, tolerance,
-                 f"{'PASS' if ok else 'FAIL'} regression: {metric} {fmt(old)} -> {fmt(new)} "
-                 f"({change}; tolerance {fmt(tolerance)})")
+    said = f"regression: {metric} {fmt(old)} -> {fmt(new)} ({change}; tolerance {fmt(tolerance)})"
+    if ok:
+        return check("regression", metric, True, new, tolerance, f"PASS {said}"), False
+    held, evidence = _unestablished(record, metric, -tolerance)
+    return check("regression", metric, held, new, tolerance, f"{'HOLD' if held else 'FAIL'} {said}{evidence}"), held
 
 
 def regression_rule(record: GateInput) -> RuleOutcome:
     """With a champion, one check per ``gate.tolerances`` entry, in metric-name order; else no check."""
     if record.champion is None:
         return RuleOutcome()
-    return RuleOutcome(tuple(_regression_check(record, metric) for metric in sorted(record.params.tolerances)))
+    results = [_regression_check(record, metric) for metric in sorted(record.params.tolerances)]
+    return RuleOutcome(tuple(item for item, _ in results), hold=any(held for _, held in results))
+
+
+def _unestablished(record: GateInput, metric: str, required_gain: float) -> tuple[bool, str]:
+    """Whether a gain below ``required_gain`` is within the noise, so it holds instead of failing.
+
+    With ``gate.uncertain_regression: hold`` and a CI of the direction-aware gain on ``metric``, a shortfall is
+    *established* only when the whole CI lies below ``required_gain`` (its upper bound is below it). Otherwise
+    the data cannot tell the challenger from one that meets the requirement: a human decides.
+
+    Returns:
+        ``(held, evidence)``: the evidence is the text appended to the check's reason ("" without a CI).
+    """
+    bounds = record.gain_interval(metric)
+    if bounds is None:
+        return False, ""
+    shown = f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
+    if record.params.uncertain_regression == "hold" and bounds[1] >= required_gain - EPS:
+        return True, (f"; CI of the gain {shown} reaches {fmt(required_gain)}, so the shortfall is not established "
+                      "(gate.uncertain_regression: hold): a human decides")
+    return False, f"; CI of the gain {shown} lies below {fmt(required_gain)}: the shortfall is established"
 
 
 def improvement_rule(record: GateInput) -> RuleOutcome:
@@ -252,9 +200,13 @@ def improvement_rule(record: GateInput) -> RuleOutcome:
         return RuleOutcome((check("improvement", primary, False, new, required,
                                   f"FAIL improvement: primary metric {primary} is missing from the {missing}'s metrics"),))
     ok = gain >= required - EPS
-    return RuleOutcome((check("improvement", primary, ok, gain, required,
-                              f"{'PASS' if ok else 'FAIL'} improvement: primary {primary} {fmt(old)} -> {fmt(new)}, "
-                              f"gain {fmt(gain)} {'>=' if ok else '<'} required {fmt(required)}"),))
+    said = f"improvement: primary {primary} {fmt(old)} -> {fmt(new)}, gain {fmt(gain)}"
+    if ok:
+        return RuleOutcome((check("improvement", primary, True, gain, required,
+                                  f"PASS {said} >= required {fmt(required)}"),))
+    held, evidence = _unestablished(record, primary, required)
+    return RuleOutcome((check("improvement", primary, held, gain, required,
+                              f"{'HOLD' if held else 'FAIL'} {said} < required {fmt(required)}{evidence}"),), hold=held)
 
 
 def confidence_rule(record: GateInput) -> RuleOutcome:
@@ -333,14 +285,6 @@ def drift_rule(record: GateInput) -> RuleOutcome:
                               "a human decision"),), hold=True)
 
 
-def _gain_interval(record: GateInput, metric: str) -> tuple[float, float] | None:
-    """The CI of the direction-aware gain over the champion on ``metric`` (negated for lower-is-better)."""
-    bounds = record.interval(metric)
-    if bounds is None:
-        return None
-    return (-bounds[1], -bounds[0]) if record.lower_is_better(metric) else (bounds[0], bounds[1])
-
-
 def borderline_rule(record: GateInput) -> RuleOutcome:
     """With a champion and ``gate.borderline_ci_low`` set, hold a challenger whose gain is not established.
 
@@ -354,7 +298,7 @@ def borderline_rule(record: GateInput) -> RuleOutcome:
     if record.champion is None or low is None:
         return RuleOutcome()
     primary = record.params.primary_metric
-    bounds = _gain_interval(record, primary)
+    bounds = record.gain_interval(primary)
     if bounds is None:
         return RuleOutcome((check("borderline", primary, True, None, low,
                                   f"PASS borderline: no CI of the {primary} gain was given; band not applied"),))

@@ -1,7 +1,7 @@
-"""The gate's building blocks: the decision, one check, a rule's outcome and the number readers the rules use.
+"""The gate's building blocks: the record the rules read, the decision, one check, a rule's outcome, number readers.
 
-:mod:`evertune.tuning.gate` holds the record (:class:`~evertune.tuning.gate.GateInput`), the rules and their
-table; this module holds what they are made of, so the rule module stays small enough to read in one go.
+:mod:`evertune.tuning.gate` holds the rules and their table; this module holds what they are made of
+(:class:`GateInput` included), so the rule module stays small enough to read in one go.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from evertune.config import DriftParams, GateParams
 
 Action = Literal["promote", "reject", "require_approval"]
 
@@ -114,3 +117,92 @@ class RuleOutcome:
 
     checks: tuple[Check, ...] = ()
     hold: bool = False
+
+
+@dataclass(frozen=True)
+class GateInput:
+    """Everything the rules look at: one evaluation of a challenger, with the gate and drift settings.
+
+    Attributes:
+        challenger: Aggregate metrics of the challenger on the golden set.
+        champion: The champion's metrics on the same set, or ``None`` when there is no champion yet.
+        ci: Per metric, the paired-bootstrap CI of ``challenger - champion`` (a ``(low, high)`` pair or an object
+            with ``low``/``high``), or ``None``.
+        drift_severity: ``none``, ``moderate`` or ``severe``; ``None`` when no drift check was run.
+        params: The ``gate`` section.
+        drift_params: The ``drift`` section.
+        base: The untuned base model's metrics on the same set, same contexts; ``None``: not evaluated.
+        ci_base: Per metric, the paired-bootstrap CI of ``challenger - base``, or ``None``.
+        freshness_new: The challenger's freshness score on the changed-fact probes (``n``, ``fresh_share``, ...,
+            see :func:`evertune.tuning.freshness.score_freshness`); ``None``: not measured.
+        freshness_old: The champion's, on the same probes; ``None``: no champion or not measured.
+    """
+
+    challenger: Mapping[str, float]
+    champion: Mapping[str, float] | None
+    ci: Mapping[str, Sequence[float]] | None
+    drift_severity: str | None
+    params: GateParams
+    drift_params: DriftParams
+    base: Mapping[str, float] | None = None
+    ci_base: Mapping[str, Sequence[float]] | None = None
+    freshness_new: Mapping[str, Any] | None = None
+    freshness_old: Mapping[str, Any] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        challenger: Mapping[str, float],
+        champion: Mapping[str, float] | None,
+        ci: Mapping[str, Sequence[float]] | None,
+        drift: Any,
+        params: GateParams,
+        drift_params: DriftParams,
+        **inputs: Any,
+    ) -> GateInput:
+        """Make the record from :func:`decide`'s arguments, reading the severity out of ``drift``.
+
+        ``inputs`` are the optional fields by name (``base``, ``ci_base``, ``freshness_new``, ``freshness_old``).
+
+        Raises:
+            ValueError: ``drift`` is given but carries no valid severity.
+            TypeError: An unknown input name.
+        """
+        return cls(challenger, champion, ci, read_severity(drift), params, drift_params, **inputs)
+
+    def lower_is_better(self, metric: str) -> bool:
+        """Whether ``metric`` is listed in ``gate.lower_is_better``."""
+        return metric in self.params.lower_is_better
+
+    def new(self, metric: str) -> float | None:
+        """The challenger's value of ``metric``; ``None`` when missing or NaN."""
+        return number(self.challenger, metric)
+
+    def old(self, metric: str) -> float | None:
+        """The champion's value of ``metric``; ``None`` without a champion or when missing or NaN."""
+        return number(self.champion, metric)
+
+    def gain(self, metric: str, over: str = "champion") -> float | None:
+        """How much better the challenger is than the champion (or ``over="base"``, the base model) on ``metric``.
+
+        Direction-aware: negative is worse.
+
+        Returns:
+            ``None`` when either side lacks the metric.
+        """
+        new = self.new(metric)
+        old = self.old(metric) if over == "champion" else number(self.base, metric)
+        if new is None or old is None:
+            return None
+        return (old - new) if self.lower_is_better(metric) else (new - old)
+
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The raw ``(low, high)`` CI of the challenger - champion difference on ``metric``, or ``None``."""
+        return interval_of(self.ci, metric)
+
+    def gain_interval(self, metric: str) -> tuple[float, float] | None:
+        """The CI of the direction-aware gain over the champion on ``metric`` (negated for lower-is-better)."""
+        bounds = self.interval(metric)
+        if bounds is None:
+            return None
+        return (-bounds[1], -bounds[0]) if self.lower_is_better(metric) else (bounds[0], bounds[1])
