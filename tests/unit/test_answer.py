@@ -17,6 +17,7 @@ from evertune.tuning.answer import (
     AnswerSpec,
     answer_questions,
     answer_spec,
+    generate_answers,
     generate_for_questions,
     no_retrieval,
     render_prompt,
@@ -221,6 +222,25 @@ def test_answer_losses_equal_direct_teacher_forcing(model, tokenizer, spec) -> N
         assert losses == pytest.approx(expected.tolist(), abs=1e-4)
         assert mean == pytest.approx(float(expected.mean()), abs=1e-4)
         assert mean > 0 and math.isfinite(mean)
+
+
+def test_length_sorted_batches_return_losses_and_answers_in_input_order(model, tokenizer, spec) -> None:
+    """Mixed lengths in unsorted order, batch 2: each item scores as if alone (sorting, answer-only logits)."""
+    questions = ["sync ?", "how do i export a notebook to a pdf file from the desktop app ?", "reset ?",
+                 "can i share a notebook with my whole team ?"]
+    references = ["open the menu and choose export as pdf , then pick a folder .", "yes", "no .", "use share ."]
+    retrieve = keyword_retriever([])
+    batched = answer_token_losses(model, tokenizer, questions, references, retrieve, spec)
+    alone = [answer_token_losses(model, tokenizer, [q], [r], retrieve, spec)[0]
+             for q, r in zip(questions, references, strict=True)]
+    assert [len(item) for item in batched] == [len(item) for item in alone]
+    for got, expected in zip(batched, alone, strict=True):
+        assert got == pytest.approx(expected, abs=1e-4)
+    prompts = [render_prompt(tokenizer, q, retrieve(q), spec) for q in questions]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    assert lengths != sorted(lengths)  # the case exercises the reordering
+    answers = generate_answers(model, tokenizer, prompts, spec)
+    assert answers.answers == [generate_answers(model, tokenizer, [p], spec).answers[0] for p in prompts]
 
 
 HOSTILE_CHUNK = {

@@ -305,6 +305,8 @@ def generate_answers(
 ) -> Generations:
     """Greedy-generate one answer per rendered prompt, in batches of ``spec.batch_size`` (left padding).
 
+    Prompts are batched in order of token length (so a batch pads little), and the answers returned in input order.
+
     Args:
         model: A causal LM (merged or PEFT-wrapped).
         tokenizer: Its tokenizer (needs a pad token).
@@ -327,17 +329,22 @@ def generate_answers(
     model.eval()
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    answers: list[str] = []
-    ended: list[bool] = []
+    answers: list[str] = [""] * len(prompts)
+    ended: list[bool] = [False] * len(prompts)
+    # Batches of prompts of similar length pad (and prefill) less; answers are put back in the input order.
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
     try:
-        for start in range(0, len(prompts), spec.batch_size):
-            batch = list(prompts[start : start + spec.batch_size])
-            encoded = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        for start in range(0, len(order), spec.batch_size):
+            rows = order[start : start + spec.batch_size]
+            encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
             with torch.inference_mode():
                 output = model.generate(**encoded, generation_config=config)
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-            ended.extend(any(token in eos_ids for token in row) for row in new_tokens.tolist())
+            for row, text, ids in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True),
+                                      new_tokens.tolist(), strict=True):
+                answers[row], ended[row] = text.strip(), any(token in eos_ids for token in ids)
     finally:
         tokenizer.padding_side = previous_side
         if was_training:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from evertune.tuning.answer import AnswerSpec, Chunk, Retriever, answer_spec, render_prompt, retrieve_contexts
 from evertune.tuning.chat import turn_suffix
@@ -48,7 +48,6 @@ def answer_token_losses(
     Returns:
         One list of token NLLs per item.
     """
-    import torch
 
     if len(references) != len(questions):
         raise ValueError(f"{len(questions)} questions but {len(references)} references")
@@ -67,28 +66,51 @@ def answer_token_losses(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    losses: list[list[float]] = []
+    # Batches of similar length pad less; the result is put back in the input order.
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
+    losses: list[list[float]] = [[] for _ in sequences]
     try:
-        for start in range(0, len(sequences), spec.batch_size):
-            batch = sequences[start : start + spec.batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (ids, _) in enumerate(batch):  # right padding: positions stay 0..n-1 as in training
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = input_ids[:, 1:].to(device)
-            nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-            for row, (ids, prompt_len) in enumerate(batch):
-                # logits at position t predict token t+1: answer tokens start at prompt_len.
-                losses.append([float(v) for v in nll[row, prompt_len - 1 : len(ids) - 1]])
+        for start in range(0, len(order), spec.batch_size):
+            rows = order[start : start + spec.batch_size]
+            for row, values in zip(rows, _batch_losses(model, [sequences[i] for i in rows], pad_id, device),
+                                   strict=True):
+                losses[row] = values
     finally:
         if was_training:
             model.train()
     return losses
+
+
+def _batch_losses(model: PreTrainedModel, batch: list[tuple[list[int], int]], pad_id: int, device: Any
+                  ) -> list[list[float]]:
+    """Token NLLs of the answer part of each ``(ids, prompt_len)`` sequence, in one right-padded forward pass.
+
+    Only the positions that predict answer tokens (the span from the earliest answer start to the longest end in
+    the batch) go through the vocabulary projection (``logits_to_keep``): the prompt positions, most of a RAG
+    prompt, would otherwise make a ``batch x width x vocab`` logits tensor and its log-softmax. A model whose
+    forward has no ``logits_to_keep`` gets the full projection.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):  # right padding: positions stay 0..n-1 as in training
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention[row, : len(ids)] = 1
+    # logits at position t predict token t+1: answer tokens start at prompt_len, so keep prompt_len - 1 onwards.
+    low, high = min(prompt_len for _, prompt_len in batch) - 1, max(len(ids) for ids, _ in batch) - 1
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+    with torch.inference_mode():
+        try:
+            logits = model(**inputs, logits_to_keep=torch.arange(low, high, device=device)).logits.float()
+        except TypeError:  # an architecture without logits_to_keep: project every position
+            logits = model(**inputs).logits.float()[:, low:high]
+    log_probs = torch.log_softmax(logits, dim=-1)
+    targets = input_ids[:, low + 1 : high + 1].to(device)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+    return [[float(v) for v in nll[row, prompt_len - 1 - low : len(ids) - 1 - low]]
+            for row, (ids, prompt_len) in enumerate(batch)]
 
 
 def answer_logprob_losses(
