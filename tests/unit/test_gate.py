@@ -390,6 +390,29 @@ UNCERTAIN_CASES = [
      SEVERE, "require_approval", set(), {"regression", "drift"}),
 ]
 
+FRESHNESS_UNCERTAIN_CASES = [
+    # id, new share, old share, n, paired CI of the fresh-share difference, gate overrides, action, failing, held
+    ("two-probes-one-flip-holds", 0.5, 1.0, 2, (-1.0, 0.0), {}, "require_approval", set(), {"freshness"}),
+    ("established-forgetting-rejects", 0.5, 0.75, 40, (-0.4, -0.1), {}, "reject", {"freshness"}, set()),
+    ("no-paired-ci-rejects", 0.5, 1.0, 2, None, {}, "reject", {"freshness"}, set()),
+    ("reject-mode-rejects", 0.5, 1.0, 2, (-1.0, 0.0), {"uncertain_regression": "reject"}, "reject", {"freshness"},
+     set()),
+    ("within-tolerance-passes", 0.68, 0.70, 40, (-0.3, -0.2), {}, "promote", set(), set()),
+]
+
+
+@pytest.mark.parametrize(("new", "old", "n", "ci", "gate_update", "action", "failing", "held"),
+                         [case[1:] for case in FRESHNESS_UNCERTAIN_CASES],
+                         ids=[case[0] for case in FRESHNESS_UNCERTAIN_CASES])
+def test_uncertain_freshness_drop_table(new, old, n, ci, gate_update, action, failing, held) -> None:
+    gate_params = GATE.model_copy(update={"uncertain_regression": "hold", **gate_update})
+    decision = decide(GOOD, CHAMPION, None, None, gate_params, DriftParams(), base=BASE,
+                      freshness_new=fresh(new, n), freshness_old=fresh(old, n), ci_freshness=ci)
+    assert decision.action == action, decision.reasons
+    assert {item["rule"] for item in decision.checks if not item["passed"]} == failing
+    holding = {reason.split(":")[0].split()[1] for reason in decision.reasons if reason.startswith("HOLD ")}
+    assert holding == held, decision.reasons
+
 
 @pytest.mark.parametrize(("challenger", "ci", "gate_update", "drift", "action", "failing", "held"),
                          [case[1:] for case in UNCERTAIN_CASES], ids=[case[0] for case in UNCERTAIN_CASES])
@@ -433,6 +456,14 @@ def test_default_params_hold_the_drift_day_candidate_of_the_demo() -> None:
     assert held.action == "require_approval", held.reasons
     established = {**ci, "rougeL": (-0.07, -0.021)}
     assert decide(challenger, champion, established, SEVERE, params.gate, params.drift).action == "reject"
+    # The session-6 demo's: within the noise on every metric, and one of two changed-fact probes answered stale.
+    champion = {"token_f1": 0.3638, "exact_match": 0.0682, "rougeL": 0.3891}
+    challenger = {"token_f1": 0.3420, "exact_match": 0.0455, "rougeL": 0.3652}
+    ci = {"token_f1": (-0.075, 0.031), "exact_match": (-0.068, 0.0), "rougeL": (-0.076, 0.026)}
+    probes = {"freshness_new": {"n": 2, "fresh_share": 0.5}, "freshness_old": {"n": 2, "fresh_share": 1.0}}
+    held = decide(challenger, champion, ci, SEVERE, params.gate, params.drift, ci_freshness=(-1.0, 0.0), **probes)
+    assert held.action == "require_approval", held.reasons
+    assert decide(challenger, champion, ci, SEVERE, params.gate, params.drift, **probes).action == "reject"
 
 
 # --- The base model and freshness inputs ------------------------------------------------------------------------

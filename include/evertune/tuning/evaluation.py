@@ -81,7 +81,7 @@ def _freshness(params: Params, settings: Settings, as_of: str, retrieve: Any, ch
     champion registered without an ``as_of`` tag is compared on every probe (``since=None``).
     """
     _, champion_dir, since = champion
-    result: dict[str, Any] = {"challenger": None, "champion": None, "n": 0, "since": since}
+    result: dict[str, Any] = {"challenger": None, "champion": None, "n": 0, "since": since, "ci_diff": None}
     if champion_dir is None:
         return result
     from evertune.tuning.answer import retrieve_contexts
@@ -95,7 +95,19 @@ def _freshness(params: Params, settings: Settings, as_of: str, retrieve: Any, ch
     result["challenger"] = measure_freshness(challenger_dir, probes, contexts, params)
     result["champion"] = measure_freshness(champion_dir, probes, contexts, params)
     result["n"] = len(probes)
+    result["ci_diff"] = _fresh_ci(params, result["challenger"], result["champion"])
     return result
+
+
+def _fresh_ci(params: Params, challenger: dict[str, Any], champion: dict[str, Any]) -> list[float]:
+    """The paired-bootstrap CI of the fresh share's difference, challenger - champion, probe by probe."""
+    from evertune.tuning.metrics import paired_bootstrap_ci
+
+    def flags(score: dict[str, Any]) -> list[float]:
+        return [1.0 if item["fresh"] else 0.0 for item in score["per_item"]]
+
+    return list(paired_bootstrap_ci(flags(challenger), flags(champion), n=params.evaluate.bootstrap_samples,
+                                    seed=params.project.seed, alpha=params.evaluate.ci_alpha))
 
 
 def _cis(params: Params, a: dict | None, b: dict | None) -> dict[str, list[float]]:
@@ -159,7 +171,8 @@ def evaluate_candidate(
         ``challenger``, ``champion`` (``None`` without one) and ``base`` aggregates, ``champion_version``,
         ``ci`` (challenger - champion) and ``ci_base`` (challenger - base) paired-bootstrap intervals per metric,
         ``n`` (golden questions), ``base_cached`` (the base score was reused from MLflow) and ``freshness``:
-        ``{"challenger", "champion"}`` freshness scores (``None`` when not measured), ``n`` probes, ``since``.
+        ``{"challenger", "champion"}`` freshness scores (``None`` when not measured), ``n`` probes, ``since`` and
+        ``ci_diff``, the paired-bootstrap CI of the fresh-share difference (``None`` when not measured).
     """
     from evertune.tuning.answer import kb_retriever, retrieve_contexts
     from evertune.tuning.base_score import base_score
@@ -209,7 +222,7 @@ def gate_candidate(
     decision = decide(evaluation["challenger"], evaluation["champion"], evaluation["ci"] or None,
                       drift["report"], params.gate, params.drift, base=evaluation.get("base"),
                       ci_base=evaluation.get("ci_base") or None, freshness_new=fresh.get("challenger"),
-                      freshness_old=fresh.get("champion"))  # fmt: skip
+                      freshness_old=fresh.get("champion"), ci_freshness=fresh.get("ci_diff"))  # fmt: skip
     configure_mlflow(params, settings)
     client = mlflow.tracking.MlflowClient()
     result = decision.to_dict()

@@ -17,7 +17,7 @@ human-readable reason) and whether it asks for a human decision (``hold``). The 
    its tolerance (in the metric's own units, direction-aware).
 5. :func:`improvement_rule` (``gate.primary_metric``): the challenger improves on the champion by at least
    ``gate.min_improvement``.
-   With ``gate.uncertain_regression: hold``, a shortfall in rules 4 and 5 that the metric's paired-bootstrap CI
+   With ``gate.uncertain_regression: hold``, a shortfall in rules 4, 5 and 7 that the metric's paired-bootstrap CI
    does not establish (the CI of the gain reaches the requirement) holds for a human instead of failing; an
    established one, or one without a CI, fails.
 6. :func:`confidence_rule` (``gate.require_ci_above_zero``): the paired-bootstrap CI of the primary metric's
@@ -153,7 +153,7 @@ def _regression_check(record: GateInput, metric: str) -> tuple[Check, bool]:
     said = f"regression: {metric} {fmt(old)} -> {fmt(new)} ({change}; tolerance {fmt(tolerance)})"
     if ok:
         return check("regression", metric, True, new, tolerance, f"PASS {said}"), False
-    held, evidence = _unestablished(record, metric, -tolerance)
+    held, evidence = _unestablished(record, record.gain_interval(metric), -tolerance)
     return check("regression", metric, held, new, tolerance, f"{'HOLD' if held else 'FAIL'} {said}{evidence}"), held
 
 
@@ -165,17 +165,16 @@ def regression_rule(record: GateInput) -> RuleOutcome:
     return RuleOutcome(tuple(item for item, _ in results), hold=any(held for _, held in results))
 
 
-def _unestablished(record: GateInput, metric: str, required_gain: float) -> tuple[bool, str]:
+def _unestablished(record: GateInput, bounds: Sequence[float] | None, required_gain: float) -> tuple[bool, str]:
     """Whether a gain below ``required_gain`` is within the noise, so it holds instead of failing.
 
-    With ``gate.uncertain_regression: hold`` and a CI of the direction-aware gain on ``metric``, a shortfall is
+    With ``gate.uncertain_regression: hold`` and ``bounds``, the CI of the direction-aware gain, a shortfall is
     *established* only when the whole CI lies below ``required_gain`` (its upper bound is below it). Otherwise
     the data cannot tell the challenger from one that meets the requirement: a human decides.
 
     Returns:
         ``(held, evidence)``: the evidence is the text appended to the check's reason ("" without a CI).
     """
-    bounds = record.gain_interval(metric)
     if bounds is None:
         return False, ""
     shown = f"[{fmt(bounds[0])}, {fmt(bounds[1])}]"
@@ -204,7 +203,7 @@ def improvement_rule(record: GateInput) -> RuleOutcome:
     if ok:
         return RuleOutcome((check("improvement", primary, True, gain, required,
                                   f"PASS {said} >= required {fmt(required)}"),))
-    held, evidence = _unestablished(record, primary, required)
+    held, evidence = _unestablished(record, record.gain_interval(primary), required)
     return RuleOutcome((check("improvement", primary, held, gain, required,
                               f"{'HOLD' if held else 'FAIL'} {said} < required {fmt(required)}{evidence}"),), hold=held)
 
@@ -245,7 +244,8 @@ def freshness_rule(record: GateInput) -> RuleOutcome:
 
     Both fresh shares come from the same changed-fact probes (questions whose fact changed after the champion's
     training data). Without a champion's score, or with no probe (``n == 0``) or no share on either side, one
-    passing check says why freshness was not compared.
+    passing check says why freshness was not compared. A drop beyond the tolerance that the paired CI
+    (``ci_freshness``) does not establish holds under ``gate.uncertain_regression: hold``, like a regression.
     """
     tolerance = record.params.freshness_tolerance
     (n, new), (_, old) = _fresh_share(record.freshness_new), _fresh_share(record.freshness_old)
@@ -260,9 +260,14 @@ def freshness_rule(record: GateInput) -> RuleOutcome:
     ok = worse_by <= tolerance + EPS
     change = (f"worse by {fmt(worse_by)}" if worse_by > 0 else f"better by {fmt(-worse_by)}" if worse_by < 0
               else "unchanged")
-    return RuleOutcome((check("freshness", "fresh_share", ok, new, tolerance,
-                              f"{'PASS' if ok else 'FAIL'} freshness: fresh share {fmt(old)} -> {fmt(new)} on {n} "
-                              f"changed-fact probes ({change}; tolerance {fmt(tolerance)})"),))
+    said = f"freshness: fresh share {fmt(old)} -> {fmt(new)} on {n} changed-fact probes ({change}; tolerance " \
+           f"{fmt(tolerance)})"
+    if ok:
+        return RuleOutcome((check("freshness", "fresh_share", True, new, tolerance, f"PASS {said}"),))
+    bounds = interval_of({"fresh_share": record.ci_freshness}, "fresh_share") if record.ci_freshness else None
+    held, evidence = _unestablished(record, bounds, -tolerance)
+    return RuleOutcome((check("freshness", "fresh_share", held, new, tolerance,
+                              f"{'HOLD' if held else 'FAIL'} {said}{evidence}"),), hold=held)
 
 
 def drift_rule(record: GateInput) -> RuleOutcome:
@@ -352,6 +357,7 @@ def decide(
     ci_base: Mapping[str, Sequence[float]] | None = None,
     freshness_new: Mapping[str, Any] | None = None,
     freshness_old: Mapping[str, Any] | None = None,
+    ci_freshness: Sequence[float] | None = None,
 ) -> GateDecision:
     """Decide whether a challenger model replaces the champion, by running :data:`RULES`.
 
@@ -370,6 +376,8 @@ def decide(
         ci_base: Per metric, the paired-bootstrap CI of ``challenger - base`` (shown in the base rule's reason).
         freshness_new: The challenger's freshness score (``n``, ``fresh_share``); ``None``: not measured.
         freshness_old: The champion's freshness score on the same probes; ``None``: not measured.
+        ci_freshness: The paired-bootstrap CI of the fresh share's difference (challenger - champion) on those
+            probes; ``None``: not computed (a drop beyond the tolerance then fails).
 
     Returns:
         The decision with every reason and check.
@@ -378,7 +386,7 @@ def decide(
         ValueError: ``drift`` is given but carries no valid severity.
     """
     record = GateInput.build(challenger, champion, ci, drift, params, drift_params, base=base, ci_base=ci_base,
-                             freshness_new=freshness_new, freshness_old=freshness_old)
+                             freshness_new=freshness_new, freshness_old=freshness_old, ci_freshness=ci_freshness)
     return evaluate(record)
 
 

@@ -136,6 +136,8 @@ class GateInput:
         freshness_new: The challenger's freshness score on the changed-fact probes (``n``, ``fresh_share``, ...,
             see :func:`evertune.tuning.freshness.score_freshness`); ``None``: not measured.
         freshness_old: The champion's, on the same probes; ``None``: no champion or not measured.
+        ci_freshness: The paired-bootstrap CI ``(low, high)`` of the fresh share's difference (challenger -
+            champion, per probe) on those probes; ``None``: not computed.
     """
 
     challenger: Mapping[str, float]
@@ -148,6 +150,7 @@ class GateInput:
     ci_base: Mapping[str, Sequence[float]] | None = None
     freshness_new: Mapping[str, Any] | None = None
     freshness_old: Mapping[str, Any] | None = None
+    ci_freshness: Sequence[float] | None = None
 
     @classmethod
     def build(
@@ -162,7 +165,8 @@ class GateInput:
     ) -> GateInput:
         """Make the record from :func:`decide`'s arguments, reading the severity out of ``drift``.
 
-        ``inputs`` are the optional fields by name (``base``, ``ci_base``, ``freshness_new``, ``freshness_old``).
+        ``inputs`` are the optional fields by name (``base``, ``ci_base``, ``freshness_new``, ``freshness_old``,
+        ``ci_freshness``).
 
         Raises:
             ValueError: ``drift`` is given but carries no valid severity.
