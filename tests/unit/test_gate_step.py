@@ -76,7 +76,8 @@ def test_freshness_is_measured_since_the_champions_as_of(monkeypatch: pytest.Mon
 
     def measure_freshness(model_dir, given, contexts, params):
         measured.append((model_dir, [p.probe_id for p in given], contexts))
-        return {"n": len(given), "fresh_share": 1.0 if model_dir == "challenger" else 0.5, "per_item": []}
+        flags = [True] * len(given) if model_dir == "challenger" else [True, False, False][: len(given)]
+        return {"n": len(given), "fresh_share": sum(flags) / len(given), "per_item": [{"fresh": f} for f in flags]}
 
     monkeypatch.setitem(sys.modules, "evertune.tuning.freshness",
                         SimpleNamespace(freshness_probes=freshness_probes, measure_freshness=measure_freshness))
@@ -87,9 +88,12 @@ def test_freshness_is_measured_since_the_champions_as_of(monkeypatch: pytest.Mon
     assert asked == [(tmp_path / "validated", "2026-11-10", "2026-11-05")]
     assert [m[0] for m in measured] == ["challenger", "champion"] and measured[0][2] == measured[1][2]
     assert measured[0][2][0] == [{"chunk_id": "What is fact 0 now?", "text": "What is fact 0 now?"}]
-    assert (result["n"], result["challenger"]["fresh_share"], result["champion"]["fresh_share"]) == (3, 1.0, 0.5)
+    assert (result["n"], result["challenger"]["fresh_share"], result["champion"]["fresh_share"]) == (3, 1.0, 1 / 3)
+    # The paired per-probe CI of challenger - champion: differences (0, 1, 1), so within [0, 1] around 2/3.
+    low, high = result["ci_diff"]
+    assert 0.0 <= low <= 2 / 3 <= high <= 1.0
     # No champion: nothing asked, nothing measured; no probe since: not measured.
     assert _freshness(params, settings, "2026-11-10", retrieve, "challenger", (None, None, None)) == {
-        "challenger": None, "champion": None, "n": 0, "since": None}
+        "challenger": None, "champion": None, "n": 0, "since": None, "ci_diff": None}
     assert _freshness(params, settings, "2026-11-10", retrieve, "c", (3, "champion", "2026-11-09"))["n"] == 0
     assert len(measured) == 2 and len(asked) == 2

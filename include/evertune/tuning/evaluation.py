@@ -99,15 +99,21 @@ def _freshness(params: Params, settings: Settings, as_of: str, retrieve: Any, ch
     return result
 
 
-def _fresh_ci(params: Params, challenger: dict[str, Any], champion: dict[str, Any]) -> list[float]:
-    """The paired-bootstrap CI of the fresh share's difference, challenger - champion, probe by probe."""
+def _fresh_ci(params: Params, challenger: dict[str, Any], champion: dict[str, Any]) -> list[float] | None:
+    """The paired-bootstrap CI of the fresh share's difference, challenger - champion, probe by probe.
+
+    ``None`` when the scores carry no aligned per-probe results (nothing to pair).
+    """
     from evertune.tuning.metrics import paired_bootstrap_ci
 
     def flags(score: dict[str, Any]) -> list[float]:
-        return [1.0 if item["fresh"] else 0.0 for item in score["per_item"]]
+        return [1.0 if item["fresh"] else 0.0 for item in score.get("per_item") or []]
 
-    return list(paired_bootstrap_ci(flags(challenger), flags(champion), n=params.evaluate.bootstrap_samples,
-                                    seed=params.project.seed, alpha=params.evaluate.ci_alpha))
+    new, old = flags(challenger), flags(champion)
+    if not new or len(new) != len(old):
+        return None
+    return list(paired_bootstrap_ci(new, old, n=params.evaluate.bootstrap_samples, seed=params.project.seed,
+                                    alpha=params.evaluate.ci_alpha))
 
 
 def _cis(params: Params, a: dict | None, b: dict | None) -> dict[str, list[float]]:
