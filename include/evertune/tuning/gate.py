@@ -57,6 +57,7 @@ from evertune.tuning.gate_record import (
     GateDecision,
     GateInput,
     RuleOutcome,
+    bounds_of,
     check,
     fmt,
     interval_of,
@@ -264,8 +265,7 @@ def freshness_rule(record: GateInput) -> RuleOutcome:
            f"{fmt(tolerance)})"
     if ok:
         return RuleOutcome((check("freshness", "fresh_share", True, new, tolerance, f"PASS {said}"),))
-    bounds = interval_of({"fresh_share": record.ci_freshness}, "fresh_share") if record.ci_freshness else None
-    held, evidence = _unestablished(record, bounds, -tolerance)
+    held, evidence = _unestablished(record, bounds_of(record.ci_freshness), -tolerance)
     return RuleOutcome((check("freshness", "fresh_share", held, new, tolerance,
                               f"{'HOLD' if held else 'FAIL'} {said}{evidence}"),), hold=held)
 

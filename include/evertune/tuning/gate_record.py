@@ -89,9 +89,13 @@ def read_severity(drift: Any) -> str | None:
 
 def interval_of(ci: Mapping[str, Sequence[float]] | None, name: str) -> tuple[float, float] | None:
     """Return the ``(low, high)`` interval of ``name`` from an object with ``low``/``high`` or a pair; else ``None``."""
-    if not ci or name not in ci or ci[name] is None:
+    return bounds_of(ci[name]) if ci and name in ci else None
+
+
+def bounds_of(bounds: Any) -> tuple[float, float] | None:
+    """Return ``(low, high)`` of one interval (an object with ``low``/``high``, or a pair); ``None`` for ``None``."""
+    if bounds is None:
         return None
-    bounds = ci[name]
     low = getattr(bounds, "low", None)
     high = getattr(bounds, "high", None)
     if low is None or high is None:
