@@ -300,6 +300,15 @@ class Generations:
         return sum(self.ended) / len(self.ended) if self.ended else math.nan
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Item indices in batches of ``batch_size``, shortest first, so that each batch pads (and prefills) little.
+
+    Callers put each batch's results back at these indices, so their output keeps the input order.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def generate_answers(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], spec: AnswerSpec
 ) -> Generations:
@@ -331,12 +340,9 @@ def generate_answers(
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     answers: list[str] = [""] * len(prompts)
     ended: list[bool] = [False] * len(prompts)
-    # Batches of prompts of similar length pad (and prefill) less; answers are put back in the input order.
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]] if prompts else []
-    order = sorted(range(len(prompts)), key=lengths.__getitem__)
     try:
-        for start in range(0, len(order), spec.batch_size):
-            rows = order[start : start + spec.batch_size]
+        for rows in length_sorted_batches(lengths, spec.batch_size):
             encoded = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
             with torch.inference_mode():
@@ -399,6 +405,7 @@ def generate_for_questions(
 
 __all__ = [
     "AnswerSpec", "Generations", "Retriever", "answer_questions", "answer_spec", "build_messages", "fit_contexts",
-    "generate_answers", "generate_for_questions", "kb_retriever", "no_retrieval", "render_prompt",
+    "generate_answers", "generate_for_questions", "kb_retriever", "length_sorted_batches", "no_retrieval",
+    "render_prompt",
     "retrieve_contexts", "select_contexts",
 ]  # fmt: skip

@@ -11,7 +11,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from evertune.tuning.answer import AnswerSpec, Chunk, Retriever, answer_spec, render_prompt, retrieve_contexts
+from evertune.tuning.answer import (
+    AnswerSpec,
+    Chunk,
+    Retriever,
+    answer_spec,
+    length_sorted_batches,
+    render_prompt,
+    retrieve_contexts,
+)
 from evertune.tuning.chat import turn_suffix
 
 if TYPE_CHECKING:
@@ -66,12 +74,9 @@ def answer_token_losses(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    # Batches of similar length pad less; the result is put back in the input order.
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
     losses: list[list[float]] = [[] for _ in sequences]
     try:
-        for start in range(0, len(order), spec.batch_size):
-            rows = order[start : start + spec.batch_size]
+        for rows in length_sorted_batches([len(ids) for ids, _ in sequences], spec.batch_size):
             for row, values in zip(rows, _batch_losses(model, [sequences[i] for i in rows], pad_id, device),
                                    strict=True):
                 losses[row] = values
