@@ -2,8 +2,9 @@
 retrieval quality on the project's golden sets.
 
 **Throughput.** The same generated documents (``bench.corpus``) in every round. A sweep on a sample first picks
-torch's best intra-op threads x batch size (as ``embed_backends`` does). Then each round times a raw torch
-``encode`` of the chunk texts at that setting and a full ``sync_interval`` into an empty LanceDB folder with
+torch's best intra-op threads x batch size (``embed_backends``' own sweep). Then each round times a raw torch
+``encode`` of the chunk texts at that setting and a full ``sync_interval`` into an empty LanceDB folder
+(``kb_throughput.pipeline_sync``) with
 ``embed.backend`` set to each backend (torch, openvino when installed, onnx, onnx-int8), in rotating order. The
 ratio is the backend's pipeline chunks/s over that round's raw torch encode; the headline is the median.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import time
 from typing import Any
 
 from bench import common
@@ -37,75 +37,46 @@ def backends() -> list[str]:
     return ["torch"] + (["openvino"] if importlib.util.find_spec("openvino") else []) + ["onnx", "onnx-int8"]
 
 
-def _params_for(params: Any, backend: str) -> Any:
-    from evertune.config import parse_params
-
-    data = params.to_dict()
-    data["embed"] = {**data["embed"], "backend": backend}
-    return parse_params(data, source=f"bench:{backend}")
-
-
-def _best_torch(model: Any, texts: list[str]) -> dict[str, Any]:
-    """Torch's fastest intra-op threads x batch on ``texts`` (after a warm-up)."""
-    import torch
-
-    results = []
-    for threads in sorted({1, max(1, os.cpu_count() or 1)}):
-        for batch in (32, 64, 128):
-            torch.set_num_threads(threads)
-            model.encode(texts[:8], batch_size=batch, normalize_embeddings=True, show_progress_bar=False)
-            started = time.perf_counter()
-            model.encode(texts, batch_size=batch, normalize_embeddings=True, show_progress_bar=False)
-            rate = len(texts) / (time.perf_counter() - started)
-            results.append({"threads": threads, "batch": batch, "chunks_per_s": rate})
-            print(f"  sweep torch threads {threads} batch {batch}: {rate:.1f} chunks/s", flush=True)
-    return {"best": max(results, key=lambda r: r["chunks_per_s"]), "all": results}
+def _params_for(backend: str) -> Any:
+    return common.load_bench_params(embed={"backend": backend})
 
 
 def _raw_torch(model: Any, texts: list[str], setting: dict[str, Any]) -> float:
-    import torch
+    """Seconds for a raw torch ``encode`` at ``setting`` (threads scoped to the call)."""
+    from bench.embed_backends import _encode_seconds
+    from evertune.models.embedder import intra_op_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(setting["threads"])
-    started = time.perf_counter()
-    model.encode(texts, batch_size=setting["batch"], normalize_embeddings=True, show_progress_bar=False)
-    seconds = time.perf_counter() - started
-    torch.set_num_threads(previous)
-    return seconds
-
-
-def _sync(folder: Any, uri: Any, params: Any) -> tuple[float, Any]:
-    """Seconds for a full ``sync_interval`` of ``folder`` into the empty LanceDB folder ``uri``, and its result."""
-    from evertune.kb.index import sync_interval
-
-    shutil.rmtree(uri, ignore_errors=True)
-    started = time.perf_counter()
-    result = sync_interval(folder, "2026-11-01", params, common.settings_with_lancedb(uri))
-    return time.perf_counter() - started, result
+    with intra_op_threads(setting["threads"]):
+        return _encode_seconds(model, texts, setting["batch"])[0]
 
 
 def throughput(cfg: dict[str, Any], params: Any, root: Any, names: list[str]) -> dict[str, Any]:
     """Rounds of raw torch encode and one full refresh per backend, rotating the order."""
+    import torch
+
     from bench.corpus import make_corpus, write_validated_folder
-    from bench.kb_throughput import chunk_texts
+    from bench.embed_backends import _sweep, _torch_model
+    from bench.kb_throughput import chunk_texts, pipeline_sync
     from evertune.kb.embedding import load_checked_embedder
 
     docs = make_corpus(cfg["n_docs"], min_words=40, max_words=80)
     folder = write_validated_folder(root / "validated", docs)
     torch_model, _ = load_checked_embedder(params)
     texts = chunk_texts(docs, torch_model, params)
-    sweep = _best_torch(torch_model, texts[: cfg["sweep_chunks"]])
+    grid = [{"threads": t, "batch": b} for t in sorted({1, max(1, torch.get_num_threads())}) for b in (32, 64, 128)]
+    sweep = _sweep("torch", _torch_model(torch_model), grid, texts[: cfg["sweep_chunks"]])
     setting = sweep["best"]
     print(f"{len(docs)} docs -> {len(texts)} chunks; torch best {setting}", flush=True)
+    warm = write_validated_folder(root / "warm", docs[:8])
     for name in names:  # warm-up: load each backend and make a first table, outside the timings
-        _sync(write_validated_folder(root / "warm", docs[:8]), root / f"warm-{name}", _params_for(params, name))
+        pipeline_sync(warm, root, _params_for(name), f"warm-{name}")
     rounds = []
     for index in range(cfg["rounds"]):
         order = names[index % len(names):] + names[: index % len(names)]
         entry: dict[str, Any] = {"round": index, "load_before": common.load_average()}
         entry["raw_torch_s"] = _raw_torch(torch_model, texts, setting)
         for name in order:
-            seconds, result = _sync(folder, root / f"db-{name}", _params_for(params, name))
+            seconds, result = pipeline_sync(folder, root, _params_for(name), f"round{index}-{name}")
             if result.chunks_embedded != len(texts):
                 raise RuntimeError(f"{name}: embedded {result.chunks_embedded} chunks, expected {len(texts)}")
             entry[name] = {"seconds": seconds, "ratio": entry["raw_torch_s"] / seconds,
@@ -161,6 +132,7 @@ def quality(params: Any, root: Any, names: list[str], n_boot: int) -> dict[str, 
     import numpy as np
 
     from evertune.kb.golden import canonical_jsonl
+    from evertune.kb.index import sync_interval
     from evertune.kb.retrieval import evaluate_retrieval
 
     queries = _golden(params)
@@ -169,11 +141,12 @@ def quality(params: Any, root: Any, names: list[str], n_boot: int) -> dict[str, 
     folder = _demo_folder(params, root)
     per_backend, recall_by = {}, {}
     for name in names:
-        backend_params = _params_for(params, name)
-        uri = root / f"demo-db-{name}"
-        _, result = _sync(folder, uri, backend_params)
+        backend_params = _params_for(name)
+        settings = common.settings_with_lancedb(root / f"demo-db-{name}")
+        shutil.rmtree(settings.lancedb_uri, ignore_errors=True)
+        result = sync_interval(folder, "2026-11-01", backend_params, settings)
         report = evaluate_retrieval(result.table_name, result.version, golden_file, backend_params,
-                                    common.settings_with_lancedb(uri))["candidate"]
+                                    settings)["candidate"]
         missed = {miss["query_id"]: miss["recall"] for miss in report["misses"]}
         recall_by[name] = np.array([missed.get(q["query_id"], 1.0) for q in queries])
         per_backend[name] = {"recall_at_k": report["recall_at_k"], "mrr": report["mrr"],
@@ -206,7 +179,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     names = backends()
     artifacts = {}
     for name in names[1:]:
-        folder, sha, built = ensure_backend_artifact(_params_for(params, name).embed,
+        folder, sha, built = ensure_backend_artifact(_params_for(name).embed,
                                                      common.work_root() / "embed_pipeline_models")
         artifacts[name] = sha
         print(f"{name}: artifact sha256 {sha[:16]}... ({'exported' if built else 'reused'})", flush=True)
