@@ -78,3 +78,30 @@ def test_openvino_compiles_the_fp32_export_and_matches_torch(tmp_path: Path, tor
     assert built and folder.name.endswith("-openvino")
     vectors = _encode(load_embedder(embed, tmp_path))
     assert (vectors * torch_vectors).sum(axis=1).min() > 0.99
+
+
+def test_queries_get_their_own_one_thread_session_of_the_same_artifact(
+    onnx_export, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from evertune.kb.embedding import embed_queries
+    from evertune.models.embedder import QUERY_THREADS
+
+    models_dir, embed = onnx_export
+    batch = load_embedder(embed, models_dir)
+    queries = load_embedder(embed, models_dir, queries=True)
+    assert queries is not batch and queries is load_embedder(embed, models_dir, queries=True)  # cached
+    assert batch[0].model.session.get_session_options().intra_op_num_threads == 0  # the runtime's default
+    assert queries[0].model.session.get_session_options().intra_op_num_threads == QUERY_THREADS
+    cosine = (_encode(queries) * _encode(batch)).sum(axis=1)
+    assert cosine.min() > 0.9999, cosine
+
+    # search() and evaluation embed through embed_queries: it takes the query session (settings' models dir)
+    monkeypatch.setenv("EVERTUNE_MODELS_DIR", str(models_dir))
+    params = load_params().model_copy(update={"embed": embed})
+    session = queries[0].model.session
+    calls = []
+    monkeypatch.setattr(session, "run", lambda *args: calls.append(1) or type(session).run(session, *args),
+                        raising=False)  # fmt: skip
+    (vector,) = embed_queries([TEXTS[0]], params)
+    assert calls == [1]
+    assert np.allclose(vector, _encode(batch, TEXTS[:1])[0], atol=1e-5)

@@ -108,7 +108,7 @@ def test_queries_embed_with_one_thread_and_the_process_setting_is_restored(monke
 
     params = load_params()
     model = FakeModel()
-    monkeypatch.setattr(embedding, "load_checked_embedder", lambda params: (model, 3))
+    monkeypatch.setattr(embedding, "load_query_embedder", lambda params: model)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

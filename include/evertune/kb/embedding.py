@@ -45,6 +45,23 @@ def load_checked_embedder(params: Params) -> tuple[Any, int]:
     from evertune.models.embedder import load_embedder
 
     model = load_embedder(params.embed)
+    return model, _checked_dimension(model, params)
+
+
+def load_query_embedder(params: Params) -> Any:
+    """The embedder queries go through: torch's one model, or an exported backend's one-thread query session.
+
+    Raises:
+        ConfigError: As :func:`load_checked_embedder`.
+    """
+    from evertune.models.embedder import load_embedder
+
+    model = load_embedder(params.embed, queries=True)
+    _checked_dimension(model, params)
+    return model
+
+
+def _checked_dimension(model: Any, params: Params) -> int:
     limit = model.max_seq_length
     special = model.tokenizer.num_special_tokens_to_add(pair=False)
     if limit and params.chunk.chunk_tokens + special > limit:
@@ -52,13 +69,13 @@ def load_checked_embedder(params: Params) -> tuple[Any, int]:
             f"chunk.chunk_tokens={params.chunk.chunk_tokens} plus {special} special tokens exceeds the "
             f"embedder's max_seq_length={limit}; the tail of every chunk would be silently truncated"
         )
-    return model, int(model.get_embedding_dimension())
+    return int(model.get_embedding_dimension())
 
 
 def embed_queries(queries: list[str], params: Params) -> list[list[float]]:
     """Embed search queries like chunks, with :data:`~evertune.models.embedder.QUERY_THREADS` intra-op threads."""
     from evertune.models.embedder import QUERY_THREADS, intra_op_threads
 
-    model, _ = load_checked_embedder(params)
+    model = load_query_embedder(params)
     with intra_op_threads(QUERY_THREADS):
         return embed_texts(model, queries, params)

@@ -98,15 +98,22 @@ def onnx_folder(params: EmbedParams, models_dir: Path | None = None) -> Path:
     return export_folder(models_dir, embedder_id(params.model_copy(update={"backend": "torch"})), params.backend)
 
 
-def load_embedder(params: EmbedParams, models_dir: Path | None = None) -> SentenceTransformer:
+def load_embedder(
+    params: EmbedParams, models_dir: Path | None = None, *, queries: bool = False
+) -> SentenceTransformer:
     """Load the configured embedder offline, after checking its weights (and for ONNX, the exported artifact).
 
     Args:
         params: The ``embed`` section of ``params.yaml``.
         models_dir: Where ONNX exports live; defaults to ``settings.models_dir``.
+        queries: For an exported backend, a second session of the same artifact with :data:`QUERY_THREADS`
+            intra-op threads (OpenVINO: the ``LATENCY`` hint), kept apart from the batch session, whose thread
+            count is fixed when it is compiled. Torch has one model either way: its query threads are set per
+            call (:func:`intra_op_threads`).
 
     Returns:
-        A ready ``SentenceTransformer`` on ``params.device`` (ONNX backends: on CPU, encoder on ONNX Runtime).
+        A ready ``SentenceTransformer`` on ``params.device`` (exported backends: on CPU, the encoder on ONNX
+        Runtime or OpenVINO).
 
     Raises:
         BootstrapError: The weights fail their pin, or the ONNX export is missing or fails its sha256.
@@ -115,7 +122,8 @@ def load_embedder(params: EmbedParams, models_dir: Path | None = None) -> Senten
     verify_embedder(path, params.sha256)
     if params.backend == "torch":
         return _load(path, params.device)
-    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend)
+    threads = QUERY_THREADS if queries else 0
+    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend, threads)
 
 
 @lru_cache(maxsize=2)
@@ -125,18 +133,18 @@ def _load(path: str, device: str) -> SentenceTransformer:
     return SentenceTransformer(path, device=device)
 
 
-def _load_onnx(path: str, folder: str, backend: str) -> SentenceTransformer:
+def _load_onnx(path: str, folder: str, backend: str, threads: int) -> SentenceTransformer:
     from evertune.models.onnx_export import verify_onnx_artifact
 
     verify_onnx_artifact(Path(folder))  # every load: a changed file fails even if a session is cached
-    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime")
+    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime", threads)
 
 
-@lru_cache(maxsize=2)
-def _load_onnx_cached(path: str, folder: str, runtime: str) -> SentenceTransformer:
+@lru_cache(maxsize=4)  # a batch and a query session per backend
+def _load_onnx_cached(path: str, folder: str, runtime: str, threads: int) -> SentenceTransformer:
     from evertune.models.onnx_export import load_onnx_embedder
 
-    return load_onnx_embedder(path, Path(folder), runtime=runtime)
+    return load_onnx_embedder(path, Path(folder), threads=threads, runtime=runtime)
 
 
 @contextmanager

@@ -280,7 +280,9 @@ def load_onnx_embedder(
 
     model = SentenceTransformer(source, device="cpu")
     path = Path(folder) / ONNX_FILE
-    session = OpenVinoSession(path, threads=threads) if runtime == "openvino" else None
+    # One thread serves one query at a time: OpenVINO's LATENCY hint (one stream) fits it, THROUGHPUT batches.
+    hint = "LATENCY" if threads == 1 else "THROUGHPUT"
+    session = OpenVinoSession(path, threads=threads, hint=hint) if runtime == "openvino" else None
     swap_encoder(model, session or ort_session(path, threads=threads, level=level))
     return model
 
