@@ -321,42 +321,6 @@ def end_to_end(queries: list[str], params: Any, settings: Any) -> dict[str, list
     return parts
 
 
-def query_embedding_backends(queries: list[str], params: Any, settings: Any) -> dict[str, Any]:
-    """Embedding one query: ``embed_queries`` (torch, as ``search()``) against ONNX Runtime at one thread.
-
-    A side measurement of what bounds the query embedding: the ONNX exports of ``embed.backend`` (exported
-    here when missing), loaded with a one-thread session, interleaved per query with torch. A backend whose
-    export fails is reported as skipped.
-    """
-    from evertune.kb.embedding import embed_texts
-    from evertune.kb.retrieval import _query_vectors
-    from evertune.models.embedder import ensure_backend_artifact, resolve_embedder
-    from evertune.models.onnx_export import load_onnx_embedder
-
-    runners: dict[str, Any] = {"torch (search())": lambda query: _query_vectors([query], params)}
-    skipped = {}
-    for backend in ("onnx", "onnx-int8"):
-        embed = params.embed.model_copy(update={"backend": backend})
-        try:
-            folder, _, _ = ensure_backend_artifact(embed, settings.models_dir)
-            model = load_onnx_embedder(resolve_embedder(embed.model), folder, threads=1)
-        except Exception as exc:  # noqa: BLE001 (a side measurement: report, do not fail the run)
-            skipped[backend] = f"{type(exc).__name__}: {exc}"
-            continue
-        runners[f"{backend}, 1 thread"] = lambda query, model=model: embed_texts(model, [query], params)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for query in queries[:10]:
-        for run_one in runners.values():
-            run_one(query)
-    for number, query in enumerate(queries):
-        names = list(runners)
-        for name in names[number % len(names):] + names[: number % len(names)]:
-            start = time.perf_counter()
-            runners[name](query)
-            samples[name].append(time.perf_counter() - start)
-    return {"samples": {name: _summary(values) for name, values in samples.items()}, "skipped": skipped}
-
-
 def lancedb_by_mode(table: Any, queries: list[str], vectors: list[Any], params: Any) -> dict[str, Any]:
     """The LanceDB query alone on the published version, per mode (hybrid, its vector and full-text halves).
 
@@ -404,6 +368,7 @@ def _chosen_params(chosen: dict[str, Any]) -> Any:
 def run(quick: bool = False) -> dict[str, Any]:
     """Build (or reuse the cached embeddings of) the scaled table, run the curve and the end-to-end queries."""
     common.prepare_env()
+    from bench.query_embedding import query_embedding_backends
     from evertune.kb import indexes
     from evertune.kb.retrieval import _query_vectors, clear_table_cache, search
     from evertune.kb.table import connect, open_table
