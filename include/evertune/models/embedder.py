@@ -122,8 +122,7 @@ def load_embedder(
     verify_embedder(path, params.sha256)
     if params.backend == "torch":
         return _load(path, params.device)
-    threads = QUERY_THREADS if queries else 0
-    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend, threads)
+    return _load_onnx(path, str(onnx_folder(params, models_dir)), params.backend, queries)
 
 
 @lru_cache(maxsize=2)
@@ -133,18 +132,20 @@ def _load(path: str, device: str) -> SentenceTransformer:
     return SentenceTransformer(path, device=device)
 
 
-def _load_onnx(path: str, folder: str, backend: str, threads: int) -> SentenceTransformer:
+def _load_onnx(path: str, folder: str, backend: str, queries: bool) -> SentenceTransformer:
     from evertune.models.onnx_export import verify_onnx_artifact
 
     verify_onnx_artifact(Path(folder))  # every load: a changed file fails even if a session is cached
-    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime", threads)
+    return _load_onnx_cached(path, folder, "openvino" if backend == "openvino" else "onnxruntime", queries)
 
 
 @lru_cache(maxsize=4)  # a batch and a query session per backend
-def _load_onnx_cached(path: str, folder: str, runtime: str, threads: int) -> SentenceTransformer:
+def _load_onnx_cached(path: str, folder: str, runtime: str, queries: bool) -> SentenceTransformer:
     from evertune.models.onnx_export import load_onnx_embedder
 
-    return load_onnx_embedder(path, Path(folder), threads=threads, runtime=runtime)
+    if queries:  # one query at a time: one thread, and OpenVINO's one-stream LATENCY hint
+        return load_onnx_embedder(path, Path(folder), threads=QUERY_THREADS, runtime=runtime, hint="LATENCY")
+    return load_onnx_embedder(path, Path(folder), runtime=runtime)
 
 
 @contextmanager

@@ -268,7 +268,8 @@ class OpenVinoSession:
 
 
 def load_onnx_embedder(
-    source: str, folder: Path, *, threads: int = 0, level: str = "all", runtime: str = "onnxruntime"
+    source: str, folder: Path, *, threads: int = 0, level: str = "all", runtime: str = "onnxruntime",
+    hint: str = "THROUGHPUT",
 ) -> SentenceTransformer:
     """A ``SentenceTransformer`` whose encoder runs the verified ONNX artifact in ``folder``.
 
@@ -280,8 +281,6 @@ def load_onnx_embedder(
 
     model = SentenceTransformer(source, device="cpu")
     path = Path(folder) / ONNX_FILE
-    # One thread serves one query at a time: OpenVINO's LATENCY hint (one stream) fits it, THROUGHPUT batches.
-    hint = "LATENCY" if threads == 1 else "THROUGHPUT"
     session = OpenVinoSession(path, threads=threads, hint=hint) if runtime == "openvino" else None
     swap_encoder(model, session or ort_session(path, threads=threads, level=level))
     return model
