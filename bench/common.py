@@ -150,6 +150,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95 and mean of durations in seconds, as milliseconds, and their count."""
+    return {"p50_ms": round(1000 * percentile(values, 50), 2),
+            "p95_ms": round(1000 * percentile(values, 95), 2),
+            "mean_ms": round(1000 * sum(values) / len(values), 2), "n": len(values)}  # fmt: skip
+
+
 @contextmanager
 def stopwatch():
     """``with stopwatch() as t: ...`` then ``t()`` gives the elapsed seconds (frozen at exit)."""

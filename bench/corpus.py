@@ -166,3 +166,13 @@ def make_sft_examples(n: int, system_prompt: str, *, seed: int = 2) -> list[dict
             }
         )
     return rows
+
+
+def distinct_queries(n: int, seed: int) -> list[str]:
+    """``n`` distinct generated user questions (:func:`bench.corpus.make_queries`, duplicates dropped)."""
+    seen: dict[str, None] = {}
+    for query in make_queries(4 * n + 100, seed=seed):
+        seen.setdefault(query, None)
+    if len(seen) < n:
+        raise RuntimeError(f"only {len(seen)} distinct queries for {n}")
+    return list(seen)[:n]

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from bench.corpus import distinct_queries
+from bench.query_embedding import query_embedding_backends
 
 FULL = {"n_base": 10_000, "n_rows": 100_000, "n_queries": 1_000, "warmup": 30, "curve_queries": 150,
         "backend_queries": 300}
@@ -268,18 +270,6 @@ def ann_curve(table: Any, vectors: list[Any], params_for: Any, rows: int, quick:
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def _distinct_queries(n: int, seed: int) -> list[str]:
-    """``n`` distinct generated user questions (:func:`bench.corpus.make_queries`, duplicates dropped)."""
-    from bench.corpus import make_queries
-
-    seen: dict[str, None] = {}
-    for query in make_queries(4 * n + 100, seed=seed):
-        seen.setdefault(query, None)
-    if len(seen) < n:
-        raise RuntimeError(f"only {len(seen)} distinct queries for {n}")
-    return list(seen)[:n]
-
-
 def end_to_end(queries: list[str], params: Any, settings: Any) -> dict[str, list[float]]:
     """``search()`` (the default: hybrid, published tag) per query, split into its parts per call.
 
@@ -338,7 +328,7 @@ def lancedb_by_mode(table: Any, queries: list[str], vectors: list[Any], params: 
             start = time.perf_counter()
             _run_query(table, query, vector, mode, k, weight, ann)
             samples[mode].append(time.perf_counter() - start)
-    return {mode: _summary(values) for mode, values in samples.items()}
+    return {mode: common.latency_summary(values) for mode, values in samples.items()}
 
 
 def _index_coverage(table: Any) -> dict[str, Any]:
@@ -347,12 +337,6 @@ def _index_coverage(table: Any) -> dict[str, Any]:
         stats = table.index_stats(index.name)
         coverage[index.name] = {"indexed": stats.num_indexed_rows, "unindexed": stats.num_unindexed_rows}
     return coverage
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": round(1000 * common.percentile(values, 50), 2),
-            "p95_ms": round(1000 * common.percentile(values, 95), 2),
-            "mean_ms": round(1000 * sum(values) / len(values), 2), "n": len(values)}  # fmt: skip
 
 
 def _chosen_params(chosen: dict[str, Any]) -> Any:
@@ -368,7 +352,6 @@ def _chosen_params(chosen: dict[str, Any]) -> Any:
 def run(quick: bool = False) -> dict[str, Any]:
     """Build (or reuse the cached embeddings of) the scaled table, run the curve and the end-to-end queries."""
     common.prepare_env()
-    from bench.query_embedding import query_embedding_backends
     from evertune.kb import indexes
     from evertune.kb.retrieval import _query_vectors, clear_table_cache, search
     from evertune.kb.table import connect, open_table
@@ -385,7 +368,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     base, base_info = base_rows(cfg, params, root)
     built = build_table(cfg, params, settings, base)
     table = open_table(connect(settings), built["table_name"])
-    curve_queries = _distinct_queries(cfg["curve_queries"], seed=7)
+    curve_queries = distinct_queries(cfg["curve_queries"], seed=7)
     curve = ann_curve(table, _query_vectors(curve_queries, params), lambda o: common.load_bench_params(
         index={**params.index.model_dump(), **o}), built["rows"], quick)  # fmt: skip
     load.append(common.load_average())
@@ -398,13 +381,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     print(f"published v{table.version} ({indexes.vector_index_names(table)}); build total {build_total_s:.0f} s")
 
     clear_table_cache()
-    queries = _distinct_queries(cfg["warmup"] + cfg["n_queries"], seed=3)
+    queries = distinct_queries(cfg["warmup"] + cfg["n_queries"], seed=3)
     for query in queries[: cfg["warmup"]]:
         search(query, chosen_params, settings)
     load.append(common.load_average())
     parts = end_to_end(queries[cfg["warmup"] :], chosen_params, settings)
     load.append(common.load_average())
-    results = {name: _summary(values) for name, values in parts.items()}
+    results = {name: common.latency_summary(values) for name, values in parts.items()}
     measured = queries[cfg["warmup"] :]
     published = open_table(connect(settings), built["table_name"])
     published.checkout(chosen_params.index.publish_tag)

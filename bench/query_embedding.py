@@ -10,7 +10,10 @@ import time
 from typing import Any
 
 from bench import common
-from bench.kb_query_scale import FULL, QUICK, _distinct_queries, _summary
+from bench.corpus import distinct_queries
+
+#: Queries per backend (``kb_query_scale`` passes its own count for its side measurement).
+QUERIES = {"full": 300, "quick": 20}
 
 
 def query_embedding_backends(queries: list[str], params: Any, settings: Any) -> dict[str, Any]:
@@ -44,19 +47,19 @@ def query_embedding_backends(queries: list[str], params: Any, settings: Any) -> 
             start = time.perf_counter()
             runners[name](query)
             samples[name].append(time.perf_counter() - start)
-    return {"samples": {name: _summary(values) for name, values in samples.items()}, "skipped": skipped}
+    return {"samples": {name: common.latency_summary(values) for name, values in samples.items()}, "skipped": skipped}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the side measurement alone, without building a table (see the module docstring)."""
     common.prepare_env()
-    cfg = QUICK if quick else FULL
-    common.banner(f"query_embedding: {cfg['backend_queries']} queries per backend, search()'s path")
+    count = QUERIES["quick" if quick else "full"]
+    common.banner(f"query_embedding: {count} queries per backend, search()'s path")
     load = [common.load_average()]
     params = common.load_bench_params()
     from evertune.settings import get_settings
 
-    result = query_embedding_backends(_distinct_queries(cfg["backend_queries"], seed=3), params, get_settings())
+    result = query_embedding_backends(distinct_queries(count, seed=3), params, get_settings())
     load.append(common.load_average())
     torch_p50 = result["samples"]["torch, 1 thread"]["p50_ms"]
     for name, row in result["samples"].items():
