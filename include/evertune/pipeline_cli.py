@@ -25,9 +25,11 @@ SKIPPED = "skipped"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``refresh``, ``tune`` and ``dvc-yaml`` sub-commands."""
-    parser = subparsers.add_parser("refresh", help="run knowledge-base refresh steps for one data interval")
+    parser = subparsers.add_parser("refresh", help="run knowledge-base refresh steps for data intervals, in order")
     parser.add_argument("step", choices=(*_names(REFRESH), "all"), help="one step, or all of them in order")
-    parser.add_argument("--interval", required=True, help="data interval date, YYYY-MM-DD")
+    parser.add_argument("--interval", required=True, nargs="+", metavar="YYYY-MM-DD",
+                        help="data interval date; several run one after the other in this process, as the "
+                             "nights would (the libraries and the embedder load once)")
     _add_override(parser, "retrieval.k=10")
     parser.set_defaults(func=_run_refresh)
 
@@ -142,8 +144,10 @@ def _print_refresh(step: Step, summary: dict[str, Any]) -> None:
 
 
 def _run_refresh(args: argparse.Namespace) -> int:
-    context = {"interval": args.interval, "overrides": _overrides(args.override)}
-    run_steps(REFRESH, _selection(REFRESH, args.step), args.interval, context, _print_refresh)
+    """Each interval in the order given; the first that fails (or has nothing to refresh) stops the rest."""
+    for interval in args.interval:
+        context = {"interval": interval, "overrides": _overrides(args.override)}
+        run_steps(REFRESH, _selection(REFRESH, args.step), interval, context, _print_refresh)
     return 0
 
 

@@ -62,6 +62,14 @@ AUTH_MANAGERS = {
 #: ``basic`` (MLflow's basic-auth app as in docker/compose.yaml: the pipeline account writes, people only read).
 MLFLOW_AUTH_MODES = ("none", "basic")
 
+#: Modules the LocalExecutor's forkserver imports once (``[scheduler] mp_forkserver_preload``). Every task process
+#: is forked from a worker forked from it, so a task starts with its libraries already imported instead of paying
+#: ~5-17 s of imports each (docs/benchmarks.md §10). Override with ``EVERTUNE_TASK_PRELOAD`` (empty: none).
+TASK_PRELOAD = ("airflow.sdk", "airflow.sdk.execution_time.task_runner", "airflow.executors.local_executor",
+                "torch", "transformers", "sentence_transformers", "peft", "trl", "datasets", "lancedb",
+                "great_expectations", "mlflow", "pandas", "pyarrow.parquet", "evertune.pipeline",
+                "evertune_airflow.tasks")
+
 
 @dataclass(frozen=True)
 class CeleryWorker:
@@ -318,6 +326,8 @@ def airflow_env(settings: Settings | None = None) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports.worker_log),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.triggerer_log),
     })
+    if env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor":
+        env.update(_local_executor_env())
     if auth_manager() == "simple":
         env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
         env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(passwords_file(settings))
@@ -355,6 +365,20 @@ def _database_env(sql_alchemy_conn: str, executor_name: str) -> dict[str, str]:
         # Each retry already waits up to 30 s for the lock; Airflow's 3 retries let a starved scheduler exit.
         "AIRFLOW__DATABASE__MAX_DB_RETRIES": "10",
     }
+
+
+def _local_executor_env() -> dict[str, str]:
+    """The scheduler's LocalExecutor starts its workers from a forkserver that has imported :data:`TASK_PRELOAD`.
+
+    Airflow forks each task process from its worker (``supervise``), so the task inherits those modules
+    copy-on-write. The forkserver only imports: no library has started a thread pool yet when it forks.
+    """
+    preload = os.environ.get("EVERTUNE_TASK_PRELOAD")
+    modules = ",".join(TASK_PRELOAD) if preload is None else preload
+    env = {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver"}
+    if modules:
+        env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] = modules
+    return env
 
 
 def _celery_env(sql_alchemy_conn: str, task_token_ttl: str) -> dict[str, str]:

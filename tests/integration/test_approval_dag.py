@@ -47,8 +47,7 @@ def approval_stack(evertune_home: Path, monkeypatch: pytest.MonkeyPatch, stack_p
     monkeypatch.setenv("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")  # no cron run between the test's runs
     run = {"check": True, "capture_output": True, "text": True, "timeout": 900}
     subprocess.run([sys.executable, "-m", "evertune", "demo-data", "--days", str(len(DAYS))], **run)
-    for day in DAYS:
-        subprocess.run([sys.executable, "-m", "evertune", "refresh", "all", "--interval", day], **run)
+    subprocess.run([sys.executable, "-m", "evertune", "refresh", "all", "--interval", *DAYS], **run)
     return evertune_home
 
 

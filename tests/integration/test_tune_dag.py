@@ -37,8 +37,7 @@ def tuned_home(tmp_path_factory: pytest.TempPathFactory, tiny_dag_env) -> dict:
     run = {"env": env, "check": True, "capture_output": True, "text": True, "timeout": 900}
     subprocess.run([AIRFLOW, "db", "migrate"], **run)
     subprocess.run([sys.executable, "-m", "evertune", "demo-data", "--days", str(len(DAYS))], **run)
-    for day in DAYS:
-        subprocess.run([sys.executable, "-m", "evertune", "refresh", "all", "--interval", day], **run)
+    subprocess.run([sys.executable, "-m", "evertune", "refresh", "all", "--interval", *DAYS], **run)
     return {"home": home, "env": env}
 
 

@@ -74,6 +74,19 @@ def test_all_runs_in_order_and_writes_receipts(fake_registry: Path, capsys: pyte
     assert capsys.readouterr().out.splitlines()[0] == 'one: {"interval": "2026-11-03", "n": 1}'
 
 
+def test_several_intervals_run_in_the_order_given_and_the_first_skip_stops_the_rest(fake_registry: Path) -> None:
+    assert main(["refresh", "all", "--interval", "2026-11-02", "2026-11-01"]) == 0
+    assert [got["interval"] for name, got in CALLS if name == "first"] == ["2026-11-02", "2026-11-01"]
+    assert receipt(fake_registry, "2026-11-01", "three") == receipt(fake_registry, "2026-11-02", "three") == {"n": 3}
+
+    CALLS.clear()
+    pipeline_cli.write_receipt(fake_registry / "ds=e" / "one.json", {"n": 0})
+    pipeline_cli.write_receipt(fake_registry / "ds=f" / "one.json", {"n": 4})
+    assert main(["refresh", "two", "--interval", "e", "f"]) == 2
+    assert CALLS == [("second", {"n": 0})], "interval f must not run after e had nothing to do"
+    assert not (fake_registry / "ds=f" / "two.json").exists()
+
+
 def test_one_step_reads_its_upstream_receipts(fake_registry: Path) -> None:
     pipeline_cli.write_receipt(fake_registry / "ds=d" / "one.json", {"n": 10})
     pipeline_cli.write_receipt(fake_registry / "ds=d" / "two.json", {"n": 5})

@@ -44,3 +44,22 @@ def test_celery_without_a_broker_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("AIRFLOW__CELERY__BROKER_URL", raising=False)
     with pytest.raises(StackError, match="needs a broker"):
         _celery_env("postgresql://u@h/db", "60")
+
+
+def test_local_executor_workers_come_from_a_forkserver_that_preloads_importable_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from evertune_airflow.stack_env import TASK_PRELOAD, _local_executor_env
+
+    monkeypatch.delenv("EVERTUNE_TASK_PRELOAD", raising=False)
+    env = _local_executor_env()
+    assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
+    assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(TASK_PRELOAD)
+    # multiprocessing skips a preload module it cannot import without a word: a typo would cost only speed.
+    assert [name for name in TASK_PRELOAD if importlib.util.find_spec(name) is None] == []
+    monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "")
+    assert _local_executor_env() == {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver"}
+    monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "pandas")
+    assert _local_executor_env()["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] == "pandas"
