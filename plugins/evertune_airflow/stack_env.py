@@ -62,8 +62,9 @@ AUTH_MANAGERS = {
 #: ``basic`` (MLflow's basic-auth app as in docker/compose.yaml: the pipeline account writes, people only read).
 MLFLOW_AUTH_MODES = ("none", "basic")
 
-#: Modules the LocalExecutor's forkserver imports once (``[scheduler] mp_forkserver_preload``). Every task process
-#: is forked from a worker forked from it, so a task starts with its libraries already imported instead of paying
+#: Modules the LocalExecutor's forkserver imports once (``[scheduler] mp_forkserver_preload``; a Celery worker
+#: imports them before forking its pool: :mod:`evertune_airflow.celery_config`). Every task process is forked
+#: from a process that has them, so a task starts with its libraries already imported instead of paying
 #: ~5-17 s of imports each (docs/benchmarks.md §10). Override with ``EVERTUNE_TASK_PRELOAD`` (empty: none).
 TASK_PRELOAD = ("airflow.sdk", "airflow.sdk.execution_time.task_runner", "airflow.executors.local_executor",
                 "torch", "transformers", "sentence_transformers", "peft", "trl", "datasets", "lancedb",
@@ -401,6 +402,8 @@ def _celery_env(sql_alchemy_conn: str, task_token_ttl: str) -> dict[str, str]:
         # A task the worker has taken is acknowledged only when it ends, so a crashed worker's task is
         # redelivered; the visibility timeout must outlast the longest task (training: hours).
         "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        # Airflow's defaults plus the task libraries imported once per worker, before its pool forks.
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "evertune_airflow.celery_config.CELERY_CONFIG",
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": task_token_ttl,
     }
 

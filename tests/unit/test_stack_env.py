@@ -35,7 +35,11 @@ def test_celery_settings_take_the_broker_and_default_the_result_backend(monkeypa
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql+psycopg2://u@h/db",
         "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "14400",
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "evertune_airflow.celery_config.CELERY_CONFIG",
     }
+    # The dotted path names the real settings (Airflow imports it in the scheduler and in every worker).
+    module, _, name = env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"].rpartition(".")
+    assert isinstance(getattr(importlib.import_module(module), name), dict)
     monkeypatch.setenv("AIRFLOW__CELERY__RESULT_BACKEND", "redis://h:6379/2")
     assert _celery_env("postgresql://u@h/db", "60")["AIRFLOW__CELERY__RESULT_BACKEND"] == "redis://h:6379/2"
 
@@ -63,3 +67,21 @@ def test_local_executor_workers_come_from_a_forkserver_that_preloads_importable_
     assert _local_executor_env() == {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver"}
     monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "pandas")
     assert _local_executor_env()["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] == "pandas"
+
+
+def test_celery_workers_preload_the_same_modules_before_forking_their_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.signals import worker_init
+
+    from evertune_airflow import celery_config
+    from evertune_airflow.stack_env import TASK_PRELOAD
+
+    monkeypatch.delenv("EVERTUNE_TASK_PRELOAD", raising=False)
+    assert celery_config.preload_modules() == [m for m in TASK_PRELOAD if m != "airflow.executors.local_executor"]
+    # Airflow's own Celery settings are kept as they are.
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    assert celery_config.CELERY_CONFIG == DEFAULT_CELERY_CONFIG
+    monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "json, no_such_module_for_evertune")
+    assert celery_config.preload_modules() == ["json", "no_such_module_for_evertune"]
+    results = worker_init.send(sender=None)  # the missing module is skipped, not raised
+    assert (celery_config._preload_task_libraries, None) in [(receiver, value) for receiver, value in results]
