@@ -33,7 +33,7 @@ serve: install
 
 ## Lint (ruff: AIR, I, B, UP), then the whole suite, slow end-to-end tests included (CI runs exactly this).
 test: install lint
-	@$(PY) -m pytest -p no:cacheprovider
+	@$(PY) -m pytest -p no:cacheprovider --durations=25
 
 lint: install
 	@$(VENV)/bin/ruff check .

@@ -10,7 +10,9 @@ all-interfaces host binds 127.0.0.1 instead, then hands over to Airflow's own ``
 The wrapper lives in this process's memory; the log server's child inherits it because Airflow starts it with
 ``multiprocessing`` and Linux's default start method on Python 3.11 is ``fork``. Under ``spawn``/``forkserver``
 (Python 3.14's default, or ``[core] mp_start_method``) the child re-imports uvicorn and binds every interface
-again: :func:`evertune_airflow.stack_processes.listening_addresses` is what ``tests/integration/test_stack.py``
+again. The stack's scheduler runs under ``forkserver`` (it preloads the task libraries, ``stack_env.TASK_PRELOAD``),
+so its forkserver imports :mod:`evertune_airflow.loopback_preload` first, which applies the same wrapper there.
+Either way, :func:`evertune_airflow.stack_processes.listening_addresses` is what ``tests/integration/test_stack.py``
 checks, so that regression would fail the suite, not pass silently.
 """
 

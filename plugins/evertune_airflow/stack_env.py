@@ -373,13 +373,13 @@ def _local_executor_env() -> dict[str, str]:
 
     Airflow forks each task process from its worker (``supervise``), so the task inherits those modules
     copy-on-write. The forkserver only imports: no library has started a thread pool yet when it forks.
+    Whatever the list, :mod:`evertune_airflow.loopback_preload` comes first: the log server is forked from the
+    forkserver too, and must bind 127.0.0.1 as it does under ``fork``.
     """
     preload = os.environ.get("EVERTUNE_TASK_PRELOAD")
-    modules = ",".join(TASK_PRELOAD) if preload is None else preload
-    env = {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver"}
-    if modules:
-        env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] = modules
-    return env
+    modules = [*TASK_PRELOAD] if preload is None else [name.strip() for name in preload.split(",") if name.strip()]
+    return {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(["evertune_airflow.loopback_preload", *modules])}
 
 
 def _celery_env(sql_alchemy_conn: str, task_token_ttl: str) -> dict[str, str]:

@@ -60,13 +60,15 @@ def test_local_executor_workers_come_from_a_forkserver_that_preloads_importable_
     monkeypatch.delenv("EVERTUNE_TASK_PRELOAD", raising=False)
     env = _local_executor_env()
     assert env["AIRFLOW__SCHEDULER__MP_START_METHOD"] == "forkserver"
-    assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == list(TASK_PRELOAD)
+    loopback = "evertune_airflow.loopback_preload"
+    assert env["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"].split(",") == [loopback, *TASK_PRELOAD]
     # multiprocessing skips a preload module it cannot import without a word: a typo would cost only speed.
-    assert [name for name in TASK_PRELOAD if importlib.util.find_spec(name) is None] == []
+    assert [name for name in (loopback, *TASK_PRELOAD) if importlib.util.find_spec(name) is None] == []
+    # The log server is forked from the forkserver as well: the loopback wrapper is preloaded whatever the list.
     monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "")
-    assert _local_executor_env() == {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver"}
-    monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "pandas")
-    assert _local_executor_env()["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] == "pandas"
+    assert _local_executor_env()["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] == loopback
+    monkeypatch.setenv("EVERTUNE_TASK_PRELOAD", "pandas, json")
+    assert _local_executor_env()["AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD"] == f"{loopback},pandas,json"
 
 
 def test_celery_workers_preload_the_same_modules_before_forking_their_pool(monkeypatch: pytest.MonkeyPatch) -> None:
