@@ -65,9 +65,11 @@ MLFLOW_AUTH_MODES = ("none", "basic")
 #: Modules the LocalExecutor's forkserver imports once (``[scheduler] mp_forkserver_preload``; a Celery worker
 #: imports them before forking its pool: :mod:`evertune_airflow.celery_config`). Every task process is forked
 #: from a process that has them, so a task starts with its libraries already imported instead of paying
-#: ~5-17 s of imports each (docs/benchmarks.md §10). Override with ``EVERTUNE_TASK_PRELOAD`` (empty: none).
+#: ~5-17 s of imports each (docs/benchmarks.md §10b). Override with ``EVERTUNE_TASK_PRELOAD`` (empty: none).
+#: LanceDB is left out on purpose: its import starts an async runtime, and it warns that fork support is
+#: experimental (a small chance of deadlock); the tasks that write the index import it themselves (~2 s).
 TASK_PRELOAD = ("airflow.sdk", "airflow.sdk.execution_time.task_runner", "airflow.executors.local_executor",
-                "torch", "transformers", "sentence_transformers", "peft", "trl", "datasets", "lancedb",
+                "torch", "transformers", "sentence_transformers", "peft", "trl", "datasets",
                 "great_expectations", "mlflow", "pandas", "pyarrow.parquet", "evertune.pipeline",
                 "evertune_airflow.tasks")
 

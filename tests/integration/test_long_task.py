@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TOKEN_TTL_S = 30
 TASK_S = 65
 
-PRELOADED = ("torch", "lancedb", "great_expectations", "mlflow")
+PRELOADED = ("torch", "sentence_transformers", "great_expectations", "mlflow")
 LONG_DAG = f'''
 import time
 import pendulum
