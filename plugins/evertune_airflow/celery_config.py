@@ -2,7 +2,7 @@
 
 ``[celery] celery_config_options`` points here (:func:`evertune_airflow.stack_env.airflow_env`). The settings are
 Airflow's own ``DEFAULT_CELERY_CONFIG``; the one addition is a ``worker_init`` handler. It imports
-:data:`~evertune_airflow.stack_env.TASK_PRELOAD` in the worker's main process before Celery forks its pool, and
+:func:`~evertune_airflow.stack_env.task_preload` in the worker's main process before Celery forks its pool, and
 Airflow forks every task process from a pool process, so each task starts with them imported (the
 LocalExecutor gets the same from its forkserver). The scheduler imports this module too; the signal never fires
 there, so the scheduler stays light.
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 from celery.signals import worker_init
 
-from evertune_airflow.stack_env import TASK_PRELOAD
+from evertune_airflow.stack_env import task_preload
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +27,8 @@ _NOT_FOR_CELERY = ("airflow.executors.local_executor",)
 
 
 def preload_modules() -> list[str]:
-    """The modules a worker imports before it forks its pool: ``EVERTUNE_TASK_PRELOAD``, else the default list."""
-    override = os.environ.get("EVERTUNE_TASK_PRELOAD")
-    names = TASK_PRELOAD if override is None else override.split(",")
-    return [name.strip() for name in names if name.strip() and name.strip() not in _NOT_FOR_CELERY]
+    """The modules a worker imports before it forks its pool: :func:`~evertune_airflow.stack_env.task_preload`."""
+    return [name for name in task_preload() if name not in _NOT_FOR_CELERY]
 
 
 @worker_init.connect

@@ -370,6 +370,13 @@ def _database_env(sql_alchemy_conn: str, executor_name: str) -> dict[str, str]:
     }
 
 
+def task_preload() -> list[str]:
+    """The modules to preload for tasks: ``EVERTUNE_TASK_PRELOAD`` (comma-separated, empty: none), else
+    :data:`TASK_PRELOAD`. The one reading of that variable, for the forkserver and for Celery workers."""
+    preload = os.environ.get("EVERTUNE_TASK_PRELOAD")
+    return [*TASK_PRELOAD] if preload is None else [name.strip() for name in preload.split(",") if name.strip()]
+
+
 def _local_executor_env() -> dict[str, str]:
     """The scheduler's LocalExecutor starts its workers from a forkserver that has imported :data:`TASK_PRELOAD`.
 
@@ -378,10 +385,9 @@ def _local_executor_env() -> dict[str, str]:
     Whatever the list, :mod:`evertune_airflow.loopback_preload` comes first: the log server is forked from the
     forkserver too, and must bind 127.0.0.1 as it does under ``fork``.
     """
-    preload = os.environ.get("EVERTUNE_TASK_PRELOAD")
-    modules = [*TASK_PRELOAD] if preload is None else [name.strip() for name in preload.split(",") if name.strip()]
     return {"AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(["evertune_airflow.loopback_preload", *modules])}
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(["evertune_airflow.loopback_preload",
+                                                                   *task_preload()])}
 
 
 def _celery_env(sql_alchemy_conn: str, task_token_ttl: str) -> dict[str, str]:
