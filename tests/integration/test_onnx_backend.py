@@ -76,8 +76,12 @@ def test_openvino_compiles_the_fp32_export_and_matches_torch(tmp_path: Path, tor
     embed = load_params().embed.model_copy(update={"backend": "openvino"})
     folder, _, built = ensure_backend_artifact(embed, tmp_path)
     assert built and folder.name.endswith("-openvino")
-    vectors = _encode(load_embedder(embed, tmp_path))
+    model = load_embedder(embed, tmp_path)
+    vectors = _encode(model)
     assert (vectors * torch_vectors).sum(axis=1).min() > 0.99
+    # encode() makes one synchronous request per batch: with more than one stream (the THROUGHPUT hint) it
+    # would run on a share of the cores only
+    assert model[0].model.session.compiled.get_property("NUM_STREAMS") == 1
 
 
 def test_queries_get_their_own_one_thread_session_of_the_same_artifact(

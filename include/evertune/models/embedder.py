@@ -107,7 +107,7 @@ def load_embedder(
         params: The ``embed`` section of ``params.yaml``.
         models_dir: Where ONNX exports live; defaults to ``settings.models_dir``.
         queries: For an exported backend, a second session of the same artifact with :data:`QUERY_THREADS`
-            intra-op threads (OpenVINO: the ``LATENCY`` hint), kept apart from the batch session, whose thread
+            intra-op threads, kept apart from the batch session, whose thread
             count is fixed when it is compiled. Torch has one model either way: its query threads are set per
             call (:func:`intra_op_threads`).
 
@@ -143,8 +143,8 @@ def _load_onnx(path: str, folder: str, backend: str, queries: bool) -> SentenceT
 def _load_onnx_cached(path: str, folder: str, runtime: str, queries: bool) -> SentenceTransformer:
     from evertune.models.onnx_export import load_onnx_embedder
 
-    if queries:  # one query at a time: one thread, and OpenVINO's one-stream LATENCY hint
-        return load_onnx_embedder(path, Path(folder), threads=QUERY_THREADS, runtime=runtime, hint="LATENCY")
+    if queries:  # one query at a time: one thread
+        return load_onnx_embedder(path, Path(folder), threads=QUERY_THREADS, runtime=runtime)
     return load_onnx_embedder(path, Path(folder), runtime=runtime)
 
 

@@ -251,10 +251,13 @@ def ort_session(path: Path, *, threads: int = 0, level: str = "all") -> Any:
 class OpenVinoSession:
     """The ``run(None, feeds)`` of an ONNX Runtime session, on an OpenVINO CPU compilation of the same file.
 
-    OpenVINO's CPU plugin picks its own inference precision (bf16 on CPUs with AMX / AVX-512 BF16).
+    OpenVINO's CPU plugin picks its own inference precision (bf16 on CPUs with AMX / AVX-512 BF16). The
+    default hint is ``LATENCY`` (one stream on every thread) because ``run`` is one synchronous request, which is
+    how ``encode()`` calls it: under ``THROUGHPUT`` the plugin splits the cores into streams and a synchronous
+    request runs on one of them (measured on 2 cores: half the speed, docs/benchmarks.md section 5c).
     """
 
-    def __init__(self, path: Path, *, threads: int = 0, hint: str = "THROUGHPUT") -> None:
+    def __init__(self, path: Path, *, threads: int = 0, hint: str = "LATENCY") -> None:
         import openvino
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
@@ -269,7 +272,7 @@ class OpenVinoSession:
 
 def load_onnx_embedder(
     source: str, folder: Path, *, threads: int = 0, level: str = "all", runtime: str = "onnxruntime",
-    hint: str = "THROUGHPUT",
+    hint: str = "LATENCY",
 ) -> SentenceTransformer:
     """A ``SentenceTransformer`` whose encoder runs the verified ONNX artifact in ``folder``.
 
