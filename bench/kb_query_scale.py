@@ -23,12 +23,17 @@ Measured, in one run, on that table:
   and the fusion) and everything else (tag lookup, cached table, identity key, result rows), with the load.
 * **Side measurements**: the LanceDB query alone per mode on the published version, and one query's embedding
   with torch (the ``search()`` path) against ONNX Runtime fp32 / int8 sessions at one thread.
+
+``EVERTUNE_BENCH_EMBED_BACKEND`` (default: ``params.yaml``'s ``embed.backend``) builds the table with another
+``embed.backend``, so ``search()`` embeds its queries with that backend's one-thread session; its base chunks
+are cached in their own folder, and its artifact is exported into the bench's own models folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -47,9 +52,21 @@ RECALL_TARGET = 0.95
 SPEEDUP_TARGET = 3.0
 
 
+def embed_backend() -> str | None:
+    """The ``embed.backend`` to build with: ``EVERTUNE_BENCH_EMBED_BACKEND``, or None for ``params.yaml``'s."""
+    return os.environ.get("EVERTUNE_BENCH_EMBED_BACKEND") or None
+
+
+def bench_params(**sections: dict[str, Any]) -> Any:
+    """``common.load_bench_params`` with :func:`embed_backend` applied, so every step uses the same table."""
+    backend = embed_backend()
+    return common.load_bench_params(**sections, **({"embed": {"backend": backend}} if backend else {}))
+
+
 def workspace(quick: bool) -> Path:
-    """This benchmark's folder: the cached embedded base chunks and the scaled table."""
-    return common.work_root() / ("kb_query_scale-quick" if quick else "kb_query_scale")
+    """This benchmark's folder: the cached embedded base chunks and the scaled table (one per backend)."""
+    name = "kb_query_scale-quick" if quick else "kb_query_scale"
+    return common.work_root() / (f"{name}-{embed_backend()}" if embed_backend() else name)
 
 
 # ------------------------------------------------------------------------------------------ base chunks
@@ -346,11 +363,14 @@ def _chosen_params(chosen: dict[str, Any]) -> Any:
 
     fraction = chosen["nprobes"] / partitions_in_name(chosen["index"])  # 24 of 50 -> 0.48: search() probes 24
     index |= {"vector_probe_fraction": min(1.0, fraction), "vector_refine_factor": chosen["refine_factor"]}
-    return common.load_bench_params(index=index)
+    return bench_params(index=index)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Build (or reuse the cached embeddings of) the scaled table, run the curve and the end-to-end queries."""
+    backend = embed_backend()
+    if backend:
+        os.environ["EVERTUNE_MODELS_DIR"] = str(common.work_root() / "kb_query_scale_models")
     common.prepare_env()
     from evertune.kb import indexes
     from evertune.kb.retrieval import _query_vectors, clear_table_cache, search
@@ -361,7 +381,12 @@ def run(quick: bool = False) -> dict[str, Any]:
     common.banner(f"kb_query_scale ({'quick' if quick else 'full'}): {cfg['n_rows']} chunks, {cfg['n_queries']} queries")
     root = workspace(quick)
     root.mkdir(parents=True, exist_ok=True)
-    params = common.load_bench_params(index={"vector_index_min_rows": max(256, cfg["n_rows"] // 5)})
+    params = bench_params(index={"vector_index_min_rows": max(256, cfg["n_rows"] // 5)})
+    if params.embed.backend != "torch":
+        from evertune.models.embedder import ensure_backend_artifact
+
+        _, sha, _ = ensure_backend_artifact(params.embed, common.work_root() / "kb_query_scale_models")
+        print(f"embed.backend {params.embed.backend}: artifact sha256 {sha[:16]}...", flush=True)
     settings = common.settings_with_lancedb(root / "lancedb")
     load = [common.load_average()]
     started = time.perf_counter()
@@ -369,7 +394,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     built = build_table(cfg, params, settings, base)
     table = open_table(connect(settings), built["table_name"])
     curve_queries = distinct_queries(cfg["curve_queries"], seed=7)
-    curve = ann_curve(table, _query_vectors(curve_queries, params), lambda o: common.load_bench_params(
+    curve = ann_curve(table, _query_vectors(curve_queries, params), lambda o: bench_params(
         index={**params.index.model_dump(), **o}), built["rows"], quick)  # fmt: skip
     load.append(common.load_average())
     chosen_params = _chosen_params(curve["chosen"])
