@@ -65,8 +65,13 @@ def bench_params(**sections: dict[str, Any]) -> Any:
 
 def workspace(quick: bool) -> Path:
     """This benchmark's folder: the cached embedded base chunks and the scaled table (one per backend)."""
-    name = "kb_query_scale-quick" if quick else "kb_query_scale"
-    return common.work_root() / (f"{name}-{embed_backend()}" if embed_backend() else name)
+    name, backend = ("kb_query_scale-quick" if quick else "kb_query_scale"), embed_backend()
+    return common.work_root() / (f"{name}-{backend}" if backend else name)
+
+
+def models_dir() -> Path:
+    """Where this benchmark exports another backend's artifact (never the shared bootstrapped models)."""
+    return common.work_root() / "kb_query_scale_models"
 
 
 # ------------------------------------------------------------------------------------------ base chunks
@@ -370,7 +375,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Build (or reuse the cached embeddings of) the scaled table, run the curve and the end-to-end queries."""
     backend = embed_backend()
     if backend:
-        os.environ["EVERTUNE_MODELS_DIR"] = str(common.work_root() / "kb_query_scale_models")
+        os.environ["EVERTUNE_MODELS_DIR"] = str(models_dir())
     common.prepare_env()
     from evertune.kb import indexes
     from evertune.kb.retrieval import _query_vectors, clear_table_cache, search
@@ -385,7 +390,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     if params.embed.backend != "torch":
         from evertune.models.embedder import ensure_backend_artifact
 
-        _, sha, _ = ensure_backend_artifact(params.embed, common.work_root() / "kb_query_scale_models")
+        _, sha, _ = ensure_backend_artifact(params.embed, models_dir())
         print(f"embed.backend {params.embed.backend}: artifact sha256 {sha[:16]}...", flush=True)
     settings = common.settings_with_lancedb(root / "lancedb")
     load = [common.load_average()]
