@@ -1,9 +1,9 @@
 """The model and the TRL ``SFTTrainer`` of a training run: device, precision, LoRA, packing, run, save.
 
 Device policy: CUDA when available (bf16 where supported, else fp32), otherwise CPU in fp32, with deterministic
-kernels while training on CPU, where the LM head also scores the labelled positions only. ``train.packing`` uses TRL's best-fit-decreasing packing, which is padding-free
-(sequence boundaries travel as ``position_ids``; transformers turns them into a block-diagonal mask for SDPA, or
-uses varlen FlashAttention when installed).
+kernels while training on CPU, where the LM head also scores the labelled positions only. ``train.packing`` uses
+TRL's best-fit-decreasing packing, which is padding-free (sequence boundaries travel as ``position_ids``;
+transformers turns them into a block-diagonal mask for SDPA, or uses varlen FlashAttention when installed).
 
 torch, transformers, peft, trl and datasets are heavy imports: every function imports them when called.
 """
