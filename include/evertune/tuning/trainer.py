@@ -112,7 +112,7 @@ def score_label_positions_only(device: str) -> Callable[[], None]:
     (Neuron) keep fixed tile shapes. Eager CPU has nothing to recompile, and with ``completion_only_loss`` the answer
     is a small share of a RAG prompt's tokens, so the other positions are pure waste. Measured on SmolLM2-135M + LoRA
     (2 CPU cores, batch 4 x ~400 tokens, two interleaved pairs): 26.3 -> 16.8 s and 25.8 -> 16.3 s per step
-    (1.57x, 1.59x), the same losses to 6 decimals (docs/benchmarks.md section 9).
+    (1.57x, 1.59x), the same losses to 6 decimals (docs/benchmarks.md section 9b).
 
     The switch is TRL's own compact branch, which reads ``trl.trainer.utils._use_triton`` (the kernel itself reads
     its own module's copy, so it still folds the tiles in torch). If a TRL release drops that name, training stays
