@@ -219,6 +219,9 @@ class EvaluateParams(Section):
     batch_size: int = Field(8, ge=1, le=1024)
     # Retrieved context kept in a prompt; lowest-ranked chunks are dropped first when over budget.
     max_context_chars: int = Field(2000, ge=0)
+    # Reuse a model's answers and reference losses on items it already answered (same model files, prompt,
+    # contexts): the champion and the base model are mostly re-scored on unchanged items. See answer_memo.py.
+    answer_memo: bool = True
 
 
 class GateParams(Section):

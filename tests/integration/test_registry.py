@@ -193,6 +193,18 @@ def test_same_candidate_key_is_registered_once(evertune_home: Path, trained) -> 
     assert _aliases(name) == {CHALLENGER: other.version}
 
 
+def test_the_downloaded_champion_is_the_evaluated_challenger_to_the_answer_memo(evertune_home: Path, trained) -> None:
+    """Evaluation reuses the champion's answers from when it was the challenger: the keys must be equal."""
+    from evertune.tuning.answer_memo import model_key
+    from evertune.tuning.registry import cached_model_checkpoint
+
+    params, result = trained
+    version = _register(params, result).version
+    downloaded = cached_model_checkpoint(params.registry.model_name, version)
+    assert Path(downloaded).resolve() != Path(result.merged_dir).resolve()
+    assert model_key(downloaded) == model_key(result.merged_dir) is not None
+
+
 @pytest.mark.slow
 def test_promote_rollback_and_gate_decisions(evertune_home: Path, trained, capsys: pytest.CaptureFixture) -> None:
     params, result = trained

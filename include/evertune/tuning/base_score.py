@@ -42,10 +42,9 @@ log = logging.getLogger(__name__)
 KEY_TAG = "base_score_key"
 #: Artifact of the cached score: ``{"key", "identity", "aggregate", "per_item", "answers"}``.
 ARTIFACT = "base/score.json"
-#: Files whose bytes identify a local checkpoint (weights, config, tokenizer).
-_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt")
 
-#: ``(model_dir, questions, references, contexts, params, revision) -> {"answers", "aggregate", "per_item"}``.
+#: ``(model_dir, questions, references, contexts, params, revision, *, identity, label) -> {"answers", "aggregate",
+#: "per_item"}``; ``identity`` keys the base model's answer memo (:mod:`evertune.tuning.answer_memo`).
 Answerer = Callable[..., dict[str, Any]]
 
 
@@ -59,7 +58,7 @@ def base_model_identity(params: Params, settings: Settings) -> tuple[str, dict[s
     """
     from evertune.models.bootstrap import BOOTSTRAP_PREFIX, resolve_base_model
     from evertune.models.folders import read_marker
-    from evertune.models.hashing import cached_sha256
+    from evertune.models.hashing import checkpoint_digest
 
     path = resolve_base_model(params.base_model, settings)
     spec = params.base_model.name_or_path
@@ -73,17 +72,8 @@ def base_model_identity(params: Params, settings: Settings) -> tuple[str, dict[s
         if marker.get("weights_sha256"):
             identity["weights_sha256"] = marker["weights_sha256"]
         else:
-            digest = hashlib.sha256()
-            for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES):
-                digest.update(f"{file.relative_to(folder).as_posix()}:{cached_sha256(file)}\n".encode())
-            identity["weights_sha256"] = digest.hexdigest()
+            identity["weights_sha256"] = checkpoint_digest(folder)
     return path, identity
-
-
-def _context_view(contexts: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[list[Any]]]:
-    """What a prompt sees of each retrieved chunk (scores left out: they do not reach the prompt)."""
-    return [[[c.get("chunk_id"), c.get("doc_id"), c.get("title"), c.get("text")] for c in chunks]
-            for chunks in contexts]
 
 
 def base_score_key(
@@ -98,15 +88,16 @@ def base_score_key(
 ) -> str:
     """The sha256 of everything the base model's score depends on (see the module docstring)."""
     from evertune.tuning.answer import answer_spec
+    from evertune.tuning.answer_memo import context_view
 
     inputs = {
         "base_model": dict(identity),
         "golden_version": golden_version,
         "golden": [list(pair) for pair in zip(questions, references, strict=True)],
         "kb_version": kb_version,
-        "contexts": _context_view(contexts),
+        "contexts": context_view(contexts),
         "answer_spec": answer_spec(params).to_dict(),
-        "evaluate": params.evaluate.model_dump(mode="json"),
+        "evaluate": params.evaluate.model_dump(mode="json", exclude={"answer_memo"}),  # a switch, not an input
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -178,7 +169,8 @@ def base_score(
     if found is not None:
         log.info("base model score %s reused from MLflow run %s", key[:12], found["run_id"])
         return {**found, "cached": True}
-    result = answer(path, list(questions), list(references), contexts, params, params.base_model.revision)
+    result = answer(path, list(questions), list(references), contexts, params, params.base_model.revision,
+                    identity=identity, label="base model")
     score = {"key": key, "identity": identity, "aggregate": result["aggregate"], "per_item": result["per_item"],
              "answers": result["answers"]}
     tags = {"base_model": params.base_model.name_or_path, "base_model_revision": params.base_model.revision or "",

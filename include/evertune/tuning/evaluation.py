@@ -4,7 +4,10 @@
   the served answer path (retrieval from the KB version pinned for the run, versioned prompt, generation), all
   three with the same retrieved contexts; token-F1, exact match, ROUGE-L, BLEU, perplexity and paired bootstrap
   CIs of challenger - champion (``ci``) and challenger - base (``ci_base``). The base model's score is computed
-  once per input identity and shared through MLflow (:mod:`evertune.tuning.base_score`). With a champion,
+  once per input identity and shared through MLflow (:mod:`evertune.tuning.base_score`). Every model's answers
+  and reference losses are remembered item by item (:mod:`evertune.tuning.answer_memo`): the champion, already
+  evaluated as the challenger it was, and the base model generate only for questions or contexts that changed.
+  With a champion,
   challenger and champion also answer the changed-fact probes (:mod:`evertune.tuning.freshness`) of facts that
   changed after the champion's training data (its registered ``as_of``).
 * ``gate_candidate``: the pure gate decision (:func:`evertune.tuning.gate.decide`) over that result, recorded in
@@ -32,33 +35,33 @@ def _context(overrides: dict[str, Any] | None) -> tuple[Params, Settings]:
     return apply_overrides(load_params(), overrides), settings
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _answers(model_dir: str, questions: list[str], references: list[str], contexts: list, params: Params,
-             revision: str | None = None) -> dict:
-    """Load a model, answer the questions with the given contexts and score the answers (and their perplexity)."""
-    from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import generate_for_questions
-    from evertune.tuning.answer_scoring import answer_token_losses
+             revision: str | None = None, *, identity: dict[str, Any] | None = None, label: str = "model") -> dict:
+    """Answer the questions with the given contexts and score the answers (and the references' perplexity).
+
+    Items the model already answered with the same prompt and contexts come from its answer memo
+    (:mod:`evertune.tuning.answer_memo`; keyed on ``identity`` when given, else on the checkpoint's files); the
+    model is loaded only when some item is new.
+    """
+    from evertune.tuning.answer_memo import AnswerMemo, LazyModel, model_key
     from evertune.tuning.metrics import perplexity, score_generations
     from evertune.tuning.prompt_registry import registered_spec
 
-    model, tokenizer = load_causal_lm(model_dir, revision, device="cpu" if not _cuda() else None)
+    settings = get_settings()
     spec = registered_spec(params)  # the registered prompt version's template, for answers and losses alike
-    generations = generate_for_questions(model, tokenizer, questions, spec, contexts)
-    answers = generations.answers
-    losses = answer_token_losses(model, tokenizer, questions, references, None, spec, contexts=contexts)
-    scores = score_generations(answers, references)
+    memo = AnswerMemo.open(params, settings, model_key(model_dir, identity) if params.evaluate.answer_memo else None)
+    model = LazyModel(model_dir, revision)
+    generations = memo.generations(spec, questions, contexts, model)
+    losses = memo.losses(spec, questions, references, contexts, model)
+    model.release()
+    memo.save(label)
+    scores = score_generations(generations.answers, references)
     aggregate = {k: float(v) for k, v in scores.aggregate.items() if k != "n"}
     aggregate["perplexity"] = float(perplexity(losses))
     # Answers whose raw generate output ended (EOS / end of turn) before max_new_tokens: nothing cut after the fact.
     aggregate["ended_share"] = float(generations.ended_share)
-    del model
-    return {"answers": answers, "aggregate": aggregate, "per_item": scores.per_item}
+    return {"answers": generations.answers, "aggregate": aggregate, "per_item": scores.per_item,
+            "memo_hits": memo.hits["answers"]}
 
 
 def _champion(params: Params, settings: Settings) -> tuple[int | None, str | None, str | None]:
@@ -192,9 +195,10 @@ def evaluate_candidate(
     # Every model sees the same retrieved contexts, from the KB version pinned at training time.
     retrieve = kb_retriever(params, settings, version_or_tag=int(trained["kb_version"].rsplit("@v", 1)[1]))
     contexts = retrieve_contexts(questions, retrieve, params)
-    challenger = _answers(trained["merged_dir"], questions, references, contexts, params)
+    challenger = _answers(trained["merged_dir"], questions, references, contexts, params, label="challenger")
     champion_ref = _champion(params, settings)
-    champion = _answers(champion_ref[1], questions, references, contexts, params) if champion_ref[1] else None
+    champion = (_answers(champion_ref[1], questions, references, contexts, params, label=f"champion v{champion_ref[0]}")
+                if champion_ref[1] else None)
     base = base_score(params, settings, _answers, questions=questions, references=references, contexts=contexts,
                       golden_version=(dataset.get("golden_qa") or {}).get("version"),
                       kb_version=trained["kb_version"])
@@ -209,6 +213,8 @@ def evaluate_candidate(
     log.info("challenger %s", challenger["aggregate"])
     log.info("champion v%s %s", champion_ref[0], result["champion"])
     log.info("base model %s (%s)", base["aggregate"], "reused" if base["cached"] else "computed")
+    log.info("answer memo hits (items of %d): challenger %s, champion %s, base %s", len(golden),
+             challenger["memo_hits"], (champion or {}).get("memo_hits"), base.get("memo_hits", "whole set"))
     log.info("freshness on %d changed-fact probes since %s: challenger %s, champion %s", fresh["n"], fresh["since"],
              (fresh["challenger"] or {}).get("fresh_share"), (fresh["champion"] or {}).get("fresh_share"))
     return result

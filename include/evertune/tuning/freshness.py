@@ -155,12 +155,6 @@ def score_freshness(answers: Sequence[str], probes: Sequence[FreshnessProbe], ci
     return result
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def measure_freshness(
     model_dir: str, probes: Sequence[FreshnessProbe], contexts: Sequence[Sequence[Chunk]], params: Params
 ) -> dict:
@@ -174,19 +168,22 @@ def measure_freshness(
 
     Returns:
         :func:`score_freshness`'s dict plus ``answers`` (one per probe). No probes: the empty score, and the
-        model is not loaded.
+        model is not loaded; nor is it when the model's answer memo (:mod:`evertune.tuning.answer_memo`) holds
+        every probe with these contexts.
     """
     alpha = _ci_alpha(params)
     if not probes:
         return {**score_freshness([], [], alpha), "answers": []}
-    from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.answer import answer_questions
+    from evertune.settings import get_settings
+    from evertune.tuning.answer_memo import AnswerMemo, LazyModel, model_key
     from evertune.tuning.prompt_registry import registered_spec
 
-    model, tokenizer = load_causal_lm(model_dir, device=None if _cuda() else "cpu")
     spec = registered_spec(params)  # the registered prompt version's template, as in evaluation and serving
-    answers = answer_questions(model, tokenizer, [p.question for p in probes], None, spec, contexts=contexts)
-    del model
+    memo = AnswerMemo.open(params, get_settings(), model_key(model_dir) if params.evaluate.answer_memo else None)
+    model = LazyModel(model_dir)
+    answers = memo.generations(spec, [p.question for p in probes], contexts, model).answers
+    model.release()
+    memo.save("freshness")
     scores = score_freshness(answers, probes, alpha)
     log.info("freshness of %s: %d/%d fresh (%s), %d both values, %d old only", model_dir, scores["fresh"],
              scores["n"], _share_text(scores), scores["both_values"], scores["old_only"])
