@@ -98,3 +98,13 @@ def tiny_dag_env(tiny_model_dir: Path):
         return isolated_env(home, write_tiny_dag_params(home, tiny_model_dir))
 
     return make
+
+
+@pytest.fixture
+def tiny_eval_params(evertune_home: Path, tiny_model_dir: Path):
+    """The repository's params with the tiny random model as base model and 4-token answers."""
+    params = load_params()
+    return params.model_copy(update={
+        "base_model": params.base_model.model_copy(update={"name_or_path": str(tiny_model_dir), "sha256": None}),
+        "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 4}),
+    })

@@ -11,21 +11,7 @@ from pathlib import Path
 
 import pytest
 
-QUESTIONS = ["How much does the Pro plan cost?", "What is the attachment limit?", "Can I export notes?"]
-REFERENCES = ["The Pro plan costs $8 per user per month.", "Attachments can be up to 200 MB.", "Yes, as Markdown."]
-CONTEXTS = [[{"chunk_id": f"doc-{i}:0", "doc_id": f"doc-{i}", "title": f"Doc {i}", "text": f"Doc {i}\n\n{ref}"}]
-            for i, ref in enumerate(REFERENCES)]
-
-
-@pytest.fixture
-def memo_params(evertune_home: Path, tiny_model_dir: Path):
-    from evertune.config import load_params
-
-    params = load_params()
-    return params.model_copy(update={
-        "base_model": params.base_model.model_copy(update={"name_or_path": str(tiny_model_dir), "sha256": None}),
-        "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 6}),
-    })
+from eval_inputs import CONTEXTS, QUESTIONS, REFERENCES
 
 
 @pytest.fixture
@@ -50,15 +36,15 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     return calls
 
 
-def test_unchanged_items_are_not_answered_again(memo_params, tiny_model_dir: Path, counted) -> None:
+def test_unchanged_items_are_not_answered_again(tiny_eval_params, tiny_model_dir: Path, counted) -> None:
     from evertune.tuning.evaluation import _answers
 
-    first = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, memo_params, label="test")
+    first = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params, label="test")
     assert counted["loads"] == [str(tiny_model_dir)] and counted["generated"] == [QUESTIONS]
     assert first["memo_hits"] == 0
 
     # The same items again: the model is not even loaded, and the result is the same.
-    again = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, memo_params, label="test")
+    again = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params, label="test")
     assert len(counted["loads"]) == 1 and len(counted["generated"]) == 1
     assert again["memo_hits"] == 3
     assert again["answers"] == first["answers"] and again["aggregate"] == first["aggregate"]
@@ -67,44 +53,45 @@ def test_unchanged_items_are_not_answered_again(memo_params, tiny_model_dir: Pat
     # One item's retrieved chunk changed, and a question was added: only those two are answered.
     changed = [[{**CONTEXTS[0][0], "text": "Doc 0\n\nThe Pro plan costs $10 per user per month."}], *CONTEXTS[1:]]
     more = _answers(str(tiny_model_dir), [*QUESTIONS, "Is there a free plan?"], [*REFERENCES, "Yes."],
-                    [*changed, []], memo_params, label="test")
+                    [*changed, []], tiny_eval_params, label="test")
     assert counted["generated"][1] == [QUESTIONS[0], "Is there a free plan?"]
     assert more["memo_hits"] == 2 and more["answers"][1:3] == first["answers"][1:3]
 
     # Another reference for the same prompt: the answers are remembered, its losses are computed.
-    other_ref = _answers(str(tiny_model_dir), QUESTIONS, ["No.", *REFERENCES[1:]], CONTEXTS, memo_params,
+    other_ref = _answers(str(tiny_model_dir), QUESTIONS, ["No.", *REFERENCES[1:]], CONTEXTS, tiny_eval_params,
                          label="test")
     assert len(counted["generated"]) == 2 and len(counted["loads"]) == 3
     assert other_ref["answers"] == first["answers"]
     assert other_ref["aggregate"]["perplexity"] != first["aggregate"]["perplexity"]
 
 
-def test_the_memo_follows_the_checkpoint_files_not_the_folder(memo_params, tiny_model_dir: Path, counted,
+def test_the_memo_follows_the_checkpoint_files_not_the_folder(tiny_eval_params, tiny_model_dir: Path, counted,
                                                               tmp_path: Path) -> None:
     from evertune.tuning.evaluation import _answers
 
-    first = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, memo_params)
+    first = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params)
     copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
-    moved = _answers(str(copy), QUESTIONS, REFERENCES, CONTEXTS, memo_params)
+    moved = _answers(str(copy), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params)
     assert len(counted["loads"]) == 1 and moved["answers"] == first["answers"]
 
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)  # another model now
-    _answers(str(copy), QUESTIONS, REFERENCES, CONTEXTS, memo_params)
+    _answers(str(copy), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params)
     assert counted["loads"][-1] == str(copy) and len(counted["generated"]) == 2
 
     # A longer generation budget is another answer spec: nothing carries over.
-    longer = memo_params.model_copy(update={"evaluate": memo_params.evaluate.model_copy(update={"max_new_tokens": 7})})
+    longer = tiny_eval_params.model_copy(
+        update={"evaluate": tiny_eval_params.evaluate.model_copy(update={"max_new_tokens": 7})})
     _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, longer)
     assert len(counted["generated"]) == 3
 
 
-def test_switched_off_every_item_is_answered(memo_params, tiny_model_dir: Path, counted) -> None:
+def test_switched_off_every_item_is_answered(tiny_eval_params, tiny_model_dir: Path, counted) -> None:
     from evertune.tuning.answer_memo import MODEL_TAG
     from evertune.tuning.evaluation import _answers
     from evertune.tuning.tracking import configure_mlflow
 
-    off = memo_params.model_copy(update={"evaluate": memo_params.evaluate.model_copy(update={"answer_memo": False})})
+    off = tiny_eval_params.model_copy(update={"evaluate": tiny_eval_params.evaluate.model_copy(update={"answer_memo": False})})
     for _ in range(2):
         _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, off)
     assert len(counted["loads"]) == 2 and len(counted["generated"]) == 2
@@ -112,7 +99,7 @@ def test_switched_off_every_item_is_answered(memo_params, tiny_model_dir: Path, 
     assert not client.search_runs([experiment_id], filter_string=f"tags.{MODEL_TAG} != ''")
 
 
-def test_freshness_probes_share_the_memo(memo_params, tiny_model_dir: Path, counted) -> None:
+def test_freshness_probes_share_the_memo(tiny_eval_params, tiny_model_dir: Path, counted) -> None:
     from evertune.tuning.answer_memo import MODEL_TAG
     from evertune.tuning.freshness import measure_freshness
     from evertune.tuning.probes import FreshnessProbe
@@ -121,10 +108,10 @@ def test_freshness_probes_share_the_memo(memo_params, tiny_model_dir: Path, coun
     probes = [FreshnessProbe(probe_id=f"p{i}", question=q, doc_id=f"doc-{i}", fact_key=f"fact-{i}", old_value="8",
                              new_value="10", answer=ref, changed_on="2026-11-04")
               for i, (q, ref) in enumerate(zip(QUESTIONS, REFERENCES, strict=True))]
-    first = measure_freshness(str(tiny_model_dir), probes, CONTEXTS, memo_params)
-    second = measure_freshness(str(tiny_model_dir), probes, CONTEXTS, memo_params)
+    first = measure_freshness(str(tiny_model_dir), probes, CONTEXTS, tiny_eval_params)
+    second = measure_freshness(str(tiny_model_dir), probes, CONTEXTS, tiny_eval_params)
     assert len(counted["loads"]) == 1 and second["answers"] == first["answers"]
     assert second["fresh_share"] == first["fresh_share"]
-    client, experiment_id = configure_mlflow(memo_params)
+    client, experiment_id = configure_mlflow(tiny_eval_params)
     runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_TAG} != ''")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the second measurement added nothing

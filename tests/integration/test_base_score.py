@@ -11,24 +11,10 @@ from pathlib import Path
 
 import pytest
 
-QUESTIONS = ["How much does the Pro plan cost?", "What is the attachment limit?", "Can I export notes?"]
-REFERENCES = ["The Pro plan costs $8 per user per month.", "Attachments can be up to 200 MB.", "Yes, as Markdown."]
-CONTEXTS = [[{"chunk_id": f"doc-{i}:0", "doc_id": f"doc-{i}", "title": f"Doc {i}", "text": f"Doc {i}\n\n{ref}"}]
-            for i, ref in enumerate(REFERENCES)]
+from eval_inputs import CONTEXTS, QUESTIONS, REFERENCES
 
 
-@pytest.fixture
-def tiny_params(evertune_home: Path, tiny_model_dir: Path):
-    from evertune.config import load_params
-
-    params = load_params()
-    return params.model_copy(update={
-        "base_model": params.base_model.model_copy(update={"name_or_path": str(tiny_model_dir), "sha256": None}),
-        "evaluate": params.evaluate.model_copy(update={"max_new_tokens": 4}),
-    })
-
-
-def test_second_evaluation_with_the_same_key_reuses_the_mlflow_score(tiny_params) -> None:
+def test_second_evaluation_with_the_same_key_reuses_the_mlflow_score(tiny_eval_params) -> None:
     from evertune.settings import get_settings
     from evertune.tuning.base_score import KEY_TAG, base_score
     from evertune.tuning.evaluation import _answers
@@ -41,7 +27,7 @@ def test_second_evaluation_with_the_same_key_reuses_the_mlflow_score(tiny_params
         calls.append(args[0])
         return _answers(*args, **kwargs)
 
-    def score(contexts=CONTEXTS, params=tiny_params):
+    def score(contexts=CONTEXTS, params=tiny_eval_params):
         return base_score(params, settings, counting, questions=QUESTIONS, references=REFERENCES,
                           contexts=contexts, golden_version="g1", kb_version="kb@v3")
 
@@ -64,27 +50,27 @@ def test_second_evaluation_with_the_same_key_reuses_the_mlflow_score(tiny_params
     # Other contexts, another prompt budget: other keys, generated again (once each).
     other = score(contexts=[[], *CONTEXTS[1:]])
     assert not other["cached"] and other["key"] != first["key"] and len(calls) == 2
-    longer = tiny_params.model_copy(update={"evaluate": tiny_params.evaluate.model_copy(update={"max_new_tokens": 5})})
+    longer = tiny_eval_params.model_copy(update={"evaluate": tiny_eval_params.evaluate.model_copy(update={"max_new_tokens": 5})})
     assert not score(params=longer)["cached"] and len(calls) == 3
     assert score(params=longer)["cached"] and len(calls) == 3
 
 
-def test_the_key_follows_the_base_model_weights(tiny_params, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_the_key_follows_the_base_model_weights(tiny_eval_params, tiny_model_dir: Path, tmp_path: Path) -> None:
     from evertune.settings import get_settings
     from evertune.tuning.base_score import base_model_identity, base_score_key
 
     settings = get_settings()
     inputs = {"questions": QUESTIONS, "references": REFERENCES, "contexts": CONTEXTS, "golden_version": "g1",
               "kb_version": "kb@v3"}
-    path, identity = base_model_identity(tiny_params, settings)
+    path, identity = base_model_identity(tiny_eval_params, settings)
     assert Path(path).is_dir() and len(identity["weights_sha256"]) == 64
-    key = base_score_key(identity, tiny_params, **inputs)
-    assert key == base_score_key(base_model_identity(tiny_params, settings)[1], tiny_params, **inputs)
-    assert key != base_score_key(identity, tiny_params, **{**inputs, "golden_version": "g2"})
-    assert key != base_score_key(identity, tiny_params, **{**inputs, "references": [*REFERENCES[:2], "No."]})
+    key = base_score_key(identity, tiny_eval_params, **inputs)
+    assert key == base_score_key(base_model_identity(tiny_eval_params, settings)[1], tiny_eval_params, **inputs)
+    assert key != base_score_key(identity, tiny_eval_params, **{**inputs, "golden_version": "g2"})
+    assert key != base_score_key(identity, tiny_eval_params, **{**inputs, "references": [*REFERENCES[:2], "No."]})
     # The same checkpoint in another folder is the same base model; with one weight file changed it is another.
     copy = shutil.copytree(tiny_model_dir, tmp_path / "tiny-copy")
-    moved = tiny_params.model_copy(update={"base_model": tiny_params.base_model.model_copy(
+    moved = tiny_eval_params.model_copy(update={"base_model": tiny_eval_params.base_model.model_copy(
         update={"name_or_path": str(copy)})})
     assert base_model_identity(moved, settings)[1] == identity
     weights = next(copy.glob("*.safetensors"))
