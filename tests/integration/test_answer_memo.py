@@ -115,3 +115,19 @@ def test_freshness_probes_share_the_memo(tiny_eval_params, tiny_model_dir: Path,
     client, experiment_id = configure_mlflow(tiny_eval_params)
     runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_TAG} != ''")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the second measurement added nothing
+
+
+def test_an_unreadable_memo_run_is_answered_again_not_failed(tiny_eval_params, tiny_model_dir: Path, counted) -> None:
+    from evertune.tuning.answer_memo import ARTIFACT, MODEL_TAG
+    from evertune.tuning.evaluation import _answers
+    from evertune.tuning.tracking import configure_mlflow
+
+    first = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params)
+    client, experiment_id = configure_mlflow(tiny_eval_params)
+    (run,) = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_TAG} != ''")
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / ARTIFACT  # the local artifact store's file
+    assert stored.is_file()
+    stored.write_text("{not json")
+    again = _answers(str(tiny_model_dir), QUESTIONS, REFERENCES, CONTEXTS, tiny_eval_params)
+    assert len(counted["generated"]) == 2 and again["memo_hits"] == 0
+    assert again["answers"] == first["answers"]

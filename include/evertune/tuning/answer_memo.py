@@ -199,13 +199,18 @@ class AnswerMemo:
 def _read(client: MlflowClient, experiment_id: str | None, key: str) -> dict[str, Any]:
     """Every item the finished memo runs of model ``key`` hold (newer runs win a key both hold)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     runs = client.search_runs([experiment_id], filter_string=f"tags.{MODEL_TAG} = '{key}' and "
                               "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
                               max_results=MAX_RUNS)  # fmt: skip
     items: dict[str, Any] = {}
     for run in reversed(runs):
-        stored = mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT}")
+        try:
+            stored = mlflow.artifacts.load_dict(f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT}")
+        except (MlflowException, OSError, ValueError) as exc:  # a lost memo is only lost hits: answer again
+            log.warning("answer memo run %s unreadable (%s); its items are computed again", run.info.run_id, exc)
+            continue
         if stored.get("model") == key:
             items.update(stored.get("items") or {})
     return items
