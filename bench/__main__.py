@@ -1,8 +1,9 @@
-"""``python -m bench [kb_throughput|kb_incremental|kb_query|kb_query_scale|kb_shards|train|embed_backends|embed_pipeline|query_embedding|answer_quality|answer_cache ...] [--quick]``.
+"""``python -m bench [kb_throughput|kb_incremental|kb_query|kb_query_scale|kb_shards|train|embed_backends|embed_pipeline|query_embedding|answer_quality|answer_cache|eval_memo ...] [--quick]``.
 
 Without a name every benchmark runs, in the order below (``kb_query`` then reuses the table that
 ``kb_incremental`` built). ``--quick`` shrinks each one to a smoke run of well under a minute of work.
-``answer_quality`` runs only when named: it reads a finished demo (``EVERTUNE_HOME``), not a scratch state.
+``answer_quality`` and ``eval_memo`` run only when named: they read a finished demo (``EVERTUNE_HOME``), not a scratch
+state (``eval_memo`` changes it: a disposable one).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import sys
 import time
 
 BENCHMARKS = ("kb_throughput", "kb_incremental", "kb_query", "kb_query_scale", "kb_shards", "train", "embed_backends",
-              "embed_pipeline", "query_embedding", "answer_quality", "answer_cache")
+              "embed_pipeline", "query_embedding", "answer_quality", "answer_cache", "eval_memo")
 #: Benchmarks that need a state a person made first; left out of the default run.
-ON_DEMAND = ("answer_quality",)
+ON_DEMAND = ("answer_quality", "eval_memo")
 
 
 def main(argv: list[str] | None = None) -> int:
