@@ -16,6 +16,19 @@ for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_mlflow_session(monkeypatch: pytest.MonkeyPatch):
+    """``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID`` process-wide: no test (nor a process it starts)
+    inherits another test's."""
+    from evertune_airflow.stack_env import CALLER_MLFLOW_SESSION
+
+    for name in CALLER_MLFLOW_SESSION:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    for name in CALLER_MLFLOW_SESSION:
+        os.environ.pop(name, None)
+
+
 @pytest.fixture
 def evertune_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated EVERTUNE_HOME with every location derived from it (env vars cleared)."""

@@ -6,7 +6,6 @@ monitor endpoint and MLflow's ``/health`` say healthy, then creates the pools th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from evertune_airflow.stack_client import AirflowClient
 from evertune_airflow.stack_env import (
     ADMIN_USER,
     PORT_VARS,
-    STACK_MARKER,
     StackError,
     StackPorts,
     admin_password,
@@ -36,6 +34,7 @@ from evertune_airflow.stack_env import (
     mlflow_url,
     serve_enabled,
     serve_url,
+    stack_process_env,
 )
 from evertune_airflow.stack_processes import (
     Component,
@@ -227,7 +226,7 @@ def _up(settings: Settings, timeout: float, pools: dict[str, tuple[int, str]]) -
                              f"(set {', '.join(PORT_VARS)} to move the stack)")
         for component in missing:  # stale PID files of crashed components
             pid_path(settings, component.name).unlink(missing_ok=True)
-        env = {**os.environ, **airflow_env(settings), STACK_MARKER: str(settings.home)}
+        env = stack_process_env(settings)
         _migrate_db_if_needed(settings, env)
         mlflow_env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
         # The job runner would add a handful of huey consumers; the pipeline does not use MLflow jobs.

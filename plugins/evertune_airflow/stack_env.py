@@ -270,11 +270,24 @@ def _stack_secrets(settings: Settings) -> dict[str, str]:
     return values
 
 
+#: The caller's MLflow session (``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID``; a run exports its id):
+#: not the stack's. A task that inherited them would look that experiment up in the stack's own tracking server.
+CALLER_MLFLOW_SESSION = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+def stack_process_env(settings: Settings | None = None) -> dict[str, str]:
+    """The whole environment of the stack's processes: this one's, minus the caller's MLflow session, plus
+    :func:`airflow_env` and the stack marker."""
+    settings = settings or get_settings()
+    inherited = {key: value for key, value in os.environ.items() if key not in CALLER_MLFLOW_SESSION}
+    return {**inherited, **airflow_env(settings), STACK_MARKER: str(settings.home)}
+
+
 def airflow_env(settings: Settings | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the embedded stack (the only place it is configured).
 
-    Returns only the variables to add to ``os.environ``; callers merge them
-    (``{**os.environ, **airflow_env(settings)}``). Offline variables already set by the operator win,
+    Returns only the variables to add to ``os.environ``; :func:`stack_process_env` merges them into the
+    environment the stack's processes get. Offline variables already set by the operator win,
     and so does an operator-provided ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN``; everything else is fixed
     here so that a stray ``AIRFLOW__*`` in a shell cannot point the stack somewhere else.
 

@@ -87,3 +87,18 @@ def test_celery_workers_preload_the_same_modules_before_forking_their_pool(monke
     assert celery_config.preload_modules() == ["json", "no_such_module_for_evertune"]
     results = worker_init.send(sender=None)  # the missing module is skipped, not raised
     assert (celery_config._preload_task_libraries, None) in [(receiver, value) for receiver, value in results]
+
+
+def test_the_stack_does_not_inherit_the_callers_mlflow_session(evertune_home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID`` of the caller's store; the stack's tasks would
+    look that id up in the stack's own tracking server and fail."""
+    from evertune.settings import get_settings
+    from evertune_airflow.stack_env import CALLER_MLFLOW_SESSION, STACK_MARKER, stack_process_env
+
+    for name in CALLER_MLFLOW_SESSION:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("EVERTUNE_TEST_KEPT", "yes")
+    env = stack_process_env(get_settings())
+    assert [name for name in CALLER_MLFLOW_SESSION if name in env] == []
+    assert env["EVERTUNE_TEST_KEPT"] == "yes" and env[STACK_MARKER] == str(evertune_home)
+    assert env["AIRFLOW_HOME"] == str(get_settings().airflow_home)
