@@ -45,7 +45,9 @@ QUICK = {"model": "tiny-random-llama", "steps": 3, "n_examples": 48, "rounds": 1
 VARIANTS = ("evertune", "trl_defaults")
 #: Diagnostics, not part of the comparison: TRL defaults with one default undone (``--child`` or
 #: EVERTUNE_BENCH_TRAIN_VARIANTS=evertune,trl_defaults,trl_defaults_fp32 to add them to the run).
-DIAGNOSTIC_VARIANTS = {"trl_defaults_fp32": {"bf16": False}, "trl_defaults_no_gc": {"gradient_checkpointing": False}}
+DIAGNOSTIC_VARIANTS = {"trl_defaults_fp32": {"bf16": False}, "trl_defaults_no_gc": {"gradient_checkpointing": False},
+                       # evertune with one of its train params changed (the rest of params.yaml as is)
+                       "evertune_fp32": {"bf16": False}, "evertune_bf16": {"bf16": True}}
 TARGET_GPU = 1.5
 
 
@@ -173,12 +175,13 @@ def _child(variant: str, model_path: str, data_path: str, steps: int, out_dir: s
     if os.environ.get("EVERTUNE_BENCH_TORCH_THREADS"):
         # Same for every variant; on an oversubscribed machine 1 thread avoids stalls at thread barriers.
         torch.set_num_threads(int(os.environ["EVERTUNE_BENCH_TORCH_THREADS"]))
-    params = common.load_bench_params(train={"max_steps": steps})
-    device, _ = choose_device()
+    overrides = DIAGNOSTIC_VARIANTS.get(variant, {}) if variant.startswith("evertune") else {}
+    params = common.load_bench_params(train={"max_steps": steps, **overrides})
+    device, _ = choose_device(params.train.bf16)
     probe = _make_probe(device)
     record: dict[str, Any] = {"variant": variant, "device": device, "torch_threads": torch.get_num_threads()}
     started = time.perf_counter()
-    if variant == "evertune":
+    if variant.startswith("evertune"):
         from evertune.tuning.train import train_adapter
 
         result = train_adapter(data_path, None, params, output_dir=out_dir, base_model=model_path,
@@ -368,14 +371,18 @@ def run(quick: bool = False) -> dict[str, Any]:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     data_path = root / "train.jsonl"
-    rows = make_sft_examples(cfg["n_examples"], params.dataset.system_prompt)
+    # RAG prompts with as many excerpts as the training set carries (EVERTUNE_BENCH_TRAIN_CONTEXT_CHUNKS=0: bare
+    # questions, as runs before 2026-12-03 measured).
+    chunks = int(os.environ.get("EVERTUNE_BENCH_TRAIN_CONTEXT_CHUNKS", params.dataset.context.k or params.retrieval.k))
+    rows = make_sft_examples(cfg["n_examples"], params.dataset.system_prompt, context_chunks=chunks)
     data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     chosen = chosen_variants(os.environ.get("EVERTUNE_BENCH_TRAIN_VARIANTS", ",".join(VARIANTS)))
     runs = _rounds(chosen, cfg, root, model_path, data_path)
     summary = summarize(runs, chosen, cfg["model"])
     _print_summary(summary)
-    record = {"benchmark": "train", "quick": quick, "config": cfg, "machine": info, "runs": runs, "summary": summary}
+    record = {"benchmark": "train", "quick": quick, "config": {**cfg, "context_chunks": chunks}, "machine": info,
+              "runs": runs, "summary": summary}
     common.save_result("train", quick, record)
     return record
 

@@ -192,6 +192,8 @@ class TrainParams(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     # auto: pack (padding-free) on CUDA, not on CPU, where packing is slower and needs more memory.
     packing: bool | Literal["auto"] = "auto"
+    # TrainingArguments.bf16; auto: bf16 on CUDA where supported and on CPUs with AMX-BF16, else fp32.
+    bf16: bool | Literal["auto"] = "auto"
     seed: int = 17
     warm_start_from_champion: bool = False
     # Share of replayed reference examples in the training mix (only when the caller passes a replay set).

@@ -16,6 +16,7 @@ from evertune.settings import get_settings
 from evertune.tuning.train import train_adapter
 from evertune.tuning.train_data import filter_replay, mix_replay, to_sft_example
 from evertune.tuning.train_state import STATE_FILE, last_checkpoint
+from evertune.tuning.trainer import choose_device
 
 FACTS = [
     ("How do I export a notebook?", "Open the notebook menu and choose Export."),
@@ -146,7 +147,7 @@ def test_lora_training_logs_falling_loss_to_mlflow_and_warm_starts(
     )
 
     assert result.global_step == 8 and result.resumed_from_step == 0
-    assert result.device == "cpu" and result.precision == "fp32"
+    assert result.device == "cpu" and result.precision == choose_device(params.train.bf16)[1]
     assert result.tokens_seen > 0 and result.tokens_per_second > 0 and result.peak_memory_mb > 100
 
     client = MlflowClient(settings.mlflow_tracking_uri)
@@ -257,3 +258,40 @@ def test_checkpoints_of_another_setup_are_refused(evertune_home: Path, tmp_path:
     train = write_sft(tmp_path / "train.jsonl", FACTS, repeats=1)
     with pytest.raises(ConfigError, match="different training setup"):
         train_adapter(train, None, tiny_params(model_dir), get_settings(), output_dir=out)
+
+
+def autocast_probe():
+    """A callback that records, at every forward pass of the model's first linear layer, whether its matmul ran in
+    bf16 (the Trainer enters autocast inside the model's patched ``forward``, so the layer is where it shows)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+            layer.register_forward_hook(lambda module, inputs, output: self.seen.append(output.dtype == torch.bfloat16))
+
+    return Probe()
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_cpu_training_precision_follows_train_bf16_and_saves_an_fp32_adapter(
+    evertune_home: Path, tiny_model_dir: Path, tmp_path: Path, bf16: bool
+) -> None:
+    """``train.bf16: true`` on CPU autocasts every forward pass to bf16 over fp32 weights (AMX machines get it from
+    ``auto``); the adapter it saves is fp32 either way, and the loss still falls."""
+    import torch
+
+    params = tiny_params(tiny_model_dir, bf16=bf16, max_steps=6)
+    probe = autocast_probe()
+    result = train_adapter(write_sft(tmp_path / "train.jsonl", FACTS, repeats=6), None, params,
+                           output_dir=tmp_path / "run", callbacks=[probe], log_to_mlflow=False)  # fmt: skip
+
+    assert result.device == "cpu" and result.precision == ("bf16" if bf16 else "fp32")
+    assert probe.seen and set(probe.seen) == {bf16}
+    assert {tensor.dtype for tensor in adapter_tensors(result.adapter_dir).values()} == {torch.float32}
+    losses = [entry["loss"] for entry in result.loss_history]
+    assert len(losses) == 6 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses

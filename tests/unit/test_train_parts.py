@@ -26,7 +26,7 @@ from evertune.tuning.train_state import (
     write_result,
     write_state,
 )
-from evertune.tuning.trainer import checkpoint_step, full_loss_history, resolve_packing
+from evertune.tuning.trainer import checkpoint_step, choose_device, full_loss_history, resolve_packing
 
 
 def chat(question: str, answer: str) -> dict:
@@ -210,3 +210,32 @@ def test_a_run_logs_its_params_lineage_and_perf(tmp_path: Path, files: dict[str,
     perf = final_metrics(result_in(tmp_path))
     assert perf["perf/peak_memory_mb_rss"] == perf["perf/peak_memory_mb"] == 12.0
     assert perf["perf/global_step"] == 4.0 and "perf/peak_memory_mb_cuda" not in perf
+
+
+@pytest.mark.parametrize(
+    ("setting", "capabilities", "expected"),
+    [
+        ("auto", {"amx_bf16": True, "avx512_bf16": True}, "bf16"),   # Sapphire Rapids and later: AMX tiles
+        ("auto", {"amx_bf16": False, "avx512_bf16": True}, "fp32"),  # Zen 4: bf16 instructions, no matrix units
+        ("auto", {"avx2": True}, "fp32"),
+        (False, {"amx_bf16": True}, "fp32"),
+        (True, {"avx2": True}, "bf16"),
+    ],
+)
+def test_cpu_precision_is_bf16_where_the_cpu_has_amx_or_where_asked(monkeypatch, setting, capabilities, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert choose_device(setting) == ("cpu", expected)
+
+
+def test_cpu_precision_is_fp32_where_torch_cannot_say_what_the_cpu_has(monkeypatch):
+    import torch
+
+    def no_query():
+        raise AttributeError("get_capabilities")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", no_query)
+    assert choose_device("auto") == ("cpu", "fp32")

@@ -5,8 +5,8 @@ on preference pairs (:mod:`evertune.tuning.preferences`) with ``ref_model=None``
 adds a frozen ``"ref"`` copy of the adapter as the reference; it is deleted before training, so TRL computes the
 reference log-probs with the adapter disabled: the untuned base model is the reference, as the issue asks, and
 no second copy of the weights is held. ``dpo.*`` params use ``DPOConfig`` names (``beta``, ``max_length``,
-``loss_type``, ``learning_rate``, ``max_steps``); ``bf16`` follows the device (``DPOConfig`` defaults it to
-True, which fails on CPU) and gradient checkpointing follows ``train.gradient_checkpointing``.
+``loss_type``, ``learning_rate``, ``max_steps``); ``bf16`` follows ``train.bf16`` like SFT does
+(:func:`~evertune.tuning.trainer.choose_device`; ``DPOConfig`` defaults it to True, which fails on CPU) and gradient checkpointing follows ``train.gradient_checkpointing``.
 
 The reported **reward margin** is TRL's ``rewards/margins`` (mean over pairs of ``beta`` times the log-ratio
 policy/reference of chosen minus that of rejected), measured on the pairs after training
@@ -85,10 +85,10 @@ def build_dpo_trainer(adapter_dir: str | Path, base_model_path: str, revision: s
     from evertune.models.bootstrap import load_causal_lm
     from evertune.tuning.trainer import choose_device
 
-    device, precision = choose_device()
+    device, precision = choose_device(params.train.bf16)
     set_seed(params.train.seed)
-    model, tokenizer = load_causal_lm(base_model_path, revision,
-                                      dtype=torch.bfloat16 if precision == "bf16" else torch.float32, device=device)
+    dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32  # CPU: autocast (trainer.py)
+    model, tokenizer = load_causal_lm(base_model_path, revision, dtype=dtype, device=device)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params.dpo, params, output_dir, device, precision),
                          train_dataset=_dataset(pairs), processing_class=tokenizer)

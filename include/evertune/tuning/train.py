@@ -302,7 +302,7 @@ def _train_and_save(
     """
     tp = params.train
     loaded = load_model(plan.base.path, plan.base.revision, params.lora, seed=tp.seed,
-                        warm_start_adapter=plan.warm_start_adapter)  # fmt: skip
+                        warm_start_adapter=plan.warm_start_adapter, bf16=tp.bf16)  # fmt: skip
     own = make_callbacks(run.client if run else None, run_id, loaded.device)
     trainer = build_trainer(loaded, plan.examples, tp, plan.output_dir, [*own.as_list(), *callbacks])
     resume_from = last_checkpoint(plan.output_dir)
