@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evertune.config import load_params, parse_params
 from evertune.kb import feedback as fb
 from evertune.kb import quarantine as q
+from tiny_params import tiny_training_params
 
 ARTICLE = {"doc_id": "pricing", "title": "Plans and pricing",
            "text": "The Pro plan costs $10 per user per month. Annual billing saves 20%. Teams get SSO with Okta."}
@@ -27,13 +27,13 @@ FEEDBACK = [  # (question, answer rated down, correction)
 
 
 def tiny_params(model_dir: Path):
-    data = load_params().to_dict()
-    data["base_model"] = {"name_or_path": str(model_dir), "revision": None, "sha256": None}
-    data["train"].update({"max_length": 256, "per_device_train_batch_size": 2, "max_steps": 1, "save_steps": 50})
-    data["lora"].update({"r": 8, "lora_alpha": 16, "lora_dropout": 0.0})
-    data["dpo"].update({"enabled": True, "beta": 0.1, "max_length": 256, "learning_rate": 5e-3, "max_steps": 2,
-                        "per_device_train_batch_size": 3})
-    return parse_params(data)
+    # One SFT step at params.yaml's own rate (2e-4) before DPO, on sequences long enough for the feedback pairs.
+    return tiny_training_params(
+        model_dir,
+        train={"learning_rate": 2e-4, "max_length": 256, "per_device_train_batch_size": 2, "max_steps": 1},
+        dpo={"enabled": True, "beta": 0.1, "max_length": 256, "learning_rate": 5e-3, "max_steps": 2,
+             "per_device_train_batch_size": 3},
+    )
 
 
 def land_feedback(landing: str) -> None:

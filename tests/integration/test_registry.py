@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from evertune.cli import main as cli_main
-from evertune.config import Params, load_params, parse_params
+from evertune.config import Params, load_params
 from evertune.errors import NothingToDo
 from evertune.settings import get_settings
 from evertune.tuning.gate import GateDecision
@@ -31,6 +31,7 @@ from evertune.tuning.registry import (
 )
 from evertune.tuning.tracking import configure_mlflow, mlflow_client
 from evertune.tuning.train import train_adapter
+from tiny_params import tiny_training_params
 
 FACTS = [
     ("How do I export a notebook?", "Open the notebook menu and choose Export."),
@@ -66,12 +67,7 @@ def write_sft(path: Path, repeats: int) -> Path:
 
 
 def tiny_params(model_dir: Path) -> Params:
-    data = load_params().to_dict()
-    data["base_model"] = {"name_or_path": str(model_dir), "revision": None, "sha256": None}
-    data["train"].update({"learning_rate": 1e-2, "per_device_train_batch_size": 3, "max_length": 96, "max_steps": 16})
-    data["lora"].update({"r": 8, "lora_alpha": 16, "lora_dropout": 0.0})
-    data["evaluate"].update({"max_new_tokens": 12})
-    return parse_params(data)
+    return tiny_training_params(model_dir, train={"max_steps": 16}, evaluate={"max_new_tokens": 12})
 
 
 PASS = GateDecision(passed=True, action="promote", reasons=("token_f1 0.41 >= floor 0.05",))

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evertune.config import Params, load_params, parse_params
+from evertune.config import Params, load_params
 from evertune.errors import BudgetExceeded
 from evertune.settings import get_settings
 from evertune.tuning.train import train_adapter
+from tiny_params import tiny_training_params
 
 FACTS = [
     ("How do I export a notebook?", "Open the notebook menu and choose Export."),
@@ -35,14 +36,8 @@ def write_sft(path: Path, repeats: int) -> Path:
 
 
 def tiny_params(model_dir: Path, **cost: object) -> Params:
-    data = load_params().to_dict()
-    data["base_model"] = {"name_or_path": str(model_dir), "revision": None, "sha256": None}
-    data["train"].update({"learning_rate": 1e-2, "per_device_train_batch_size": 3, "max_length": 96,
-                          "save_steps": 50, "max_steps": 4})  # fmt: skip
-    data["lora"].update({"r": 8, "lora_alpha": 16, "lora_dropout": 0.0})
-    data["evaluate"].update({"max_new_tokens": 6, "bootstrap_samples": 100})
-    data["cost"].update(cost)
-    return parse_params(data)
+    return tiny_training_params(model_dir, train={"max_steps": 4}, evaluate={"max_new_tokens": 6, "bootstrap_samples": 100},
+                                cost=cost)  # fmt: skip
 
 
 def test_a_run_over_budget_is_refused_before_the_model_loads(

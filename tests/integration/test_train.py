@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from evertune.config import Params, load_params, parse_params, training_params_hash
+from evertune.config import Params, load_params, training_params_hash
 from evertune.errors import ConfigError
 from evertune.settings import get_settings
 from evertune.tuning.train import train_adapter
 from evertune.tuning.train_data import filter_replay, mix_replay, to_sft_example
 from evertune.tuning.train_state import STATE_FILE, last_checkpoint
 from evertune.tuning.trainer import choose_device
+from tiny_params import tiny_training_params
 
 FACTS = [
     ("How do I export a notebook?", "Open the notebook menu and choose Export."),
@@ -43,14 +44,8 @@ def write_sft(path: Path, facts: list[tuple[str, str]], repeats: int) -> Path:
 
 
 def tiny_params(model_dir: Path, **train: object) -> Params:
-    data = load_params().to_dict()
-    data["base_model"] = {"name_or_path": str(model_dir), "revision": None, "sha256": None}
-    data["train"].update(
-        {"learning_rate": 1e-2, "per_device_train_batch_size": 3, "max_length": 96, "save_steps": 50, "max_steps": 8}
-    )
-    data["train"].update(train)
-    data["lora"].update({"r": 8, "lora_alpha": 16, "lora_dropout": 0.0})
-    return parse_params(data)
+    """The shared tiny params (``tests/tiny_params.py``) at 8 steps, ``train`` fields on top."""
+    return tiny_training_params(model_dir, train={"max_steps": 8, **train})
 
 
 def crash_after_save(step: int):

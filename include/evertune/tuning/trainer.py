@@ -68,9 +68,11 @@ def choose_device(bf16: bool | str = "auto") -> tuple[str, str]:
     Args:
         bf16: ``train.bf16``. ``True``/``False`` force the precision; ``auto`` picks bf16 on a CUDA device that
             supports it, and on a CPU whose matrix units multiply bf16 (``amx_bf16``: Intel Sapphire Rapids and
-            later). Measured on 2 such cores (SmolLM2-135M + LoRA, batch 4 x 400 tokens): 5.3 -> 2.8 s per step.
-            A CPU with AVX-512 BF16 instructions only (AMD Zen 4) is not sped up enough to pay the rounding, so
-            it stays fp32. On CPU, bf16 is autocast over fp32 weights (:func:`load_model`).
+            later). Measured on 2 such cores (SmolLM2-135M + LoRA, RAG examples, batch 4): 1.27x tokens/s through
+            the trainer, 0.79x peak memory (docs/benchmarks.md section 4b).
+            CPUs with AVX-512 BF16 instructions but no AMX (AMD Zen 4) stay fp32: not measured there, and an
+            earlier AMX host measured 0.9x (docs/benchmarks.md section 9), so ``false`` is the knob where it does
+            not pay. On CPU, bf16 is autocast over fp32 weights (:func:`load_model`).
     """
     import torch
 
