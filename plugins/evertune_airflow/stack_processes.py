@@ -141,9 +141,25 @@ def spawn(component: Component, env: dict[str, str], settings: Settings) -> int:
         )
     pid_file = pid_path(settings, component.name)
     tmp = pid_file.with_suffix(".tmp")
-    tmp.write_text(f"{proc.pid}\n")
+    started = _seconds_since_boot(proc.pid)
+    tmp.write_text(f"{proc.pid}\n" if started is None else f"{proc.pid} {started:.2f}\n")
     tmp.replace(pid_file)
     return proc.pid
+
+
+def _seconds_since_boot(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since boot (``None`` if it is gone already).
+
+    The kernel records a process's start in clock ticks since boot; psutil adds the boot time as wall-clock
+    seconds, which moves whenever the clock is stepped or slewed (a VM's clock sync), so comparing a start time
+    with a file's mtime can be off by seconds. Subtracting the boot time again gives the kernel's own figure.
+    """
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() - psutil.boot_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def session_leader(settings: Settings, name: str):
@@ -152,16 +168,23 @@ def session_leader(settings: Settings, name: str):
 
     pid_file = pid_path(settings, name)
     try:
-        pid = int(pid_file.read_text().strip())
+        fields = pid_file.read_text().split()
+        pid = int(fields[0])
         proc = psutil.Process(pid)
-        # Guard against PID reuse: the process must predate its PID file and still lead its session.
-        if proc.create_time() > pid_file.stat().st_mtime + 1.0 or os.getsid(pid) != pid:
+        # Guard against PID reuse: the process must be the one started (its start since boot as recorded; a PID
+        # file without it: started before the file was written) and still lead its session.
+        if len(fields) > 1:
+            started = _seconds_since_boot(pid)
+            reused = started is None or abs(started - float(fields[1])) > 0.5
+        else:
+            reused = proc.create_time() > pid_file.stat().st_mtime + 1.0
+        if reused or os.getsid(pid) != pid:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             _reap(pid)
             return None
         return proc
-    except (FileNotFoundError, ValueError, ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError, psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
