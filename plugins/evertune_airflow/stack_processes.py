@@ -148,12 +148,8 @@ def spawn(component: Component, env: dict[str, str], settings: Settings) -> int:
 
 
 def _seconds_since_boot(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since boot (``None`` if it is gone already).
-
-    The kernel records a process's start in clock ticks since boot; psutil adds the boot time as wall-clock
-    seconds, which moves whenever the clock is stepped or slewed (a VM's clock sync), so comparing a start time
-    with a file's mtime can be off by seconds. Subtracting the boot time again gives the kernel's own figure.
-    """
+    """When ``pid`` started, in seconds since boot (``None``: gone). Unlike psutil's wall-clock start time (boot
+    time + ticks), a clock step (a VM's time sync) cannot move it."""
     import psutil
 
     try:
@@ -171,8 +167,7 @@ def session_leader(settings: Settings, name: str):
         fields = pid_file.read_text().split()
         pid = int(fields[0])
         proc = psutil.Process(pid)
-        # Guard against PID reuse: the process must be the one started (its start since boot as recorded; a PID
-        # file without it: started before the file was written) and still lead its session.
+        # Against PID reuse: the process started when recorded (old files: before the file) and leads its session.
         if len(fields) > 1:
             started = _seconds_since_boot(pid)
             reused = started is None or abs(started - float(fields[1])) > 0.5
