@@ -149,33 +149,24 @@ def make_queries(n: int, *, seed: int = 1) -> list[str]:
     return [_fill(rng.choice(QUESTION_TEMPLATES), rng) for _ in range(n)]
 
 
-def make_sft_examples(n: int, system_prompt: str, *, seed: int = 2, context_chunks: int = 0) -> list[dict[str, Any]]:
+def make_sft_examples(n: int, params: Any, *, seed: int = 2, context_chunks: int = 0) -> list[dict[str, Any]]:
     """``n`` chat QA examples ``{"messages": [system, user, assistant]}`` like the project's training set.
 
-    With ``context_chunks``, the user turn is a RAG prompt shaped like ``rag-v1`` around that many generated
-    excerpts of ~90-100 words (about one 128-token chunk each), as the training set's prompts are
-    (``dataset.context.k``); without, it is the bare question.
+    The system and user turns come from the served prompt (:func:`evertune.tuning.answer.build_messages` with
+    ``params``' template); with ``context_chunks``, around that many generated excerpts of ~90-100 words (about one
+    128-token chunk each), as the training set's prompts are (``dataset.context.k``); without, the bare question.
     """
+    from evertune.tuning.answer import answer_spec, build_messages
+
+    spec = answer_spec(params)
     rng = random.Random(f"evertune-bench-sft:{seed}")
     rows = []
     for _ in range(n):
         question = _fill(rng.choice(QUESTION_TEMPLATES), rng).capitalize() + "?"
         answer = " ".join(_fill(rng.choice(TEMPLATES), rng) for _ in range(rng.randint(1, 3)))
-        user = question
-        if context_chunks:
-            excerpts = "".join(f"[{i}] Help article {rng.randint(1, 999)}\n{_body(rng, 90, 100)}\n\n"
-                               for i in range(1, context_chunks + 1))  # fmt: skip
-            user = ("Answer the question using the help-center excerpts below. If they do not contain the answer, "
-                    f"say that you do not know.\n\n{excerpts}Question: {question}")  # fmt: skip
-        rows.append(
-            {
-                "messages": [
-                    {"role": "system", "content": system_prompt},
-                    {"role": "user", "content": user},
-                    {"role": "assistant", "content": answer},
-                ]
-            }
-        )
+        contexts = [{"title": f"Help article {rng.randint(1, 999)}", "text": _body(rng, 90, 100), "doc_id": f"d{i}"}
+                    for i in range(context_chunks)]  # fmt: skip
+        rows.append({"messages": [*build_messages(question, contexts, spec), {"role": "assistant", "content": answer}]})
     return rows
 
 

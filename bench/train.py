@@ -374,7 +374,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     # RAG prompts with as many excerpts as the training set carries (EVERTUNE_BENCH_TRAIN_CONTEXT_CHUNKS=0: bare
     # questions, as runs before 2026-12-03 measured).
     chunks = int(os.environ.get("EVERTUNE_BENCH_TRAIN_CONTEXT_CHUNKS", params.dataset.context.k or params.retrieval.k))
-    rows = make_sft_examples(cfg["n_examples"], params.dataset.system_prompt, context_chunks=chunks)
+    rows = make_sft_examples(cfg["n_examples"], params, context_chunks=chunks)
     data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     chosen = chosen_variants(os.environ.get("EVERTUNE_BENCH_TRAIN_VARIANTS", ",".join(VARIANTS)))

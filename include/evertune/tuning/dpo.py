@@ -77,18 +77,16 @@ def _dataset(pairs: list[dict[str, Any]]) -> Any:
 def build_dpo_trainer(adapter_dir: str | Path, base_model_path: str, revision: str | None,
                       pairs: list[dict[str, Any]], params: Params, output_dir: Path) -> Any:
     """A ``DPOTrainer`` over ``pairs`` for the SFT adapter, whose reference is the adapter-disabled base model."""
-    import torch
     from peft import PeftModel
     from transformers import PrinterCallback, set_seed
     from trl import DPOTrainer
 
     from evertune.models.bootstrap import load_causal_lm
-    from evertune.tuning.trainer import choose_device
+    from evertune.tuning.trainer import choose_device, weights_dtype
 
     device, precision = choose_device(params.train.bf16)
     set_seed(params.train.seed)
-    dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32  # CPU: autocast (trainer.py)
-    model, tokenizer = load_causal_lm(base_model_path, revision, dtype=dtype, device=device)
+    model, tokenizer = load_causal_lm(base_model_path, revision, dtype=weights_dtype(device, precision), device=device)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params.dpo, params, output_dir, device, precision),
                          train_dataset=_dataset(pairs), processing_class=tokenizer)

@@ -94,6 +94,14 @@ def cpu_has_bf16_matrix_units() -> bool:
         return False
 
 
+def weights_dtype(device: str, precision: str) -> Any:
+    """The dtype to load the base model in: bf16 on CUDA in bf16; else fp32. CPU bf16 keeps fp32 weights and
+    autocasts (bf16 matmuls, fp32 master weights and optimizer state), so the adapter is the same fp32 artifact."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32
+
+
 def resolve_packing(setting: bool | str, device: str) -> bool:
     """``train.packing``: ``auto`` packs on CUDA only.
 
@@ -181,17 +189,13 @@ def load_model(
         warm_start_adapter: An adapter folder to continue training (its weights load trainable, its config stays).
         bf16: ``train.bf16`` (:func:`choose_device`).
     """
-    import torch
     from transformers import set_seed
 
     from evertune.models.bootstrap import load_causal_lm
 
     device, precision = choose_device(bf16)
     set_seed(seed)
-    # CUDA trains bf16 weights; CPU keeps fp32 weights and autocasts (bf16 matmuls, fp32 master weights and
-    # optimizer state), so the saved adapter is the same fp32 artifact in either precision.
-    dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32
-    model, tokenizer = load_causal_lm(base_model_path, revision, dtype=dtype, device=device)
+    model, tokenizer = load_causal_lm(base_model_path, revision, dtype=weights_dtype(device, precision), device=device)
     maybe_use_flash_attention(model, device)
     if warm_start_adapter is not None:
         from peft import PeftModel
